@@ -1,0 +1,1 @@
+"""The engine: plugin manager, configs, grid, trainer, tracking, CLI. No study knowledge."""

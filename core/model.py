@@ -1,0 +1,64 @@
+"""The model interface the trainer uses. The trainer holds no model-specific code.
+
+A model plugin's factory returns a :class:`Model` (a ``torch.nn.Module``):
+
+* ``encode(x) -> (mean, logvar)`` and ``decode(z) -> logits``;
+* ``loss(x, step, generator) -> dict[str, Tensor]`` of named scalar terms
+  (``generator`` is the run's torch.Generator for the latent sample); it must contain
+  ``reconstruction``, ``kl``, ``regularizer``, ``elbo`` and ``total`` and may
+  add model-specific ones (e.g. a TC estimate);
+* ``optimizers()`` -> list of ``(optimizer, loss_term_name)``: each optimizer
+  minimises the named term over its own parameters only (FactorVAE owns two);
+* ``sample_latent(mean, logvar, generator)``: the reparameterised sample.
+
+All model configs derive from :class:`ModelConfig` (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin config: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(PluginConfig):
+    num_latent: int = Field(10, ge=1, description="Number of latent dimensions (study: 10).")
+    architecture: Literal["conv"] = Field("conv", description="Encoder/decoder architecture (study: conv).")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate (study: 1e-4).")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+
+
+class Model(nn.Module):
+    """Base class for VAE-family models (see module docstring for the contract)."""
+
+    config: ModelConfig
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(
+        self, x: torch.Tensor, step: int | torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def optimizers(self) -> list[tuple[torch.optim.Optimizer, str]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def sample_latent(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) (the reparameterisation trick)."""
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps
