@@ -1,0 +1,277 @@
+"""Study configs: read YAML/TOML/JSON, validate everything before any work starts.
+
+Validation happens in two layers. The study structure (``StudyConfig``) is a
+pydantic model with ``extra="forbid"`` everywhere. Plugin params are then
+checked against each plugin's own config class, sweep values one by one, so
+an error names the exact path (``models[1].sweep.beta[2]``). All problems are
+collected and raised together as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from disentbench.core.plugins import PluginRegistry
+
+
+class ConfigError(ValueError):
+    """One or more problems with a study config; ``problems`` has one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _plugin_shorthand(value: Any) -> Any:
+    # "mig" is shorthand for {"name": "mig"}
+    return {"name": value} if isinstance(value, str) else value
+
+
+class PluginRef(_Strict):
+    """A plugin by name with its params (checked later against the plugin's own schema)."""
+
+    name: str = Field(min_length=1, description="Registered plugin name (see `disentbench plugins`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Plugin parameters.")
+
+
+class ModelEntry(PluginRef):
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Swept params: {param: [values]}; the grid is their product."
+    )
+
+    @field_validator("sweep")
+    @classmethod
+    def _non_empty(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in sweep.items():
+            if len(values) == 0:
+                raise ValueError(f"sweep over {key!r} has no values; give at least one or remove it")
+        return sweep
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> "ModelEntry":
+        both = sorted(set(self.sweep) & set(self.params))
+        if both:
+            raise ValueError(f"{', '.join(both)} is both fixed in params and swept; keep one")
+        return self
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class TrainingConfig(_Strict):
+    steps: int = Field(300_000, ge=1, description="Optimizer steps per run (study: 300,000).")
+    batch_size: int = Field(64, ge=1, description="Minibatch size (study: 64).")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Overrides every model's learning_rate when set (study: 1e-4)."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    log_every: int = Field(100, ge=1, description="Log averaged loss terms every N steps.")
+    checkpoint_every: int = Field(10_000, ge=1, description="Write a resumable checkpoint every N steps.")
+    checkpoint_dir: Path = Field(Path(".disentbench/checkpoints"), description="Where run checkpoints live.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class EvaluationConfig(_Strict):
+    metrics: list[PluginRef] = Field(default_factory=list, description="Metric plugins to score every run with.")
+    tasks: list[PluginRef] = Field(default_factory=list, description="Downstream-task plugins.")
+    representations: list[Literal["mean", "sampled"]] = Field(
+        default_factory=lambda: ["mean"], min_length=1, description="Which representations to score."
+    )
+    seed: int = Field(0, ge=0, description="Evaluation seed: every run is scored on the same data draws.")
+    batch_size: int = Field(256, ge=1, description="Encoder batch size during evaluation.")
+
+    _shorthand = field_validator("metrics", "tasks", mode="before")(
+        lambda values: [_plugin_shorthand(v) for v in values] if isinstance(values, list) else values
+    )
+
+    @field_validator("representations")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("representations must not repeat")
+        return values
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; default the study name.")
+
+
+class StudyConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Study name (letters, digits, _ . -).")
+    datasets: list[PluginRef] = Field(min_length=1)
+    models: list[ModelEntry] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Seeds: a list, or a count n meaning 0..n-1.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    executor: PluginRef = Field(default_factory=lambda: PluginRef(name="local"))
+
+    _shorthand = field_validator("datasets", "models", "executor", mode="before")(
+        lambda values: [_plugin_shorthand(v) for v in values] if isinstance(values, list) else _plugin_shorthand(values)
+    )
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("a seed count must be at least 1")
+            return list(range(value))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must not repeat")
+        if any(s < 0 for s in seeds):
+            raise ValueError("seeds must be >= 0")
+        return seeds
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+# ---------------------------------------------------------------------------
+# error formatting
+
+
+def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        # pydantic puts validator names such as "function-after[...]" in loc; drop them
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{_format_loc(prefix, loc) or '<config>'}: {message}")
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON file into a dict, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such config file"])
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError([f"{path}: unknown config format {suffix!r}; use .yaml, .yml, .toml or .json"])
+    except ConfigError:
+        raise
+    except Exception as exc:  # parser errors carry line numbers in their text
+        first = " ".join(str(exc).split())
+        raise ConfigError([f"{path}: cannot parse {suffix[1:].upper()}: {first}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of study settings"])
+    return data
+
+
+def validate_plugin_params(
+    registry: PluginRegistry, kind: str, ref: PluginRef, path: str, problems: list[str]
+) -> BaseModel | None:
+    try:
+        registration = registry.get(kind, ref.name)
+    except KeyError as exc:
+        problems.append(f"{path}.name: {exc.args[0]}")
+        return None
+    try:
+        return registration.make_config(ref.params)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, f"{path}.params"))
+        return None
+
+
+def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig:
+    """Validate a raw config dict fully (structure and every plugin's params)."""
+    try:
+        config = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc)) from None
+
+    problems: list[str] = []
+    for i, ref in enumerate(config.datasets):
+        validate_plugin_params(registry, "dataset", ref, f"datasets[{i}]", problems)
+    for i, entry in enumerate(config.models):
+        path = f"models[{i}]"
+        fixed = validate_plugin_params(registry, "model", entry, path, problems)
+        if fixed is None:
+            continue
+        schema = registry.get("model", entry.name).config
+        for param, values in entry.sweep.items():
+            if param not in schema.model_fields:
+                known = ", ".join(schema.model_fields)
+                problems.append(f"{path}.sweep.{param}: {entry.name} has no parameter {param!r}; known: {known}")
+                continue
+            for j, value in enumerate(values):
+                try:
+                    schema.model_validate({**entry.params, param: value})
+                except ValidationError as exc:
+                    for err in exc.errors():
+                        if err["loc"] and err["loc"][0] == param:
+                            problems.append(f"{path}.sweep.{param}[{j}]: {err['msg'].removeprefix('Value error, ')}")
+    for i, ref in enumerate(config.evaluation.metrics):
+        validate_plugin_params(registry, "metric", ref, f"evaluation.metrics[{i}]", problems)
+    for i, ref in enumerate(config.evaluation.tasks):
+        validate_plugin_params(registry, "task", ref, f"evaluation.tasks[{i}]", problems)
+    validate_plugin_params(registry, "executor", config.executor, "executor", problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_study_config(path_or_dict: str | Path | dict[str, Any], registry: PluginRegistry | None = None) -> StudyConfig:
+    """Read and fully validate a study config (file path or dict)."""
+    if registry is None:
+        from disentbench.core.plugins import get_plugin_manager
+
+        registry = get_plugin_manager()
+    if isinstance(path_or_dict, dict):
+        raw = path_or_dict
+    else:
+        raw = read_config_file(path_or_dict)
+    return validate_study(raw, registry)

@@ -1,0 +1,184 @@
+"""MLflow tracking: one experiment per study, a parent run per invocation, a child run per RunSpec.
+
+Everything goes through an explicit ``MlflowClient`` with explicit run ids (the
+fluent API is global and not thread-safe). The default store is a SQLite file
+``mlflow.db`` in the working directory (MLflow's own default since 3.7), with
+artifacts under ``./mlruns``; any tracking URI works by configuration
+(``tracking.uri``, ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from disentbench.core.grid import RunSpec
+
+FINISHED, RUNNING, FAILED, KILLED, PENDING = "FINISHED", "RUNNING", "FAILED", "KILLED", "PENDING"
+
+TAG_RUN_KEY = "run_key"
+TAG_STUDY = "study"
+TAG_KIND = "disentbench.kind"  # "study" for parent runs, "run" for children
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def quiet_mlflow_logs() -> None:
+    """Schema migrations and store set-up log at INFO; users need none of it."""
+    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    if configured:
+        return configured
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+def run_params(spec: RunSpec) -> dict[str, str]:
+    params = {"dataset": spec.dataset, "model": spec.model, "seed": str(spec.seed)}
+    flatten("dataset", spec.dataset_params, params)
+    flatten("model", spec.model_params, params)
+    params["training.steps"] = str(spec.steps)
+    params["training.batch_size"] = str(spec.batch_size)
+    return params
+
+
+class Tracker:
+    def __init__(self, uri: str | None, experiment: str):
+        quiet_mlflow_logs()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(uri)
+        self.experiment_name = experiment
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._experiment_id: str | None = None
+
+    # -- experiment and runs ---------------------------------------------------
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._get_or_create_experiment()
+        return self._experiment_id
+
+    def _get_or_create_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        existing = self.client.get_experiment_by_name(self.experiment_name)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                self.client.restore_experiment(existing.experiment_id)
+            return existing.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment_name)
+        except MlflowException:  # another process created it first
+            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def existing_experiment_id(self) -> str | None:
+        """The experiment's id if it exists, without creating it (for read-only commands)."""
+        existing = self.client.get_experiment_by_name(self.experiment_name)
+        return existing.experiment_id if existing is not None else None
+
+    def search(self, filter_string: str, experiment_id: str | None = None) -> list:
+        experiment_id = experiment_id or self.experiment_id
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def runs_by_key(self, experiment_id: str | None = None) -> dict[str, list]:
+        """All child runs of the experiment grouped by run key."""
+        grouped: dict[str, list] = {}
+        for run in self.search(f"tags.`{TAG_KIND}` = 'run'", experiment_id):
+            grouped.setdefault(run.data.tags.get(TAG_RUN_KEY, ""), []).append(run)
+        return grouped
+
+    def start_study_run(self, study: str, num_runs: int, config_path: Path | None = None) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            tags={TAG_KIND: "study", TAG_STUDY: study, "disentbench.version": _version()},
+            run_name=f"{study} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        )
+        self.client.log_param(run.info.run_id, "num_runs", num_runs)
+        if config_path is not None:
+            self.client.log_artifact(run.info.run_id, str(config_path))
+        return run.info.run_id
+
+    def start_run(self, spec: RunSpec, parent_run_id: str, reuse_run_id: str | None = None) -> str:
+        """A child run for ``spec``; an unfinished run of the same key is reused, never duplicated."""
+        tags = {
+            PARENT_TAG: parent_run_id,
+            TAG_KIND: "run",
+            TAG_RUN_KEY: spec.run_key,
+            TAG_STUDY: spec.study,
+            "model": spec.model,
+            "dataset": spec.dataset,
+            "seed": str(spec.seed),
+            "disentbench.version": _version(),
+        }
+        if reuse_run_id is not None:
+            for key, value in tags.items():
+                self.client.set_tag(reuse_run_id, key, value)
+            self.client.update_run(reuse_run_id, status=RUNNING)
+            return reuse_run_id
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=spec.run_name)
+        self.log_params(run.info.run_id, run_params(spec))
+        return run.info.run_id
+
+    # -- logging -----------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow caps params per batch at 100
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start : start + 1000])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def end_run(self, run_id: str, status: str = FINISHED) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+def status_of(runs: Iterable) -> str:
+    """Summarise the runs recorded for one run key: finished beats running beats failed."""
+    statuses = {run.info.status for run in runs}
+    for status in (FINISHED, RUNNING, FAILED, KILLED):
+        if status in statuses:
+            return status
+    return PENDING
+
+
+def _version() -> str:
+    from disentbench import __version__
+
+    return __version__
