@@ -29,7 +29,12 @@ class BadInput(click.ClickException):
 def _registry():
     from disentbench.core.plugins import get_plugin_manager
 
-    return get_plugin_manager()
+    registry = get_plugin_manager()
+    if not getattr(registry, "_problems_shown", False):
+        for problem in registry.problems:  # once per process, on stderr
+            click.echo(f"problem: {problem}", err=True)
+        registry._problems_shown = True
+    return registry
 
 
 def _load(config_path: str):
@@ -88,8 +93,6 @@ def plugins_cmd(ctx, kind, as_json):
         for row in rows:
             table.add_row(*row)
         Console(width=max(120, _term_width())).print(table)
-    for problem in registry.problems:
-        click.echo(f"problem: {problem}", err=True)
 
 
 @plugins_cmd.command("show")

@@ -76,6 +76,7 @@ class TrainingConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     log_every: int = Field(100, ge=1, description="Log averaged loss terms every N steps.")
     checkpoint_every: int = Field(10_000, ge=1, description="Write a resumable checkpoint every N steps.")
+    channels_last: bool = Field(True, description="NHWC memory layout for convolutions (faster on CPU and GPU).")
     checkpoint_dir: Path = Field(Path(".disentbench/checkpoints"), description="Where run checkpoints live.")
 
     @field_validator("device")

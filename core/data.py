@@ -45,6 +45,13 @@ class GroundTruthData:
     def images(self) -> np.ndarray:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise a one-line error if the dataset's files are missing or malformed.
+
+        Called before a study writes anything to the tracking store; must be
+        cheap (validate headers, not pixels) or a no-op.
+        """
+
     @property
     def num_factors(self) -> int:
         return len(self.factor_sizes)

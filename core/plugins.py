@@ -122,7 +122,14 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[PluginProblem]) 
             if allowed is not None and ep.name not in allowed:
                 continue
             dist_name = dist.metadata["name"] or ep.name
-            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            if pm.is_blocked(ep.name):
+                continue
+            if pm.get_plugin(ep.name) is not None:
+                other = dists.get(ep.name, BUILTIN_SOURCE)
+                if other != dist_name:
+                    problems.append(
+                        PluginProblem(dist_name, f"entry point name {ep.name!r} is already used by {other!r}; skipped")
+                    )
                 continue
             try:
                 plugin = ep.load()
@@ -145,28 +152,40 @@ def build_registry(*, load_entry_points: bool = True, extra_plugins: list[object
         pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
         dists = _load_entry_points(pm, problems)
-    for plugin in extra_plugins:
-        pm.register(plugin)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        problems.append(PluginProblem(_plugin_source(pm, exc.plugin, dists), str(exc)))
-        pm.unregister(exc.plugin)
+    for index, plugin in enumerate(extra_plugins):
+        pm.register(plugin, name=getattr(plugin, "__name__", f"extra-plugin-{index}"))
+    while True:  # report every plugin with a misspelled hook, not just the first
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            problems.append(PluginProblem(_plugin_source(pm, exc.plugin, dists), str(exc)))
+            pm.unregister(exc.plugin)
 
     registry = PluginRegistry(pm=pm, problems=problems)
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            source = _plugin_source(pm, impl.plugin, dists)
+        impls = [(impl, _plugin_source(pm, impl.plugin, dists)) for impl in hook.get_hookimpls()]
+        # Built-ins first whatever hook options a plugin uses (tryfirst/trylast):
+        # a third-party plugin can add names, never take over a built-in one.
+        impls.sort(key=lambda pair: pair[1] != BUILTIN_SOURCE)
+        for impl, source in impls:
 
             def register(name, *, config, factory, description="", _kind=kind, _source=source):
                 if not isinstance(config, type) or not issubclass(config, BaseModel):
-                    raise TypeError(f"{_kind} plugin {name!r}: config must be a pydantic BaseModel subclass")
+                    registry.problems.append(
+                        PluginProblem(_source, f"{_kind} plugin {name!r}: config must be a pydantic BaseModel subclass")
+                    )
+                    return
                 existing = registry.plugins[_kind].get(name)
                 if existing is not None:
-                    raise ValueError(
-                        f"{_kind} plugin {name!r} is already registered by {existing.source!r}; rename it"
+                    # recorded, not raised, so the plugin's other registrations still count
+                    registry.problems.append(
+                        PluginProblem(
+                            _source, f"{_kind} plugin {name!r} is already registered by {existing.source!r}; rename it"
+                        )
                     )
+                    return
                 registry.plugins[_kind][name] = Registration(_kind, name, config, factory, description, _source)
 
             try:
@@ -188,6 +207,4 @@ def get_plugin_manager(*, reload: bool = False) -> PluginRegistry:
     global _REGISTRY
     if _REGISTRY is None or reload:
         _REGISTRY = build_registry(load_entry_points=not getattr(sys, "_called_from_test", False))
-        for problem in _REGISTRY.problems:
-            print(f"warning: {problem}", file=sys.stderr)
     return _REGISTRY

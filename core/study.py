@@ -83,7 +83,7 @@ def run_study(
     # anything is written to the tracking store.
     datasets = _DatasetCache(registry)
     for spec in specs:
-        datasets.get(spec.dataset, spec.dataset_params).observation_shape
+        datasets.get(spec.dataset, spec.dataset_params).check()
 
     tracker = tracking.Tracker(tracking_uri or config.tracking.uri, config.experiment_name)
     recorded = tracker.runs_by_key()
@@ -171,6 +171,7 @@ def _train_and_evaluate(spec, config, registry, datasets, scorers, device, track
         log_every=config.training.log_every,
         checkpoint_every=config.training.checkpoint_every,
         checkpoint_path=checkpoint,
+        channels_last=config.training.channels_last,
     )
     result = trainer.train(
         on_log=lambda step, terms: tracker.log_metrics(run_id, {f"train/{k}": v for k, v in terms.items()}, step),

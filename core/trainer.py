@@ -86,8 +86,12 @@ class Trainer:
         log_every: int = 100,
         checkpoint_every: int = 10_000,
         checkpoint_path: Path | None = None,
+        channels_last: bool = True,
     ):
-        self.model = model
+        # NHWC memory layout: ~1.5x faster conv backward on CPU (oneDNN) and
+        # the preferred layout of cuDNN's tensor-core kernels.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
         self.data = data
         self.steps = steps
         self.batch_size = batch_size
@@ -163,6 +167,7 @@ class Trainer:
         start = time.perf_counter()
         while self.step < self.steps:
             x = self.data.sample_batch_on_device(self.batch_size, self.data_generator, self.device)
+            x = x.contiguous(memory_format=self.memory_format)
             terms = self.model.loss(x, self.step, self.latent_generator)
             self._update(terms)
             for name, value in terms.items():

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import mutual_info_score
 
 from disentbench.core.data import GroundTruthData
 
@@ -114,6 +113,8 @@ def discrete_mutual_info(codes_discrete: np.ndarray, factors: np.ndarray) -> np.
         raise ValueError(
             f"need codes (n, d) and factors (n, k) with the same n, got {codes_discrete.shape} and {factors.shape}"
         )
+    from sklearn.metrics import mutual_info_score  # lazy: sklearn costs ~2 s to import
+
     num_codes, num_factors = codes_discrete.shape[1], factors.shape[1]
     mutual_info = np.zeros((num_codes, num_factors))
     for i in range(num_codes):
@@ -129,4 +130,6 @@ def discrete_entropy(factors: np.ndarray) -> np.ndarray:
     factors = np.asarray(factors)
     if factors.ndim != 2:
         raise ValueError(f"factors must be (n, k), got shape {factors.shape}")
+    from sklearn.metrics import mutual_info_score
+
     return np.array([mutual_info_score(factors[:, j], factors[:, j]) for j in range(factors.shape[1])])

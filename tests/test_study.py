@@ -1,0 +1,96 @@
+"""The quickstart study end to end (fewer steps), and what lands in MLflow."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from disentbench.core.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def quick_config(tmp_path, monkeypatch):
+    """examples/quickstart.yaml with fewer steps and smaller metrics, run in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    config["training"].update(steps=30, log_every=10, checkpoint_every=20)
+    config["evaluation"]["metrics"] = [
+        {"name": "mig", "params": {"num_train": 300}},
+        {"name": "factor_vae_score", "params": {"num_train": 20, "num_eval": 10, "num_variance_estimate": 200}},
+    ]
+    path = tmp_path / "quick.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_quickstart_end_to_end(quick_config, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    result = CliRunner().invoke(main, ["run", str(quick_config), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "discrete_mig" in result.output and "disentbench ui" in result.output
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("disentbench.kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("disentbench.kind") == "run"]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert len({r.data.tags["run_key"] for r in children}) == 4
+    assert sorted((r.data.params["model.beta"], r.data.tags["seed"]) for r in children) == [
+        ("1.0", "0"), ("1.0", "1"), ("4.0", "0"), ("4.0", "1")
+    ]
+
+    run = children[0]
+    assert run.data.tags["model"] == "beta_vae" and run.data.tags["dataset"] == "dsprites_procedural"
+    assert run.data.params["training.steps"] == "30"
+    for key in ("eval/mean/mig/discrete_mig", "eval/mean/factor_vae_score/eval_accuracy", "train/elbo"):
+        assert key in run.data.metrics, sorted(run.data.metrics)
+    assert 0.0 <= run.data.metrics["eval/mean/factor_vae_score/eval_accuracy"] <= 1.0
+    curve = client.get_metric_history(run.info.run_id, "train/reconstruction")
+    assert [m.step for m in curve] == [10, 20, 30]
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "scores.json", "images", "checkpoints"} <= artifacts
+    images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert images == {"images/reconstructions.png", "images/traversals.png"}
+    local = Path(client.download_artifacts(run.info.run_id, "scores.json", str(tmp_path)))
+    assert json.loads(local.read_text())["eval/mean/mig/discrete_mig"] == pytest.approx(
+        run.data.metrics["eval/mean/mig/discrete_mig"]
+    )
+
+    # Re-running is idempotent: every run key is finished, nothing is retrained.
+    again = CliRunner().invoke(main, ["run", str(quick_config), "--device", "cpu", "--quiet"])
+    assert again.exit_code == 0, again.output
+    runs_after = client.search_runs([experiment.experiment_id])
+    assert len([r for r in runs_after if r.data.tags.get("disentbench.kind") == "run"]) == 4
+
+    status = CliRunner().invoke(main, ["status", str(quick_config)])
+    assert status.exit_code == 0, status.output
+    assert "4 runs: 4 finished" in status.output
+
+
+def test_status_before_any_run(quick_config, tmp_path):
+    status = CliRunner().invoke(main, ["status", str(quick_config)])
+    assert status.exit_code == 0, status.output
+    assert "4 runs: 4 pending" in status.output
+
+
+def test_missing_data_file_is_bad_input_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISENTBENCH_DATA", str(tmp_path / "empty"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump({"name": "s", "datasets": ["dsprites"], "models": ["beta_vae"], "training": {"steps": 2}})
+    )
+    result = CliRunner().invoke(main, ["run", "s.yaml", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz" in result.output
+    assert not (tmp_path / "mlflow.db").exists()
