@@ -187,23 +187,28 @@ def _print_run_table(specs) -> None:
         click.echo(f"(showing the first and last 100 of {len(specs)} runs)")
 
 
-def _headline_columns(outcomes) -> list[str]:
-    keys = sorted({k for o in outcomes for k in o.scores})
-    return keys
-
-
 def _print_scores(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    columns = _headline_columns(result.outcomes)
-    short = [c.split("/", 1)[1] if c.startswith("eval/") else c for c in columns]
-    table = Table("run", "status", *short, title=f"study {result.config.name}", box=None, pad_edge=False)
+    columns = result.headline_keys
+    several_reps = len(result.config.evaluation.representations) > 1
+
+    def header(key: str) -> str:
+        _, representation, name, _ = key.split("/", 3)
+        return f"{name} ({representation})" if several_reps else name
+
+    table = Table(title=f"study {result.config.name}", box=None, pad_edge=False)
+    for name in ("model", "params", "dataset", "seed", "status"):
+        table.add_column(name, no_wrap=True)
+    for key in columns:
+        table.add_column(header(key), justify="right")
     for outcome in result.outcomes:
+        spec = outcome.spec
+        params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.swept.items())
         values = [f"{outcome.scores[c]:.3f}" if c in outcome.scores else "-" for c in columns]
-        table.add_row(outcome.spec.run_name, outcome.status, *values)
-    console = Console(width=max(120, _term_width()))
-    console.print(table)
+        table.add_row(spec.model, params, spec.dataset, str(spec.seed), outcome.status, *values)
+    Console(width=max(120, _term_width())).print(table)
     click.echo(f"Results are in MLflow ({result.tracking_uri}), experiment '{result.config.experiment_name}'.")
     click.echo(f"Open the MLflow UI: disentbench ui --tracking-uri {result.tracking_uri}")
 

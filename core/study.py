@@ -45,6 +45,7 @@ class StudyResult:
     experiment_id: str
     parent_run_id: str
     outcomes: list[RunOutcome]
+    headline_keys: list[str] = field(default_factory=list)  # the scores a summary table shows
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -149,7 +150,22 @@ def run_study(
     outcomes = [outcomes_by_key[s.run_key] for s in specs]
     failed = any(o.status == "failed" for o in outcomes)
     tracker.end_run(parent_run_id, tracking.FAILED if failed else tracking.FINISHED)
-    return StudyResult(config, tracker.uri, tracker.experiment_id, parent_run_id, outcomes)
+    return StudyResult(
+        config, tracker.uri, tracker.experiment_id, parent_run_id, outcomes, _headline_keys(config, scorers, outcomes)
+    )
+
+
+def _headline_keys(config: StudyConfig, scorers, outcomes) -> list[str]:
+    """Full score names of each scorer's ``headline`` keys (all its keys if it declares none)."""
+    recorded = {key for outcome in outcomes for key in outcome.scores}
+    keys = []
+    for representation in config.evaluation.representations:
+        for kind, name, scorer in scorers:
+            prefix = f"{'eval' if kind == 'metric' else 'downstream'}/{representation}/{name}/"
+            headline = getattr(scorer, "headline", None)
+            names = [prefix + k for k in headline] if headline else sorted(k for k in recorded if k.startswith(prefix))
+            keys.extend(k for k in names if k in recorded)
+    return keys
 
 
 def _scores_of(metrics: dict[str, float]) -> dict[str, float]:

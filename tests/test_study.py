@@ -33,7 +33,7 @@ def test_quickstart_end_to_end(quick_config, tmp_path):
 
     result = CliRunner().invoke(main, ["run", str(quick_config), "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "discrete_mig" in result.output and "disentbench ui" in result.output
+    assert "factor_vae_score" in result.output and "disentbench ui" in result.output
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("quickstart")

@@ -132,6 +132,9 @@ def compute_factor_vae_score(
 class FactorVAEScore:
     """The FactorVAE score metric, configured by :class:`FactorVAEScoreConfig`."""
 
+    #: the score a summary table shows
+    headline = ("eval_accuracy",)
+
     def __init__(self, config: FactorVAEScoreConfig | None = None):
         self.config = config if config is not None else FactorVAEScoreConfig()
 

@@ -61,6 +61,9 @@ def compute_mig_from_codes(codes: np.ndarray, factors: np.ndarray, num_bins: int
 class MIG:
     """The MIG metric: draws ``num_train`` points from the dataset, then scores their codes."""
 
+    #: the score a summary table shows
+    headline = ("discrete_mig",)
+
     def __init__(self, config: MIGConfig | None = None):
         self.config = config if config is not None else MIGConfig()
 
