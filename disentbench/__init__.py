@@ -5,6 +5,7 @@ Public API::
     from disentbench import hookimpl            # decorate plugin hook implementations
     from disentbench import get_plugin_manager  # the registry of all plugins
     from disentbench import load_study_config, expand_grid, run_study
+    from disentbench import score_codes, score_representation  # metrics as a library
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ __all__ = [
     "load_study_config",
     "expand_grid",
     "run_study",
+    "score_codes",
+    "score_representation",
 ]
 
 
@@ -42,4 +45,8 @@ def __getattr__(name):
         from disentbench.core.study import run_study
 
         return run_study
+    if name in ("score_codes", "score_representation"):
+        from disentbench.core import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'disentbench' has no attribute {name!r}")

@@ -79,6 +79,10 @@ class MIG:
         )
         return compute_mig_from_codes(codes, factors, self.config.num_bins)
 
+    def score_codes(self, codes, factors, codes_test=None, factors_test=None, random_state=None) -> dict[str, float]:
+        """The array core (``disentbench.score_codes``); MIG uses no test split and no randomness."""
+        return compute_mig_from_codes(codes, factors, self.config.num_bins)
+
 
 @hookimpl
 def register_metrics(register):
