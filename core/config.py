@@ -113,6 +113,12 @@ class TrackingConfig(_Strict):
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."
     )
     experiment: str | None = Field(None, description="MLflow experiment name; default the study name.")
+    index_tag: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="Also tag each run with its grid index under this name (study_v1: model_num, "
+        "which then equals the original study's model number).",
+    )
 
 
 class StudyConfig(_Strict):

@@ -117,7 +117,7 @@ def run_study(
 
     def worker(spec: RunSpec) -> RunOutcome:
         started = time.perf_counter()
-        run_id = tracker.start_run(spec, parent_run_id, reuse.get(spec.run_key))
+        run_id = tracker.start_run(spec, parent_run_id, reuse.get(spec.run_key), config.tracking.index_tag)
         bar.start_run(f"[{spec.index + 1}/{len(specs)}] {spec.run_name}")
         try:
             scores = _train_and_evaluate(spec, config, registry, datasets, scorers, torch_device, tracker, run_id, bar)

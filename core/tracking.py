@@ -121,7 +121,9 @@ class Tracker:
             self.client.log_artifact(run.info.run_id, str(config_path))
         return run.info.run_id
 
-    def start_run(self, spec: RunSpec, parent_run_id: str, reuse_run_id: str | None = None) -> str:
+    def start_run(
+        self, spec: RunSpec, parent_run_id: str, reuse_run_id: str | None = None, index_tag: str | None = None
+    ) -> str:
         """A child run for ``spec``; an unfinished run of the same key is reused, never duplicated."""
         tags = {
             PARENT_TAG: parent_run_id,
@@ -133,6 +135,8 @@ class Tracker:
             "seed": str(spec.seed),
             "disentbench.version": _version(),
         }
+        if index_tag:
+            tags[index_tag] = str(spec.index)
         if reuse_run_id is not None:
             for key, value in tags.items():
                 self.client.set_tag(reuse_run_id, key, value)

@@ -23,6 +23,7 @@ def quick_config(tmp_path, monkeypatch):
         {"name": "mig", "params": {"num_train": 300}},
         {"name": "factor_vae_score", "params": {"num_train": 20, "num_eval": 10, "num_variance_estimate": 200}},
     ]
+    config["tracking"] = {"index_tag": "grid_index"}
     path = tmp_path / "quick.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -44,6 +45,7 @@ def test_quickstart_end_to_end(quick_config, tmp_path):
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert len({r.data.tags["run_key"] for r in children}) == 4
+    assert sorted(r.data.tags["grid_index"] for r in children) == ["0", "1", "2", "3"]
     assert sorted((r.data.params["model.beta"], r.data.tags["seed"]) for r in children) == [
         ("1.0", "0"), ("1.0", "1"), ("4.0", "0"), ("4.0", "1")
     ]
