@@ -68,7 +68,7 @@ def main():
 
 
 @main.group("plugins", invoke_without_command=True)
-@click.option("--kind", type=click.Choice(["model", "dataset", "metric", "task", "executor"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["model", "dataset", "metric", "task", "executor", "analysis"]), help="Only this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins_cmd(ctx, kind, as_json):
@@ -96,7 +96,7 @@ def plugins_cmd(ctx, kind, as_json):
 
 
 @plugins_cmd.command("show")
-@click.argument("kind", type=click.Choice(["model", "dataset", "metric", "task", "executor"]))
+@click.argument("kind", type=click.Choice(["model", "dataset", "metric", "task", "executor", "analysis"]))
 @click.argument("name")
 def plugins_show(kind, name):
     """Show a plugin's config schema (JSON schema with defaults).

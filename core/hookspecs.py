@@ -54,3 +54,8 @@ def register_tasks(register):
 @hookspec
 def register_executors(register):
     """Register executor plugins: ``factory(config) -> Executor`` (see core.executors)."""
+
+
+@hookspec
+def register_analyses(register):
+    """Register study analyses: ``factory(config) -> Analysis`` (see core.analysis)."""

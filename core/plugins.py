@@ -31,12 +31,18 @@ KINDS = {
     "metric": "register_metrics",
     "task": "register_tasks",
     "executor": "register_executors",
+    "analysis": "register_analyses",
 }
 
 #: Built-in plugin modules, loaded through the same hooks as third-party ones.
 BUILTIN_MODULES = [
     "disentbench.plugins.models.beta_vae",
+    "disentbench.plugins.models.annealed_vae",
+    "disentbench.plugins.models.factor_vae",
+    "disentbench.plugins.models.dip_vae",
+    "disentbench.plugins.models.beta_tcvae",
     "disentbench.plugins.datasets.dsprites",
+    "disentbench.plugins.datasets.dsprites_variants",
     "disentbench.plugins.metrics.mig",
     "disentbench.plugins.metrics.factor_vae_score",
     "disentbench.core.executors",
