@@ -1,25 +1,34 @@
 """Executors decide where and in what order a study's runs execute.
 
 An executor plugin's factory takes its config and returns an object with
-``run(specs, worker) -> list[outcome]``, where ``worker(spec)`` trains,
-evaluates and records one run. The built-in ``local`` executor runs them one
-after another in this process; it is registered through the same hook as any
-third-party executor.
+``run(jobs, worker) -> iterator of outcomes``: ``worker(job)`` trains,
+evaluates and records one :class:`~disentbench.core.study.RunJob` and returns
+its ``RunOutcome``. The worker is picklable and rebuilds what it needs
+(plugins, datasets, MLflow client) in whichever process runs it, so an
+executor only has to move ``(worker, job)`` pairs and bring outcomes back.
+The study's parent run and experiment exist before any job starts.
+
+Built-ins, registered through the same hook as any third-party executor:
+
+* ``local`` - every job in this process, in grid order (default);
+* ``multiprocess`` - a pool of worker processes on this machine, one per GPU
+  or per share of the CPU cores.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Iterator, Protocol
 
-from disentbench.core.grid import RunSpec
+from pydantic import Field, field_validator
+
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.model import PluginConfig
 
-T = TypeVar("T")
-
 
 class Executor(Protocol):
-    def run(self, specs: list[RunSpec], worker: Callable[[RunSpec], T]) -> list[T]: ...
+    def run(self, jobs: list, worker: Any) -> Iterator: ...
 
 
 class LocalConfig(PluginConfig):
@@ -27,15 +36,93 @@ class LocalConfig(PluginConfig):
 
 
 class LocalExecutor:
-    """Runs every spec in this process, in grid order."""
+    """Runs every job in this process, in grid order."""
 
-    def __init__(self, config: LocalConfig):
-        self.config = config
+    in_process = True  # progress is shown by the worker itself
 
-    def run(self, specs: list[RunSpec], worker: Callable[[RunSpec], T]) -> list[T]:
-        return [worker(spec) for spec in specs]
+    def __init__(self, config: LocalConfig | None = None):
+        self.config = config or LocalConfig()
+
+    def run(self, jobs: list, worker) -> Iterator:
+        for job in jobs:
+            yield worker(job)
+
+
+class MultiprocessConfig(PluginConfig):
+    workers: int | None = Field(
+        None, ge=1, description="Worker processes; default one per listed device, else one per 2 CPU cores."
+    )
+    devices: list[str] | None = Field(
+        None, description="Devices handed to workers round-robin, e.g. [cuda:0, cuda:1]; default the run's device."
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _not_empty(cls, devices):
+        if devices is not None and not devices:
+            raise ValueError("give at least one device or leave devices out")
+        return devices
+
+
+# Each worker process keeps its Worker (and its loaded datasets) across jobs.
+_PROCESS_WORKER = None
+
+
+def _init_process(worker, devices: list[str], counter, threads: int) -> None:
+    global _PROCESS_WORKER
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    import torch
+
+    torch.set_num_threads(threads)
+    _PROCESS_WORKER = worker.with_device(devices[index % len(devices)])
+
+
+def _run_in_process(job):
+    return _PROCESS_WORKER(job)
+
+
+class MultiprocessExecutor:
+    """A pool of spawned worker processes; each logs to MLflow by explicit run id."""
+
+    in_process = False
+
+    def __init__(self, config: MultiprocessConfig | None = None):
+        self.config = config or MultiprocessConfig()
+
+    def run(self, jobs: list, worker) -> Iterator:
+        import multiprocessing
+
+        from disentbench.core.study import RunOutcome
+
+        if not jobs:
+            return
+        devices = self.config.devices or [worker.device]
+        cores = os.cpu_count() or 1
+        workers = self.config.workers or (len(devices) if self.config.devices else max(1, cores // 2))
+        workers = min(workers, len(jobs))
+        context = multiprocessing.get_context("spawn")  # CUDA and fork do not mix
+        counter = context.Value("i", 0)
+        threads = max(1, cores // workers)
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_process, initargs=(worker, devices, counter, threads)
+        ) as pool:
+            futures = {pool.submit(_run_in_process, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    yield future.result()
+                except Exception as exc:  # a worker process died (OOM, segfault): the run can be retried
+                    yield RunOutcome(job.spec, "failed", error=f"worker process failed: {type(exc).__name__}: {exc}")
 
 
 @hookimpl
 def register_executors(register):
     register("local", config=LocalConfig, factory=LocalExecutor, description="Run every run in this process, in order.")
+    register(
+        "multiprocess",
+        config=MultiprocessConfig,
+        factory=MultiprocessExecutor,
+        description="A pool of worker processes on this machine (one per GPU, or per 2 CPU cores).",
+    )

@@ -67,6 +67,136 @@ class _DatasetCache:
         return self._cache[key]
 
 
+@dataclass(frozen=True)
+class RunJob:
+    """One run to execute: picklable, so executors can ship it to other processes or machines."""
+
+    spec: RunSpec
+    parent_run_id: str
+    reuse_run_id: str | None
+    position: int  # 1-based among this invocation's runs
+    total: int
+
+
+class Worker:
+    """Trains, evaluates and records RunJobs.
+
+    Picklable: only the validated config (as data), the tracking URI and the
+    device travel; the plugin registry, datasets, scorers and MLflow client are
+    rebuilt lazily in whichever process calls it, and reused across its jobs.
+    """
+
+    def __init__(self, config: StudyConfig, tracking_uri: str, experiment_id: str, device: str, progress: bool = True):
+        self.config_data = config.model_dump(mode="json")
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.device = device
+        self.progress = progress
+        self.bar: StudyProgress | None = None
+        self._state: dict[str, Any] | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["bar"] = None
+        state["_state"] = None
+        return state
+
+    def with_device(self, device: str) -> "Worker":
+        clone = Worker.__new__(Worker)
+        clone.__dict__.update(self.__getstate__())
+        clone.device = device
+        return clone
+
+    def _context(self) -> dict[str, Any]:
+        if self._state is None:
+            from disentbench.core.config import StudyConfig
+
+            registry = get_plugin_manager()
+            config = StudyConfig.model_validate(self.config_data)
+            tracker = tracking.Tracker(self.tracking_uri, config.experiment_name)
+            tracker._experiment_id = self.experiment_id
+            self._state = {
+                "registry": registry,
+                "config": config,
+                "tracker": tracker,
+                "datasets": _DatasetCache(registry),
+                "scorers": build_scorers(config, registry),
+                "device": resolve_device(self.device),
+            }
+        return self._state
+
+    def __call__(self, job: RunJob) -> RunOutcome:
+        ctx = self._context()
+        config, tracker, spec = ctx["config"], ctx["tracker"], job.spec
+        bar = self.bar or StudyProgress(spec.steps, enabled=False)
+        started = time.perf_counter()
+        checkpoint_dir = Path(config.training.checkpoint_dir) / spec.run_key
+        with RunLock(checkpoint_dir.with_suffix(".lock")) as lock:
+            if not lock.acquired:
+                return RunOutcome(spec, "skipped", error="being trained by another process on this machine")
+            run_id = tracker.claim_run(spec, job.parent_run_id, job.reuse_run_id, config.tracking.index_tag)
+            if run_id is None:
+                return RunOutcome(spec, "skipped", error="claimed by another invocation")
+            bar.start_run(f"[{job.position}/{job.total}] {spec.run_name}")
+            try:
+                scores = _train_and_evaluate(spec, ctx, run_id, bar, checkpoint_dir / "checkpoint.pt")
+            except KeyboardInterrupt:
+                tracker.end_run(run_id, tracking.KILLED)
+                raise
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                tracker.set_tags(run_id, {"error": message[:5000]})
+                with tempfile.TemporaryDirectory() as tmp:
+                    trace = Path(tmp) / "error.txt"
+                    trace.write_text(traceback.format_exc())
+                    tracker.log_artifact(run_id, trace)
+                tracker.end_run(run_id, tracking.FAILED)
+                bar.message(f"run {spec.run_name} failed: {message}")
+                return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
+            tracker.end_run(run_id, tracking.FINISHED)
+            return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+
+class RunLock:
+    """A non-blocking per-run-key file lock (``fcntl.flock``); released by the OS if the process dies.
+
+    Two invocations on one machine never train the same run at once; a run
+    left RUNNING by a killed process is recognised as free.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.acquired = False
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.acquired = True
+        except BlockingIOError:
+            self.acquired = False
+        except ImportError:  # no fcntl (Windows): rely on the MLflow claim alone
+            self.acquired = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the lock
+
+
+def build_scorers(config: StudyConfig, registry: PluginRegistry) -> list[tuple[str, str, Any]]:
+    scorers = []
+    for kind, refs in (("metric", config.evaluation.metrics), ("task", config.evaluation.tasks)):
+        for ref in refs:
+            registration = registry.get(kind, ref.name)
+            scorers.append((kind, ref.name, registration.factory(registration.make_config(ref.params))))
+    return scorers
+
+
 def run_study(
     config: StudyConfig,
     *,
@@ -75,16 +205,27 @@ def run_study(
     tracking_uri: str | None = None,
     config_path: Path | None = None,
     progress: bool = True,
+    executor: str | None = None,
 ) -> StudyResult:
+    """Run every unfinished run of ``config``; returns outcomes in grid order.
+
+    Finished run keys are skipped; an unfinished run of the same key is
+    continued (its MLflow run reused, training resumed from its checkpoint).
+    """
     registry = registry or get_plugin_manager()
     specs = expand_grid(config, registry)
-    torch_device = resolve_device(device or config.training.device)
+    device = device or config.training.device
+    resolve_device(device)  # fail on an impossible device before writing anything
 
-    # Load every dataset first: a missing file is a one-line error before
-    # anything is written to the tracking store.
+    # Check every dataset's files first: a missing file is a one-line error
+    # before anything is written to the tracking store.
     datasets = _DatasetCache(registry)
     for spec in specs:
         datasets.get(spec.dataset, spec.dataset_params).check()
+
+    executor_ref = config.executor if executor is None else type(config.executor)(name=executor)
+    executor_reg = registry.get("executor", executor_ref.name)
+    executor_obj = executor_reg.factory(executor_reg.make_config(executor_ref.params))
 
     tracker = tracking.Tracker(tracking_uri or config.tracking.uri, config.experiment_name)
     recorded = tracker.runs_by_key()
@@ -94,59 +235,45 @@ def run_study(
         runs = recorded.get(spec.run_key, [])
         if tracking.status_of(runs) == tracking.FINISHED:
             finished = next(r for r in runs if r.info.status == tracking.FINISHED)
-            outcomes_by_key[spec.run_key] = RunOutcome(
-                spec, "skipped", finished.info.run_id, _scores_of(finished.data.metrics)
-            )
+            outcomes_by_key[spec.run_key] = RunOutcome(spec, "skipped", finished.info.run_id, _scores_of(finished.data.metrics))
         else:
             if runs:  # interrupted or failed before: continue that run, never a duplicate
                 reuse[spec.run_key] = runs[0].info.run_id
             todo.append(spec)
 
+    # The parent creates the experiment and its run before any worker starts;
+    # workers log to explicit run ids.
     parent_run_id = tracker.start_study_run(config.name, len(specs), config_path)
     tracker.log_params(parent_run_id, {"config": canonical_json(config.model_dump(mode="json"))[:6000]})
+    scorers = build_scorers(config, registry)
 
-    scorers = []
-    for kind, refs in (("metric", config.evaluation.metrics), ("task", config.evaluation.tasks)):
-        for ref in refs:
-            registration = registry.get(kind, ref.name)
-            scorers.append((kind, ref.name, registration.factory(registration.make_config(ref.params))))
-
+    worker = Worker(config, tracker.uri, tracker.experiment_id, device, progress)
     bar = StudyProgress(sum(s.steps for s in todo), enabled=progress)
+    worker.bar = bar  # used when the executor runs jobs in this process
+    worker._state = {
+        "registry": registry,
+        "config": config,
+        "tracker": tracker,
+        "datasets": datasets,
+        "scorers": scorers,
+        "device": resolve_device(device),
+    }
     if len(todo) < len(specs):
         bar.message(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
-
-    def worker(spec: RunSpec) -> RunOutcome:
-        started = time.perf_counter()
-        run_id = tracker.start_run(spec, parent_run_id, reuse.get(spec.run_key), config.tracking.index_tag)
-        bar.start_run(f"[{spec.index + 1}/{len(specs)}] {spec.run_name}")
-        try:
-            scores = _train_and_evaluate(spec, config, registry, datasets, scorers, torch_device, tracker, run_id, bar)
-        except KeyboardInterrupt:
-            tracker.end_run(run_id, tracking.KILLED)
-            raise
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            tracker.set_tags(run_id, {"error": message[:5000]})
-            with tempfile.TemporaryDirectory() as tmp:
-                trace = Path(tmp) / "error.txt"
-                trace.write_text(traceback.format_exc())
-                tracker.log_artifact(run_id, trace)
-            tracker.end_run(run_id, tracking.FAILED)
-            bar.message(f"run {spec.run_name} failed: {message}")
-            return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
-        tracker.end_run(run_id, tracking.FINISHED)
-        return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
-
-    executor_reg = registry.get("executor", config.executor.name)
-    executor = executor_reg.factory(executor_reg.make_config(config.executor.params))
+    jobs = [RunJob(spec, parent_run_id, reuse.get(spec.run_key), i + 1, len(todo)) for i, spec in enumerate(todo)]
     try:
-        for outcome in executor.run(todo, worker):
+        for outcome in executor_obj.run(jobs, worker):
             outcomes_by_key[outcome.spec.run_key] = outcome
+            if not getattr(executor_obj, "in_process", False):
+                bar.message(f"[{len(outcomes_by_key)}/{len(specs)}] {outcome.status} {outcome.spec.run_name}")
     except KeyboardInterrupt:
         tracker.end_run(parent_run_id, tracking.KILLED)
         bar.close()
         raise
     bar.close()
+    missing = [s for s in specs if s.run_key not in outcomes_by_key]
+    for spec in missing:  # an executor that lost a job (a crashed worker process)
+        outcomes_by_key[spec.run_key] = RunOutcome(spec, "failed", error="the executor returned no result")
     outcomes = [outcomes_by_key[s.run_key] for s in specs]
     failed = any(o.status == "failed" for o in outcomes)
     tracker.end_run(parent_run_id, tracking.FAILED if failed else tracking.FINISHED)
@@ -172,11 +299,12 @@ def _scores_of(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith(("eval/", "downstream/"))}
 
 
-def _train_and_evaluate(spec, config, registry, datasets, scorers, device, tracker, run_id, bar) -> dict[str, float]:
-    data = datasets.get(spec.dataset, spec.dataset_params)
+def _train_and_evaluate(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:
+    registry, config, tracker, device = ctx["registry"], ctx["config"], ctx["tracker"], ctx["device"]
+    data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
+    scorers = ctx["scorers"]
     model_reg = registry.get("model", spec.model)
     model = build_model(model_reg.factory, model_reg.make_config(spec.model_params), data.observation_shape, spec.seed, device)
-    checkpoint = Path(config.training.checkpoint_dir) / spec.run_key / "checkpoint.pt"
     trainer = Trainer(
         model,
         data,
@@ -196,7 +324,10 @@ def _train_and_evaluate(spec, config, registry, datasets, scorers, device, track
     bar.finish_run(spec.steps)
     if result.resumed_from:
         tracker.set_tags(run_id, {"resumed_from_step": str(result.resumed_from)})
-    tracker.log_metrics(run_id, {"train/seconds": result.seconds, "train/model_steps_per_second": result.steps / max(result.seconds, 1e-9)})
+    tracker.log_metrics(
+        run_id,
+        {"train/seconds": result.seconds, "train/model_steps_per_second": result.steps / max(result.seconds, 1e-9)},
+    )
 
     scores = evaluate(
         model,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,7 +23,8 @@ FINISHED, RUNNING, FAILED, KILLED, PENDING = "FINISHED", "RUNNING", "FAILED", "K
 
 TAG_RUN_KEY = "run_key"
 TAG_STUDY = "study"
-TAG_KIND = "disentbench.kind"  # "study" for parent runs, "run" for children
+TAG_KIND = "disentbench.kind"
+TAG_OWNER = "disentbench.owner"  # token of the invocation currently training a run  # "study" for parent runs, "run" for children
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -58,6 +61,45 @@ def run_params(spec: RunSpec) -> dict[str, str]:
     return params
 
 
+class TrackingError(ValueError):
+    """The tracking store cannot be used (bad URI, unreachable server)."""
+
+
+_TRANSIENT = ("database is locked", "database table is locked", "deadlock", "connection reset")
+
+
+class _RetryingClient:
+    """An MlflowClient whose calls retry transient store errors with exponential backoff.
+
+    SQLite already waits 20 s on a lock (MLflow sets busy_timeout); this covers
+    what slips through under many concurrent writers, and flaky servers.
+    """
+
+    def __init__(self, client, attempts: int = 8, first_delay: float = 0.05):
+        self._client = client
+        self._attempts = attempts
+        self._first_delay = first_delay
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            delay = self._first_delay
+            for attempt in range(self._attempts):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as exc:
+                    text = str(exc).lower()
+                    if attempt == self._attempts - 1 or not any(t in text for t in _TRANSIENT):
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay *= 2
+
+        return call
+
+
 class Tracker:
     def __init__(self, uri: str | None, experiment: str):
         quiet_mlflow_logs()
@@ -65,7 +107,13 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         self.experiment_name = experiment
-        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            self.client = _RetryingClient(MlflowClient(tracking_uri=self.uri))
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot use tracking URI {self.uri!r}: {_first_line(exc)}; use sqlite:///PATH, http(s)://HOST:PORT "
+                "or a database URI"
+            ) from None
         self._experiment_id: str | None = None
 
     # -- experiment and runs ---------------------------------------------------
@@ -75,10 +123,19 @@ class Tracker:
             self._experiment_id = self._get_or_create_experiment()
         return self._experiment_id
 
+    def _lookup_experiment(self):
+        try:
+            return self.client.get_experiment_by_name(self.experiment_name)
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot use tracking URI {self.uri!r}: {_first_line(exc)}; check tracking.uri, --tracking-uri "
+                "or $MLFLOW_TRACKING_URI"
+            ) from None
+
     def _get_or_create_experiment(self) -> str:
         from mlflow.exceptions import MlflowException
 
-        existing = self.client.get_experiment_by_name(self.experiment_name)
+        existing = self._lookup_experiment()
         if existing is not None:
             if existing.lifecycle_stage == "deleted":
                 self.client.restore_experiment(existing.experiment_id)
@@ -90,7 +147,7 @@ class Tracker:
 
     def existing_experiment_id(self) -> str | None:
         """The experiment's id if it exists, without creating it (for read-only commands)."""
-        existing = self.client.get_experiment_by_name(self.experiment_name)
+        existing = self._lookup_experiment()
         return existing.experiment_id if existing is not None else None
 
     def search(self, filter_string: str, experiment_id: str | None = None) -> list:
@@ -146,6 +203,36 @@ class Tracker:
         self.log_params(run.info.run_id, run_params(spec))
         return run.info.run_id
 
+    def claim_run(
+        self, spec: RunSpec, parent_run_id: str, reuse_run_id: str | None = None, index_tag: str | None = None
+    ) -> str | None:
+        """Start (or continue) the one MLflow run of ``spec.run_key``; None if another invocation owns it.
+
+        Optimistic claim: create the run, then look for other live runs of the
+        same key. The oldest (start time, then run id) wins; a loser deletes its
+        own fresh run, so racing invocations never leave two runs for one key.
+        A reused run (interrupted earlier) is taken over by writing an owner
+        token and reading it back: the last writer owns it.
+        """
+        if reuse_run_id is not None:
+            token = uuid.uuid4().hex
+            self.client.set_tag(reuse_run_id, TAG_OWNER, token)
+            time.sleep(0.2)
+            if self.client.get_run(reuse_run_id).data.tags.get(TAG_OWNER) != token:
+                return None
+            return self.start_run(spec, parent_run_id, reuse_run_id, index_tag)
+        run_id = self.start_run(spec, parent_run_id, None, index_tag)
+        rivals = [
+            r
+            for r in self.search(f"tags.`{TAG_RUN_KEY}` = '{spec.run_key}'")
+            if r.info.lifecycle_stage == "active" and r.info.status != FAILED and r.info.status != KILLED
+        ]
+        winner = min(rivals, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+        if winner is not None and winner.info.run_id != run_id:
+            self.client.delete_run(run_id)
+            return None
+        return run_id
+
     # -- logging -----------------------------------------------------------------
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -180,6 +267,11 @@ def status_of(runs: Iterable) -> str:
         if status in statuses:
             return status
     return PENDING
+
+
+def _first_line(exc: Exception, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _version() -> str:

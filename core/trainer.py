@@ -15,8 +15,11 @@ forward pass this way).
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +64,19 @@ def build_model(factory: Callable, config, observation_shape, seed: int, device:
     return model.to(device)
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite; the run cannot continue."""
+
+    def __init__(self, step: int, terms: dict[str, float]):
+        bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
+        super().__init__(f"non-finite loss at step {step}: {bad}; lower the learning rate or check the data")
+        self.step = step
+
+
+class CorruptCheckpoint(RuntimeError):
+    pass
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -103,6 +119,7 @@ class Trainer:
         self.data_generator = make_generator(device, derive_seed(seed, STREAM_DATA))
         self.latent_generator = make_generator(device, derive_seed(seed, STREAM_LATENT))
         self.step = 0
+        self._initial = copy.deepcopy(self.state_dict()) if self.checkpoint_path else None
 
     # -- checkpoints ------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -131,11 +148,35 @@ class Trainer:
         os.replace(tmp, self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
     def maybe_resume(self) -> int:
+        """Resume from the checkpoint if there is one; a corrupt one is set aside and training restarts."""
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return 0
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        self.load_state_dict(state)
+        try:
+            # weights_only: a checkpoint is data, never code to run
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+            if not isinstance(state, dict) or not {"step", "model", "optimizers"} <= set(state):
+                raise CorruptCheckpoint("missing keys")
+            self.load_state_dict(state)
+        except Exception as exc:
+            bad = self.checkpoint_path.with_suffix(".corrupt")
+            os.replace(self.checkpoint_path, bad)
+            warnings.warn(
+                f"checkpoint {self.checkpoint_path} is unreadable ({type(exc).__name__}: {exc}); "
+                f"moved to {bad.name}, training restarts from step 0",
+                stacklevel=2,
+            )
+            self._reset()
+            return 0
         return self.step
+
+    def _reset(self) -> None:
+        """Back to the freshly built state (after a failed partial load)."""
+        self.model.load_state_dict(self._initial["model"])
+        for (opt, _), opt_state in zip(self.optimizers, self._initial["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.data_generator.set_state(self._initial["data_generator"])
+        self.latent_generator.set_state(self._initial["latent_generator"])
+        self.step = 0
 
     # -- the loop -----------------------------------------------------------------
     def _update(self, terms: dict[str, torch.Tensor]) -> None:
@@ -178,6 +219,8 @@ class Trainer:
             if self.step % self.log_every == 0 or self.step == self.steps:
                 # the only host sync: once per logging interval
                 last = {name: float(v) for name, v in zip(sums, torch.stack(list(sums.values())).div(count).tolist())}
+                if not all(math.isfinite(v) for v in last.values()):
+                    raise NonFiniteLoss(self.step, last)
                 if on_log:
                     on_log(self.step, last)
                 sums, count = {}, 0

@@ -94,3 +94,32 @@ def test_derived_seeds_independent():
     seeds = {derive_seed(s, stream) for s in range(5) for stream in range(4)}
     assert len(seeds) == 20
     assert derive_seed(0, 1) == derive_seed(0, 1)
+
+
+def test_corrupt_checkpoint_restarts_cleanly(tmp_path):
+    full = _trainer()
+    full.train()
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unreadable"):
+        restarted = _trainer(tmp_path)
+        result = restarted.train()
+    assert result.resumed_from == 0 and result.steps == 12
+    assert (tmp_path / "ckpt.corrupt").exists()
+    assert torch.equal(_params(restarted), _params(full))
+
+
+def test_non_finite_loss_stops_the_run():
+    from disentbench.core.trainer import NonFiniteLoss
+
+    trainer = _trainer()
+    original = trainer.model.loss
+
+    def loss(x, step, generator=None):
+        terms = original(x, step, generator)
+        if step == 5:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    trainer.model.loss = loss
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 8: .*total=nan"):
+        trainer.train()
