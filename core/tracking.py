@@ -102,8 +102,9 @@ class _RetryingClient:
 
 class Tracker:
     def __init__(self, uri: str | None, experiment: str):
-        quiet_mlflow_logs()
         from mlflow.tracking import MlflowClient
+
+        quiet_mlflow_logs()  # after the import: importing mlflow configures its own loggers
 
         self.uri = resolve_tracking_uri(uri)
         self.experiment_name = experiment
