@@ -16,8 +16,6 @@ All model configs derive from :class:`ModelConfig` (``extra="forbid"``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -31,7 +29,9 @@ class PluginConfig(BaseModel):
 
 class ModelConfig(PluginConfig):
     num_latent: int = Field(10, ge=1, description="Number of latent dimensions (study: 10).")
-    architecture: Literal["conv"] = Field("conv", description="Encoder/decoder architecture (study: conv).")
+    # A plain string here: which names exist is the model plugin's business (the
+    # built-in Gaussian VAEs validate it against their architecture table).
+    architecture: str = Field("conv", description="Encoder/decoder architecture (study: conv).")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate (study: 1e-4).")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from disentbench.core.model import ModelConfig
-from disentbench.plugins.models.vae import GaussianVAE
+from disentbench.plugins.models.vae import GaussianVAE, GaussianVAEConfig
 
 
-class BetaVAEConfig(ModelConfig):
+class BetaVAEConfig(GaussianVAEConfig):
     beta: float = Field(
         1.0,
         ge=0,

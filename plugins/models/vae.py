@@ -5,12 +5,15 @@ term. They differ only in the regularizer added to the reconstruction loss,
 ``total = reconstruction + regularizer(kl, mean, logvar, z, step)``. A new model
 subclasses :class:`GaussianVAE` and implements :meth:`GaussianVAE.regularizer`.
 Models with their own parameters and optimizer (FactorVAE's discriminator)
-also override :meth:`GaussianVAE.build_optimizers`.
+also override :meth:`GaussianVAE.build_optimizers`. Their configs derive from
+:class:`GaussianVAEConfig`, which rejects an unknown ``architecture`` when the
+config is validated, before any training starts.
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import field_validator
 
 from disentbench.core.model import Model, ModelConfig
 from disentbench.plugins.models.architectures import (
@@ -23,6 +26,17 @@ from disentbench.plugins.models.architectures import (
 STANDARD_TERMS = ("reconstruction", "kl", "regularizer", "elbo", "total")
 
 RegularizerOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class GaussianVAEConfig(ModelConfig):
+    """Config base of the built-in Gaussian VAEs: ``architecture`` must name an entry of ``ARCHITECTURES``."""
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        if value not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {value!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        return value
 
 
 class GaussianVAE(Model):
