@@ -1,0 +1,258 @@
+"""Downstream classification tasks, as the study computes them (spec section 4, "Downstream task").
+
+For each training-set size n in ``num_train`` (in the configured order), a new
+training set of n points and a new test set of ``num_test`` points are drawn
+(``generate_batch_factor_code``, ``batch_size`` per call, training set first).
+For each factor i, a fresh predictor is fitted on codes -> factor i and its
+accuracy recorded on the training and the test set. Keys, as the reference
+library records them::
+
+    "<n>:mean_train_accuracy", "<n>:mean_test_accuracy",
+    "<n>:min_train_accuracy",  "<n>:min_test_accuracy",
+    "<n>:train_accuracy_factor_<i>", "<n>:test_accuracy_factor_<i>"
+
+plus ``sample_efficiency`` = mean_test_accuracy(100) / mean_test_accuracy(10000)
+when both sizes are configured. The reference library computes no such number:
+this is disentbench's definition, after the paper's notion of sample efficiency
+(the accuracy reached with few labels relative to the accuracy with many).
+
+Predictors (the reference's, which pass no ``random_state``):
+
+* ``downstream_logistic_regression``: ``LogisticRegressionCV(Cs=10, cv=KFold(n_splits=5))``.
+  Its defaults (lbfgs, L2, accuracy for choosing C, unshuffled folds) involve no
+  randomness. ``l1_ratios=(0.0,)`` and ``scoring="accuracy"`` are spelled out:
+  they are what the reference's defaults meant, and scikit-learn 1.10/1.11
+  change those defaults.
+* ``downstream_gradient_boosting``: ``GradientBoostingClassifier()`` with its
+  defaults. Its only randomness is the tie-breaking order of the features at
+  each split, which the reference left unseeded (so its numbers were not
+  exactly reproducible). Here each fit gets a seed drawn from ``random_state``
+  after *all* sampling is done, so the drawn data are the reference's and
+  scores are reproducible.
+
+Where the reference would crash (a factor with a single value in a small
+training set: scikit-learn refuses to fit one class), the predictor is the
+constant that value.
+
+Fits are independent, so they run after all sampling, in parallel with joblib
+threads (``n_jobs``); each fit sees the same data and seed whatever ``n_jobs``
+is, so results do not depend on it. During the fits BLAS and OpenMP are limited
+to one thread each (``threadpoolctl``, process-wide while the fits run): on
+these small problems threaded BLAS only adds spinning threads, which on a
+shared 2-core machine made LogisticRegressionCV about 10x slower (measured; the
+scores were identical).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Callable
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from disentbench import hookimpl
+from disentbench.core.data import GroundTruthData
+from disentbench.core.model import PluginConfig
+from disentbench.plugins.metrics.utils import check_random_state, generate_batch_factor_code
+
+RepresentationFunction = Callable[[np.ndarray], np.ndarray]
+
+#: exclusive upper bound of the per-fit seeds (what RandomState.randint draws)
+_SEED_BOUND = 2**31 - 1
+
+
+class DownstreamConfig(PluginConfig):
+    num_train: list[Annotated[int, Field(ge=1)]] = Field(
+        [10, 100, 1000, 10000],
+        min_length=1,
+        description="Training-set sizes, each with its own training and test draw, in this order (study: [10, 100, 1000, 10000]).",
+    )
+    num_test: int = Field(5000, ge=1, description="Test points drawn for each training-set size (study: 5000).")
+    batch_size: int = Field(16, ge=1, description="Observations encoded per call of the representation function (study: 16).")
+    n_jobs: int | None = Field(
+        -1,
+        description="Predictor fits run in parallel on this many threads (joblib; -1: all cores). Speed only: results do not depend on it.",
+    )
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _valid_n_jobs(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("n_jobs must be a positive number of threads, -1 (all cores) or null (one), not 0")
+        return value
+
+    @field_validator("num_train")
+    @classmethod
+    def _distinct_sizes(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"training-set sizes must be distinct (each names its own scores), got {value}")
+        return value
+
+
+def make_logistic_regression_cv(seed: int):
+    """The study's ``logistic_regression_cv`` predictor; it has no randomness, so ``seed`` is unused."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import KFold
+
+    extra = {}
+    if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
+        extra["use_legacy_attributes"] = False  # fitted attributes only; silences a transition warning
+    return LogisticRegressionCV(Cs=10, cv=KFold(n_splits=5), l1_ratios=(0.0,), scoring="accuracy", **extra)
+
+
+def make_gradient_boosting(seed: int):
+    """The study's ``gradient_boosting_classifier`` (sklearn defaults), its tie-breaking seeded."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    return GradientBoostingClassifier(random_state=seed)
+
+
+def fit_and_score(
+    make_predictor: Callable[[int], object],
+    seed: int,
+    codes_train: np.ndarray,
+    labels_train: np.ndarray,
+    codes_test: np.ndarray,
+    labels_test: np.ndarray,
+) -> tuple[float, float]:
+    """Train and test accuracy of one predictor fitted on ``codes_train`` -> ``labels_train``."""
+    classes = np.unique(labels_train)
+    if len(classes) < 2:  # the reference crashes here; the only sensible classifier is the constant
+        return float(np.mean(labels_train == classes[0])), float(np.mean(labels_test == classes[0]))
+    model = make_predictor(seed)
+    model.fit(codes_train, labels_train)
+    train_accuracy = np.mean(model.predict(codes_train) == labels_train)
+    test_accuracy = np.mean(model.predict(codes_test) == labels_test)
+    return float(train_accuracy), float(test_accuracy)
+
+
+def sample_efficiency(scores: dict[str, float]) -> float | None:
+    """mean_test_accuracy(100) / mean_test_accuracy(10000) from recorded scores, or None if either is missing."""
+    few, many = scores.get("100:mean_test_accuracy"), scores.get("10000:mean_test_accuracy")
+    if few is None or many is None:
+        return None
+    return float(few / many) if many > 0 else float("nan")
+
+
+class DownstreamTask:
+    """Base of the downstream tasks: sampling, fitting and keys; subclasses name the predictor."""
+
+    #: ``make_predictor(seed) -> unfitted sklearn classifier``
+    make_predictor: Callable[[int], object]
+
+    def __init__(self, config: DownstreamConfig | None = None):
+        self.config = config if config is not None else DownstreamConfig()
+        sizes = self.config.num_train
+        largest = max(sizes)
+        headline = [f"{largest}:mean_test_accuracy"]
+        if 100 in sizes and 10000 in sizes:
+            headline.append("sample_efficiency")
+        #: the scores a summary table shows
+        self.headline = tuple(headline)
+
+    def _fit_all(self, datasets, random_state: np.random.RandomState) -> list[tuple[list[float], list[float]]]:
+        """(train accuracies, test accuracies) per dataset, one per factor.
+
+        ``datasets`` is a list of (codes_train, factors_train, codes_test,
+        factors_test). Seeds are drawn here, after every sampling draw.
+        """
+        from joblib import Parallel, delayed
+        from threadpoolctl import threadpool_limits
+
+        num_factors = datasets[0][1].shape[1]
+        seeds = random_state.randint(_SEED_BOUND, size=(len(datasets), num_factors))
+        jobs = [(d, i) for d in range(len(datasets)) for i in range(num_factors)]
+        # Largest training sets first, so the long fits do not end up last on one thread.
+        jobs.sort(key=lambda job: -len(datasets[job[0]][0]))
+        # One BLAS/OpenMP thread per fit: these problems are far too small for
+        # threaded BLAS, whose idle threads spin and, on a busy machine, cost
+        # several times the useful work; the fits themselves run side by side.
+        with threadpool_limits(limits=1):
+            outputs = Parallel(n_jobs=self.config.n_jobs, prefer="threads")(
+                delayed(fit_and_score)(
+                    type(self).make_predictor,
+                    int(seeds[d, i]),
+                    datasets[d][0],
+                    datasets[d][1][:, i],
+                    datasets[d][2],
+                    datasets[d][3][:, i],
+                )
+                for d, i in jobs
+            )
+        accuracies = [([0.0] * num_factors, [0.0] * num_factors) for _ in datasets]
+        for (d, i), (train_accuracy, test_accuracy) in zip(jobs, outputs):
+            accuracies[d][0][i] = train_accuracy
+            accuracies[d][1][i] = test_accuracy
+        return accuracies
+
+    @staticmethod
+    def _scores(size: int, train_accuracies: list[float], test_accuracies: list[float]) -> dict[str, float]:
+        prefix = f"{size}:"
+        scores = {
+            prefix + "mean_train_accuracy": float(np.mean(train_accuracies)),
+            prefix + "mean_test_accuracy": float(np.mean(test_accuracies)),
+            prefix + "min_train_accuracy": float(np.min(train_accuracies)),
+            prefix + "min_test_accuracy": float(np.min(test_accuracies)),
+        }
+        for i, (train_accuracy, test_accuracy) in enumerate(zip(train_accuracies, test_accuracies)):
+            scores[prefix + f"train_accuracy_factor_{i}"] = train_accuracy
+            scores[prefix + f"test_accuracy_factor_{i}"] = test_accuracy
+        return scores
+
+    def __call__(
+        self,
+        data: GroundTruthData,
+        representation_function: RepresentationFunction,
+        random_state: np.random.RandomState,
+    ) -> dict[str, float]:
+        check_random_state(random_state)
+        config = self.config
+        datasets = []
+        for size in config.num_train:  # the reference's draw order: train then test, size by size
+            codes_train, factors_train = generate_batch_factor_code(
+                data, representation_function, size, random_state, config.batch_size
+            )
+            codes_test, factors_test = generate_batch_factor_code(
+                data, representation_function, config.num_test, random_state, config.batch_size
+            )
+            datasets.append((codes_train, factors_train, codes_test, factors_test))
+        scores: dict[str, float] = {}
+        for size, (train_accuracies, test_accuracies) in zip(config.num_train, self._fit_all(datasets, random_state)):
+            scores.update(self._scores(size, train_accuracies, test_accuracies))
+        efficiency = sample_efficiency(scores)
+        if efficiency is not None:
+            scores["sample_efficiency"] = efficiency
+        return scores
+
+    def score_codes(self, codes, factors, codes_test=None, factors_test=None, random_state=None) -> dict[str, float]:
+        """The array core (``disentbench.score_codes``): one training set, keys prefixed by its size."""
+        if codes_test is None or factors_test is None:
+            raise ValueError("downstream tasks need a test split: pass codes_test and factors_test")
+        random_state = random_state if random_state is not None else np.random.RandomState(0)
+        [(train_accuracies, test_accuracies)] = self._fit_all([(codes, factors, codes_test, factors_test)], random_state)
+        return self._scores(len(codes), train_accuracies, test_accuracies)
+
+
+class LogisticRegressionTask(DownstreamTask):
+    make_predictor = staticmethod(make_logistic_regression_cv)
+
+
+class GradientBoostingTask(DownstreamTask):
+    make_predictor = staticmethod(make_gradient_boosting)
+
+
+@hookimpl
+def register_tasks(register):
+    register(
+        "downstream_logistic_regression",
+        config=DownstreamConfig,
+        factory=LogisticRegressionTask,
+        description="Downstream task: per-factor accuracy of 5-fold cross-validated logistic regression on the codes, at several training-set sizes",
+    )
+    register(
+        "downstream_gradient_boosting",
+        config=DownstreamConfig,
+        factory=GradientBoostingTask,
+        description="Downstream task: per-factor accuracy of gradient-boosted trees (sklearn defaults) on the codes, at several training-set sizes",
+    )
