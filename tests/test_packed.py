@@ -1,0 +1,290 @@
+"""Packed training (core/packed.py) equals one-by-one Trainer training, run by run.
+
+Why two equality tests. Packed and solo runs compute the same loss values
+(bitwise, on CPU) but their gradients differ by summation-order rounding.
+Adam at the study's eps = 1e-8 turns a gradient near eps into a step of
+``lr * g / (|g| + eps)``, so rounding in such gradients is amplified by
+lr / eps = 1e4: on this toy two *solo* runs that differ only in memory layout
+(channels-last on/off) are already 1e-4 apart after three steps. So the fp32
+test uses adam_eps = 1e-3, where a parameter difference measures the packed
+computation and not Adam's conditioning, and a float64 test keeps the
+study's Adam settings (lr 1e-4, eps 1e-8) exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import Squares
+
+from disentbench.core.packed import (
+    DEFAULT_CPU_PACK_SIZE,
+    PackedTrainer,
+    SpeedOptions,
+    StackedAdam,
+    UnpackableModel,
+    choose_pack_size,
+)
+from disentbench.core.trainer import NonFiniteLoss, Trainer, build_model
+from disentbench.plugins.models.annealed_vae import AnnealedVAE, AnnealedVAEConfig
+from disentbench.plugins.models.beta_tcvae import BetaTCVAE, BetaTCVAEConfig
+from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
+from disentbench.plugins.models.dip_vae import DIPVAE, DIPVAEConfig
+from disentbench.plugins.models.factor_vae import FactorVAE, FactorVAEConfig
+
+CPU = torch.device("cpu")
+STEPS, LOG_EVERY, BATCH = 4, 2, 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Squares64(Squares):
+    """Squares as float64 observations (for float64 models)."""
+
+    def to_float(self, images, random_state):
+        return images.to(torch.float64)
+
+
+#: Every study model, with per-run hyperparameters that differ inside the pack.
+MODELS = {
+    "beta_vae": (BetaVAE, [BetaVAEConfig(beta=b) for b in (1.0, 4.0, 16.0)]),
+    # threshold 3: the capacity schedule changes during the test's steps
+    "annealed_vae": (AnnealedVAE, [AnnealedVAEConfig(c_max=c, iteration_threshold=3) for c in (5.0, 25.0)]),
+    "factor_vae": (FactorVAE, [FactorVAEConfig(gamma=g) for g in (10.0, 40.0)]),
+    "dip_vae_i": (DIPVAE, [DIPVAEConfig(variant="i", lambda_od=v) for v in (1.0, 20.0)]),
+    "dip_vae_ii": (DIPVAE, [DIPVAEConfig(variant="ii", lambda_od=v) for v in (2.0, 50.0)]),
+    "beta_tcvae": (BetaTCVAE, [BetaTCVAEConfig(beta=b) for b in (2.0, 10.0)]),
+}
+
+
+def _configs(name, **update):
+    factory, configs = MODELS[name]
+    return factory, [c.model_copy(update={"num_latent": 3, **update}) for c in configs]
+
+
+def _build(factory, configs, seeds, data, dtype=torch.float32):
+    return [build_model(factory, c, data.observation_shape, s, CPU).to(dtype) for c, s in zip(configs, seeds)]
+
+
+def _solo(model, data, seed, steps=STEPS, checkpoint_path=None, checkpoint_every=10_000):
+    logs = []
+    trainer = Trainer(
+        model, data, seed=seed, steps=steps, batch_size=BATCH, device=CPU, log_every=LOG_EVERY,
+        checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    trainer.train(on_log=lambda step, terms: logs.append((step, terms)))
+    return logs
+
+
+def _packed(models, data, seeds, steps=STEPS, checkpoint_paths=None, speed=None, checkpoint_every=10_000):
+    logs: dict[int, list] = {}
+    trainer = PackedTrainer(
+        models, data, seeds, steps=steps, batch_size=BATCH, device=CPU, log_every=LOG_EVERY,
+        checkpoint_paths=checkpoint_paths, speed=speed, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    result = trainer.train(on_log=lambda index, step, terms: logs.setdefault(index, []).append((step, terms)))
+    return result, logs
+
+
+def _max_diff(a, b):
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _assert_same_logs(solo_logs, packed_logs, rel=1e-5):
+    assert [step for step, _ in packed_logs] == [step for step, _ in solo_logs]
+    for (_, solo_terms), (_, packed_terms) in zip(solo_logs, packed_logs):
+        assert list(packed_terms) == list(solo_terms)
+        for key, value in solo_terms.items():
+            assert packed_terms[key] == pytest.approx(value, rel=rel, abs=1e-5), key
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_packed_equals_one_by_one_fp32(name):
+    data = Squares()
+    factory, configs = _configs(name, adam_eps=1e-3)
+    seeds = [11 + i for i in range(len(configs))]
+    solo_models = _build(factory, configs, seeds, data)
+    solo_logs = [_solo(m, data, s) for m, s in zip(solo_models, seeds)]
+    packed_models = _build(factory, configs, seeds, data)
+    result, packed_logs = _packed(packed_models, data, seeds)
+    assert result.failed == [] and result.finished == list(range(len(configs)))
+    assert result.model_steps == STEPS * len(configs)
+    for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
+        assert _max_diff(solo, packed) <= 1e-5, f"run {i}"
+        _assert_same_logs(solo_logs[i], packed_logs[i])
+        assert result.results[i].steps == STEPS and result.results[i].final_terms == packed_logs[i][-1][1]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_packed_equals_one_by_one_float64_study_adam(name):
+    data = Squares64()
+    factory, configs = _configs(name)  # lr 1e-4, eps 1e-8 (FactorVAE's discriminator: betas 0.5, 0.9)
+    seeds = [21 + i for i in range(len(configs))]
+    solo_models = _build(factory, configs, seeds, data, torch.float64)
+    solo_logs = [_solo(m, data, s, steps=3) for m, s in zip(solo_models, seeds)]
+    packed_models = _build(factory, configs, seeds, data, torch.float64)
+    _, packed_logs = _packed(packed_models, data, seeds, steps=3)
+    for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
+        assert _max_diff(solo, packed) <= 1e-10
+        _assert_same_logs(solo_logs[i], packed_logs[i], rel=1e-9)
+
+
+def test_hyperparameters_differ_inside_one_pack():
+    """Two betas, same seed, one pack: each run's losses are those its beta gives alone."""
+    data = Squares()
+    configs = [BetaVAEConfig(beta=beta, num_latent=3, adam_eps=1e-3) for beta in (1.0, 16.0)]
+    seeds = [5, 5]
+    solo_logs = [_solo(m, data, s) for m, s in zip(_build(BetaVAE, configs, seeds, data), seeds)]
+    packed_models = _build(BetaVAE, configs, seeds, data)
+    _, packed_logs = _packed(packed_models, data, seeds)
+    for i in range(2):
+        _assert_same_logs(solo_logs[i], packed_logs[i])
+    for (_, low), (_, high) in zip(packed_logs[0], packed_logs[1]):
+        assert low["regularizer"] == pytest.approx(low["kl"], rel=1e-5)
+        assert high["regularizer"] == pytest.approx(16.0 * high["kl"], rel=1e-5)
+    assert packed_logs[1][-1][1]["regularizer"] > 10.0 * packed_logs[0][-1][1]["regularizer"] > 0.0
+    assert _max_diff(*packed_models) > 1e-6
+
+
+def test_nan_in_one_run_stops_that_run_only(tmp_path):
+    data = Squares()
+    factory, configs = _configs("beta_vae", adam_eps=1e-3)
+    seeds = [31, 32, 33]
+    steps = 6
+
+    def poisoned(models):
+        with torch.no_grad():
+            models[1].decoder.deconvs[0].weight[0, 0, 0, 0] = float("nan")
+        return models
+
+    solo_models = poisoned(_build(factory, configs, seeds, data))
+    solo_logs = {}
+    for i, (m, s) in enumerate(zip(solo_models, seeds)):
+        if i == 1:
+            with pytest.raises(NonFiniteLoss) as solo_error:
+                _solo(m, data, s, steps=steps)
+        else:
+            solo_logs[i] = _solo(m, data, s, steps=steps)
+
+    packed_models = poisoned(_build(factory, configs, seeds, data))
+    paths = [tmp_path / f"run{i}.pt" for i in range(3)]
+    result, packed_logs = _packed(packed_models, data, seeds, steps=steps, checkpoint_paths=paths)
+    assert result.failed == [1] and result.finished == [0, 2]
+    assert isinstance(result.errors[1], NonFiniteLoss)
+    assert result.errors[1].step == solo_error.value.step == LOG_EVERY
+    assert "non-finite loss at step 2" in str(result.errors[1])
+    assert result.results[1] is None and 1 not in packed_logs
+    assert not paths[1].exists() and paths[0].exists() and paths[2].exists()
+    for i in (0, 2):
+        assert _max_diff(solo_models[i], packed_models[i]) <= 1e-5
+        _assert_same_logs(solo_logs[i], packed_logs[i])
+
+
+def _same_structure(a, b):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for key in a:
+            _same_structure(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _same_structure(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+    else:
+        assert a == b or isinstance(a, float)
+
+
+def test_checkpoints_move_between_packed_and_solo(tmp_path):
+    """Packed -> solo and solo -> packed resumes continue like an uninterrupted solo run.
+
+    Runs of one pack may resume from different steps.
+    """
+    data = Squares()
+    factory, configs = _configs("factor_vae", adam_eps=1e-3)
+    seeds = [41, 42]
+    full = _build(factory, configs, seeds, data)
+    full_logs = [_solo(m, data, s, steps=6) for m, s in zip(full, seeds)]
+
+    # packed for 3 steps, then each run resumes alone
+    packed_paths = [tmp_path / f"packed{i}.pt" for i in range(2)]
+    _packed(_build(factory, configs, seeds, data), data, seeds, steps=3, checkpoint_paths=packed_paths)
+    solo_reference = tmp_path / "solo_reference.pt"
+    _solo(_build(factory, configs, seeds, data)[0], data, seeds[0], steps=3, checkpoint_path=solo_reference)
+    packed_state = torch.load(packed_paths[0], weights_only=True)
+    _same_structure(torch.load(solo_reference, weights_only=True), packed_state)
+    assert packed_state["step"] == 3
+    for i in range(2):
+        resumed = _build(factory, configs, seeds, data)[i]
+        logs = _solo(resumed, data, seeds[i], steps=6, checkpoint_path=packed_paths[i])
+        assert _max_diff(resumed, full[i]) <= 1e-5
+        _assert_same_logs(full_logs[i][-1:], logs[-1:])  # a resumed run averages only the steps it ran
+
+    # run 0 alone for 4 steps (checkpoint), run 1 fresh: one pack resumes both
+    mixed_paths = [tmp_path / "solo0.pt", tmp_path / "fresh1.pt"]
+    _solo(_build(factory, configs, seeds, data)[0], data, seeds[0], steps=4, checkpoint_path=mixed_paths[0])
+    models = _build(factory, configs, seeds, data)
+    result, logs = _packed(models, data, seeds, steps=6, checkpoint_paths=mixed_paths)
+    assert [r.resumed_from for r in result.results] == [4, 0]
+    assert [r.steps for r in result.results] == [2, 6]
+    for i in range(2):
+        assert _max_diff(models[i], full[i]) <= 1e-5
+    _assert_same_logs(full_logs[0][-1:], logs[0])
+    _assert_same_logs(full_logs[1], logs[1])
+
+
+def test_speed_options_are_no_ops_on_cpu():
+    data = Squares()
+    factory, configs = _configs("beta_vae")
+    seeds = [51, 52]
+    plain = _build(factory, configs[:2], seeds, data)
+    _packed(plain, data, seeds, steps=2)
+    fast = _build(factory, configs[:2], seeds, data)
+    everything = SpeedOptions(channels_last=True, autocast_bf16=True, cuda_graphs=True, compile=True)
+    _packed(fast, data, seeds, steps=2, speed=everything)
+    assert SpeedOptions.fastest().on(CPU) == SpeedOptions()
+    for a, b in zip(plain, fast):
+        assert _max_diff(a, b) == 0.0
+
+
+def test_stacked_adam_equals_torch_adam_per_slice():
+    generator = torch.Generator().manual_seed(0)
+    settings = [dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8), dict(lr=3e-2, betas=(0.5, 0.9), eps=1e-6)]
+    solo = [torch.randn(5, 4, generator=generator).requires_grad_() for _ in settings]
+    optimizers = [torch.optim.Adam([p], **kw) for p, kw in zip(solo, settings)]
+    stacked = torch.stack([p.detach() for p in solo]).clone()
+    adam = StackedAdam(
+        [stacked], lr=[kw["lr"] for kw in settings], beta1=[kw["betas"][0] for kw in settings],
+        beta2=[kw["betas"][1] for kw in settings], eps=[kw["eps"] for kw in settings],
+    )  # fmt: skip
+    for _ in range(5):
+        grads = [torch.randn(5, 4, generator=generator) * 1e-3 for _ in settings]
+        for p, g, opt in zip(solo, grads, optimizers):
+            p.grad = g
+            opt.step()
+        adam.step([torch.stack(grads)])
+    for i, p in enumerate(solo):
+        assert torch.allclose(stacked[i], p.detach(), rtol=0, atol=1e-7)
+        assert torch.allclose(adam.exp_avg_sqs[0][i], optimizers[i].state[p]["exp_avg_sq"], rtol=1e-6, atol=0)
+
+
+def test_choose_pack_size_and_unpackable_models():
+    data = Squares()
+    assert choose_pack_size(lambda: BetaVAE(BetaVAEConfig(num_latent=3), (1, 64, 64)), CPU, 64) == DEFAULT_CPU_PACK_SIZE
+    mixed = [
+        build_model(BetaVAE, BetaVAEConfig(num_latent=3), data.observation_shape, 1, CPU),
+        build_model(BetaTCVAE, BetaTCVAEConfig(num_latent=3), data.observation_shape, 2, CPU),
+    ]
+    with pytest.raises(UnpackableModel, match="BetaTCVAE"):
+        PackedTrainer(mixed, data, [1, 2], steps=1, batch_size=BATCH, device=CPU)
+    variants = [
+        build_model(DIPVAE, DIPVAEConfig(num_latent=3, variant=v), data.observation_shape, 1, CPU) for v in ("i", "ii")
+    ]
+    with pytest.raises(UnpackableModel, match="variant"):
+        PackedTrainer(variants, data, [1, 2], steps=1, batch_size=BATCH, device=CPU)
