@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class BadInput(click.ClickException):
@@ -47,20 +47,87 @@ def _load(config_path: str):
             click.echo(f"error: {problem}", err=True)
         click.echo(f"{len(exc.problems)} problem(s) in {config_path}; nothing was run.", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except UnicodeDecodeError as exc:  # a binary or non-UTF-8 file given as the config
+        raise BadInput(f"{config_path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _options(ctx: click.Context | None = None) -> dict:
+    """The global options (``quiet``, ``verbose``) of this invocation; defaults outside the ``main`` group."""
+    ctx = ctx or click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return {"quiet": False, "verbose": False, **(obj if isinstance(obj, dict) else {})}
+
+
+def _no_color() -> bool:
+    """NO_COLOR (https://no-color.org): set and not empty turns colour off."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+class _MainGroup(click.Group):
+    """Turns an unexpected exception into one ``error:`` line and exit 1 (the traceback with --verbose)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, EOFError):
+            raise
+        except BrokenPipeError:  # the reader went away (`disentbench compare x --csv | head`): stop quietly
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            except (OSError, ValueError, AttributeError):
+                pass
+            ctx.exit(EXIT_FAILURE)
+        except Exception as exc:
+            if _options(ctx)["verbose"]:
+                raise
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("(run with --verbose for the full traceback)", err=True)
+            ctx.exit(EXIT_FAILURE)
+
+
+EPILOG = """\b
+Exit codes:
+  0  success
+  1  failure: a run, an analysis or the tracking store failed
+  2  bad input: config, arguments or options, missing data files
+\b
+Colour is off when NO_COLOR is set or output is not a terminal; progress
+bars become plain lines when not on a terminal. Shell completion: see the
+README (eval "$(_DISENTBENCH_COMPLETE=bash_source disentbench)").
+"""
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(package_name="disentbench")
-def main():
+@click.option("--quiet", "-q", is_flag=True, help="Less output: no progress bars or informational lines.")
+@click.option("--verbose", "-v", is_flag=True, help="More output: debug log lines, server logs, full tracebacks.")
+@click.pass_context
+def main(ctx, quiet, verbose):
     """disentbench: train, score and analyse disentanglement studies.
 
     \b
     Example:
       disentbench plugins
       disentbench run examples/quickstart.yaml
-      disentbench ui
+      disentbench compare examples/quickstart.yaml --sort mig
+      disentbench ui examples/quickstart.yaml
     """
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # MLflow probes git; silence its warning
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    ctx.ensure_object(dict)
+    ctx.obj.update(quiet=quiet, verbose=verbose)
+    if _no_color():
+        ctx.color = False  # click strips ANSI styles from echo; rich honours NO_COLOR itself
+    if quiet:  # commands with their own --quiet (run -q) get it as their default
+        defaults = dict(ctx.default_map or {})
+        defaults["run"] = {**defaults.get("run", {}), "quiet": True}
+        ctx.default_map = defaults
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("disentbench").setLevel(logging.DEBUG)
 
 
 # ---------------------------------------------------------------------------
@@ -130,8 +197,9 @@ def _term_width() -> int:
 @click.option("--dry-run", is_flag=True, help="Validate and print the run table; train nothing.")
 @click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N).")
 @click.option("--tracking-uri", help="Override the MLflow tracking URI.")
+@click.option("--executor", help="Override the config's executor (local, multiprocess, ...).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run_cmd(config, dry_run, device, tracking_uri, quiet):
+def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
     """Run a study: train, score and record every run of the grid in MLflow.
 
     Finished runs (same run key) are skipped, so re-running resumes a study.
@@ -141,6 +209,7 @@ def run_cmd(config, dry_run, device, tracking_uri, quiet):
       disentbench run examples/quickstart.yaml
       disentbench run examples/quickstart.yaml --dry-run
       disentbench run study.yaml --device cuda:1 --tracking-uri http://mlflow:5000
+      disentbench run study.yaml --executor multiprocess
     """
     from disentbench.core.grid import expand_grid
 
@@ -152,6 +221,9 @@ def run_cmd(config, dry_run, device, tracking_uri, quiet):
             TrainingConfig(device=device)
         except Exception:
             raise BadInput(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if executor is not None and executor not in _registry().plugins["executor"]:
+        known = ", ".join(_registry().names("executor"))
+        raise BadInput(f"--executor {executor!r} is not an executor plugin; known: {known}")
     specs = expand_grid(study, _registry())
     if dry_run:
         _print_run_table(specs)
@@ -161,14 +233,24 @@ def run_cmd(config, dry_run, device, tracking_uri, quiet):
     from disentbench.core.study import run_study
 
     try:
-        result = run_study(study, device=device, tracking_uri=tracking_uri, config_path=Path(config), progress=not quiet)
+        result = run_study(
+            study,
+            device=device,
+            tracking_uri=tracking_uri,
+            config_path=Path(config),
+            progress=not quiet,
+            executor=executor,
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise BadInput(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     except RuntimeError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {(str(exc).splitlines() or [type(exc).__name__])[0]}", err=True)
         sys.exit(EXIT_FAILURE)
     _print_scores(result)
     if result.failed:
+        for outcome in result.failed:  # why, one line each (with -q nothing else says it)
+            reason = (outcome.error or "unknown error").splitlines()[0]
+            click.echo(f"error: run {outcome.spec.run_name} failed: {reason}", err=True)
         click.echo(f"{len(result.failed)} run(s) failed; see their 'error' tag in MLflow, then re-run to retry.", err=True)
         sys.exit(EXIT_FAILURE)
 
@@ -235,8 +317,11 @@ def status_cmd(config, tracking_uri):
 
     study = _load(config)
     specs = expand_grid(study, _registry())
-    tracker = tracking.Tracker(tracking_uri or study.tracking.uri, study.experiment_name)
-    experiment_id = tracker.existing_experiment_id()
+    try:
+        tracker = tracking.Tracker(tracking_uri or study.tracking.uri, study.experiment_name)
+        experiment_id = tracker.existing_experiment_id()
+    except tracking.TrackingError as exc:
+        raise BadInput(str(exc)) from None
     recorded = tracker.runs_by_key(experiment_id) if experiment_id else {}
     table = Table("#", "run", "run key", "status", box=None, pad_edge=False)
     counts: dict[str, int] = {}
@@ -253,50 +338,254 @@ def status_cmd(config, tracking_uri):
 # ui
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
+def _port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _browse_host(host: str) -> str:
+    """Where a browser on this machine reaches a server bound to ``host`` (URL form)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _experiment_fragment(experiment_id: str) -> str:
+    """The UI route of an experiment's runs table; MLflow 3 otherwise opens its GenAI overview."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("mlflow").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        major = 3
+    if major >= 3:
+        return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"#/experiments/{experiment_id}"
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
+
+
+def _stop_process_group(process: "subprocess.Popen", timeout: float = 10.0) -> None:
+    """SIGTERM the server's whole process group (MLflow starts worker processes), SIGKILL what stays."""
+    import signal
+
+    try:
+        if os.name == "posix":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.terminate()
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    if os.name == "posix":
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+    elif process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def _set_signal(sig, handler) -> None:
+    import signal
+
+    try:
+        signal.signal(sig, handler)
+    except (ValueError, TypeError):  # not the main thread, or a handler not set from Python
+        pass
+
+
+def _log_tail(log, lines: int = 20) -> str:
+    if log is None:
+        return ""
+    log.flush()
+    log.seek(0)
+    text = log.read().decode(errors="replace").strip().splitlines()
+    return "\n".join(text[-lines:])
+
+
 @main.command("ui")
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--tracking-uri", help="The MLflow store to show (default: the config's, or ./mlflow.db).")
-@click.option("--port", type=int, default=None, help="Port (default: a free one).")
-def ui_cmd(config, tracking_uri, port):
-    """Start the MLflow UI for the study's store on 127.0.0.1 (Ctrl-C stops it).
+@click.argument("target", required=False, metavar="[CONFIG|EXPERIMENT]")
+@click.option("--tracking-uri", help="The MLflow store to show (default: the config's, $MLFLOW_TRACKING_URI, or ./mlflow.db).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. Any other than 127.0.0.1/localhost exposes the UI, which has no login, to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: a free one).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=120, show_default=True,
+              help="Seconds to wait for the server to answer.")
+@click.pass_context
+def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
+    """Start the MLflow UI for a study's store (Ctrl-C stops it).
+
+    It binds 127.0.0.1 (only this machine can open it) on a free port, waits
+    until the server answers, then prints the URL of the study's experiment
+    (CONFIG: a study config file; EXPERIMENT: an experiment name; neither: the
+    UI's home page). Ctrl-C stops the server and all its worker processes
+    and exits with 0.
 
     \b
     Example:
       disentbench ui
       disentbench ui examples/quickstart.yaml
+      disentbench ui quickstart --port 5000
+      disentbench ui --tracking-uri sqlite:///runs/mlflow.db
     """
-    from disentbench.core.tracking import Tracker, resolve_tracking_uri
+    import signal
+    import tempfile
+    import time
 
-    experiment_id = None
-    if config:
-        study = _load(config)
-        tracking_uri = tracking_uri or study.tracking.uri
-        experiment_id = Tracker(tracking_uri, study.experiment_name).existing_experiment_id()
+    from disentbench.core.tracking import Tracker, TrackingError, resolve_tracking_uri
+
+    options = _options(ctx)
+    experiment, from_config = None, False
+    if target:
+        if Path(target).suffix.lower() in (".yaml", ".yml", ".toml", ".json") or Path(target).is_file():
+            from_config = True
+            study = _load(target)
+            tracking_uri = tracking_uri or study.tracking.uri
+            experiment = study.experiment_name
+        else:
+            experiment = target
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("http"):
+    if uri.startswith(("http://", "https://")):
         raise BadInput(f"{uri} is already a tracking server; open it in a browser instead")
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}/"
-    if experiment_id:
-        url += f"#/experiments/{experiment_id}"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    click.echo(f"MLflow UI for {uri}: {url}  (Ctrl-C to stop)")
-    process = subprocess.Popen(command)
-    try:
-        sys.exit(process.wait())
-    except KeyboardInterrupt:
-        process.terminate()
+    experiment_id = None
+    if experiment:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        click.echo("MLflow UI stopped.")
+            experiment_id = Tracker(uri, experiment).existing_experiment_id()
+        except TrackingError as exc:
+            raise BadInput(str(exc)) from None
+        if experiment_id is None and not from_config:
+            raise BadInput(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
+
+    if host in LOOPBACK_HOSTS:
+        if not options["quiet"]:
+            click.echo(f"Binding {host}: only this machine can open the UI (--host to change).", err=True)
+    else:
+        click.echo(
+            f"warning: binding {host}: anyone who can reach this machine on the port can read and change "
+            "the runs (the MLflow UI has no login).",
+            err=True,
+        )
+    if port is None:
+        try:
+            port = free_port(host)
+        except OSError as exc:
+            raise BadInput(f"cannot bind --host {host}: {exc.strerror or exc}") from None
+    elif not _port_is_free(host, port):
+        raise BadInput(f"port {port} on {host} is in use or not allowed; pick another or leave --port out")
+
+    base = f"http://{_browse_host(host)}:{port}/"
+    url = base + (_experiment_fragment(experiment_id) if experiment_id else "")
+    # One worker: a personal UI needs no more, and it starts much faster than MLflow's default four.
+    command = [
+        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+        "--workers", "1",
+    ]
+    log = None if options["verbose"] else tempfile.TemporaryFile()  # server logs: shown with --verbose or on failure
+    popen_kwargs = {"start_new_session": True} if os.name == "posix" else {
+        "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+    }
+
+    def interrupted(signum, frame):  # SIGTERM stops the UI like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _set_signal(signal.SIGTERM, interrupted)
+    _set_signal(signal.SIGINT, signal.default_int_handler)  # even where the shell started us with SIGINT ignored
+    process = None
+    try:
+        if not options["quiet"]:
+            click.echo(f"Starting the MLflow UI for {uri} ...", err=True)
+        env = dict(os.environ)
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runner: one process less
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT if log else None, env=env,
+            **popen_kwargs,
+        )
+        deadline = time.monotonic() + timeout
+        while not _answers(base + "health"):
+            if process.poll() is not None:
+                click.echo(f"error: the MLflow UI exited with code {process.returncode} before answering", err=True)
+                tail = _log_tail(log)
+                if tail:
+                    click.echo(tail, err=True)
+                sys.exit(EXIT_FAILURE)
+            if time.monotonic() > deadline:
+                _stop_process_group(process)
+                click.echo(f"error: the MLflow UI did not answer on {base} within {timeout:g} s", err=True)
+                tail = _log_tail(log)
+                if tail:
+                    click.echo(tail, err=True)
+                sys.exit(EXIT_FAILURE)
+            time.sleep(0.25)
+        if experiment and experiment_id is None:
+            click.echo(f"Experiment '{experiment}' has no runs yet; showing the UI's home page.", err=True)
+        click.echo(f"MLflow UI for {uri}: {url}")
+        if not options["quiet"]:
+            click.echo("Press Ctrl-C to stop.", err=True)
+        code = process.wait()
+        click.echo(f"error: the MLflow UI exited with code {code}" if code else "The MLflow UI exited.", err=True)
+        tail = _log_tail(log)
+        if tail:
+            click.echo(tail, err=True)
+        sys.exit(EXIT_FAILURE if code else EXIT_OK)
+    except KeyboardInterrupt:
+        _set_signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the server half-stopped
+        if process is not None:
+            _stop_process_group(process)
+        if not options["quiet"]:
+            click.echo("MLflow UI stopped.", err=True)
+        # returning normally: exit code 0
+    finally:
+        for sig, handler in previous.items():
+            _set_signal(sig, handler)
+        if process is not None and process.poll() is None:  # any other way out: never leave a server behind
+            _stop_process_group(process)
+        if log is not None:
+            log.close()
+
+
+from disentbench.core.data_cli import data as data_group  # noqa: E402
+main.add_command(data_group)
+
+from disentbench.core.analysis_cli import analyze_cmd, theorem_cmd  # noqa: E402
+main.add_command(analyze_cmd)
+main.add_command(theorem_cmd)
+
+from disentbench.core.compare import compare_cmd  # noqa: E402
+main.add_command(compare_cmd)
 
 
 if __name__ == "__main__":

@@ -223,9 +223,17 @@ def run_study(
     for spec in specs:
         datasets.get(spec.dataset, spec.dataset_params).check()
 
-    executor_ref = config.executor if executor is None else type(config.executor)(name=executor)
+    # --executor NAME keeps the config's executor params when it names the same executor
+    executor_ref = config.executor if executor in (None, config.executor.name) else type(config.executor)(name=executor)
     executor_reg = registry.get("executor", executor_ref.name)
     executor_obj = executor_reg.factory(executor_reg.make_config(executor_ref.params))
+    if hasattr(executor_obj, "check"):  # e.g. an optional extra not installed: fail before any write
+        executor_obj.check()
+    checkpoint_root = Path(config.training.checkpoint_dir)
+    try:
+        checkpoint_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"training.checkpoint_dir {str(checkpoint_root)!r}: cannot create it ({exc.strerror})") from None
 
     tracker = tracking.Tracker(tracking_uri or config.tracking.uri, config.experiment_name)
     recorded = tracker.runs_by_key()
@@ -348,9 +356,20 @@ def _train_and_evaluate(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: St
         (tmp / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
         tracker.log_artifact(run_id, tmp / "scores.json")
         images.save_png(images.reconstruction_grid(model, data, device), tmp / "reconstructions.png")
-        images.save_png(images.traversal_grid(model, data, device), tmp / "traversals.png")
-        tracker.log_artifact(run_id, tmp / "reconstructions.png", "images")
-        tracker.log_artifact(run_id, tmp / "traversals.png", "images")
+        traversals = images.traversal_images(model, data, device)  # decoded once: PNG grid and GIF
+        images.save_png(images.traversal_grid_from(traversals), tmp / "traversals.png")
+        images.save_traversal_gif(traversals, tmp / "traversals.gif")
+        card = images.score_card(
+            spec.run_name,
+            {**spec.swept, **{k: v for k, v in spec.model_params.items() if k not in spec.swept},
+             "steps": spec.steps, "batch_size": spec.batch_size},
+            scores,
+            {name: getattr(scorer, "headline", None) for _, name, scorer in scorers},
+            subtitle=f"model {spec.model} · dataset {spec.dataset} · seed {spec.seed} · run key {spec.run_key}",
+        )
+        images.save_figure(card, tmp / "score_card.png")
+        for name in ("reconstructions.png", "traversals.png", "traversals.gif", "score_card.png"):
+            tracker.log_artifact(run_id, tmp / name, "images")
         torch.save({"model": spec.model, "model_params": spec.model_params, "state_dict": model.state_dict()}, tmp / "model.pt")
         tracker.log_artifact(run_id, tmp / "model.pt", "checkpoints")
     return scores

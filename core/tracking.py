@@ -108,6 +108,7 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         self.experiment_name = experiment
+        check_sqlite_uri(self.uri)
         try:
             self.client = _RetryingClient(MlflowClient(tracking_uri=self.uri))
         except Exception as exc:
@@ -251,7 +252,12 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[start : start + 1000])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        """Upload the file ``path`` into the run's artifacts, under the folder ``artifact_path``.
+
+        ``artifact_path`` must stay inside the run's artifact directory (see
+        :func:`safe_artifact_path`); the file keeps its own base name.
+        """
+        self.client.log_artifact(run_id, str(path), safe_artifact_path(artifact_path))
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -259,6 +265,65 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def check_sqlite_uri(uri: str) -> None:
+    """Fail fast, in one line, on a ``sqlite:`` URI that cannot work (MLflow would retry, then print pages).
+
+    In-memory stores (``sqlite://``) are refused too: a study's results would
+    vanish with the process, and worker processes would each see another store.
+    """
+    if not uri.startswith("sqlite:"):
+        return
+    rest = uri[len("sqlite:") :].split("?", 1)[0]
+    if not rest.startswith("///") or rest[3:] in ("", ":memory:"):
+        raise TrackingError(
+            f"tracking URI {uri!r} is an in-memory SQLite store that keeps nothing after the study; "
+            "use sqlite:///PATH/mlflow.db"
+        )
+    path = Path(rest[3:]).expanduser()
+    if path.is_dir():
+        raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, not a database file; use sqlite:///{path}/mlflow.db")
+    if path.is_file():
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise TrackingError(f"tracking URI {uri!r}: {path} exists and is not an SQLite database")
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TrackingError(f"tracking URI {uri!r}: cannot create {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise TrackingError(f"tracking URI {uri!r}: cannot create {path}: {ancestor} is not writable")
+
+
+def safe_artifact_path(artifact_path: str | None) -> str | None:
+    """``artifact_path`` as a relative POSIX folder inside a run's artifacts; ValueError if it could escape.
+
+    Rejected: absolute paths (``/x``, ``\\x``, ``C:x``), ``..`` components,
+    backslashes (a separator on Windows stores), NUL and other control
+    characters. ``None`` and ``""`` mean the artifact root; ``.`` and empty
+    components are dropped (``images//./a`` is ``images/a``).
+    """
+    if artifact_path is None:
+        return None
+    text = str(artifact_path)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"artifact path {text!r} {why}; use a relative folder such as 'images'")
+
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise bad("contains a control character")
+    if "\\" in text:
+        raise bad("contains a backslash")
+    if text.startswith("/") or (len(text) >= 2 and text[1] == ":" and text[0].isalpha()) or text.startswith("~"):
+        raise bad("is absolute and would escape the run's artifact directory")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise bad("contains '..' and could escape the run's artifact directory")
+    return "/".join(parts) or None
 
 
 def status_of(runs: Iterable) -> str:

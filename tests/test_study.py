@@ -62,7 +62,9 @@ def test_quickstart_end_to_end(quick_config, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "scores.json", "images", "checkpoints"} <= artifacts
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
-    assert images == {"images/reconstructions.png", "images/traversals.png"}
+    assert images == {
+        "images/reconstructions.png", "images/traversals.png", "images/traversals.gif", "images/score_card.png"
+    }
     local = Path(client.download_artifacts(run.info.run_id, "scores.json", str(tmp_path)))
     assert json.loads(local.read_text())["eval/mean/mig/discrete_mig"] == pytest.approx(
         run.data.metrics["eval/mean/mig/discrete_mig"]
