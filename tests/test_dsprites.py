@@ -357,6 +357,22 @@ def test_loads_a_full_size_npz(tmp_path):
                 handle.write(chunk[: min(len(chunk), remaining)])
                 remaining -= min(len(chunk), remaining)
     data = DSprites(DSpritesConfig(path=path))
+    assert not data.is_prepared()
     assert data.images.shape == (737_280, 1, 64, 64) and data.images.dtype == np.uint8
+    assert data.is_prepared() and data.prepared_path.is_file()
     observations = data.sample_observations(8, np.random.RandomState(0))
     assert observations.shape == (8, 1, 64, 64) and observations.dtype == np.float32
+    again = DSprites(DSpritesConfig(path=path)).images  # now a memory map of the prepared cache
+    assert isinstance(again, np.memmap) and again.shape == (737_280, 1, 64, 64)
+
+
+def test_truncated_imgs_is_reported_and_leaves_no_cache(tmp_path):
+    path = write_npz(
+        tmp_path / "cut.npz",
+        {"imgs.npy": header_only((737_280, 64, 64)) + bytes(4096 * 3), "metadata.npy": npy_bytes(metadata())},
+    )
+    data = DSprites(DSpritesConfig(path=path))
+    with pytest.raises(ValueError, match=r"cut.npz: `imgs` is truncated after 12288 of"):
+        data.images
+    assert not data.is_prepared()
+    assert not list((tmp_path / "prepared").glob("*"))

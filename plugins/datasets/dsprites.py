@@ -382,12 +382,59 @@ class DSprites(_DSpritesGrid):
         """Validate the file (presence, keys, latents_sizes, ``imgs`` header) without reading pixels."""
         check_dsprites_npz(self.path)
 
+    @property
+    def prepared_path(self) -> Path:
+        """The decompressed, memory-mappable copy of ``imgs`` (beside the npz, in ``prepared/``)."""
+        return self.path.parent / "prepared" / "dsprites_images.npy"
+
+    def is_prepared(self) -> bool:
+        cache = self.prepared_path
+        if not cache.is_file() or not self.path.is_file():
+            return False
+        if cache.stat().st_mtime < self.path.stat().st_mtime:
+            return False  # the npz changed since
+        try:
+            with open(cache, "rb") as handle:
+                shape, dtype = _read_npy_header(handle)
+        except (OSError, ValueError):
+            return False
+        return shape == (NUM_IMAGES,) + IMAGE_SHAPE and dtype == np.uint8
+
+    def prepare(self, source: Path | None = None) -> Path:
+        """Decompress ``imgs`` once into a uint8 .npy cache, streamed (never 3 GB in RAM), atomically."""
+        if source is not None:
+            self.path = Path(source).expanduser()
+        self.check()
+        target = self.prepared_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=".dsprites_images.", suffix=".npy.tmp", dir=target.parent)
+        os.close(handle)
+        try:
+            out = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(NUM_IMAGES,) + IMAGE_SHAPE)
+            flat = out.reshape(-1)
+            with zipfile.ZipFile(self.path) as archive, archive.open("imgs.npy") as member:
+                _read_npy_header(member)
+                position, chunk = 0, 1 << 26
+                while position < flat.size:
+                    data = member.read(min(chunk, flat.size - position))
+                    if not data:
+                        raise ValueError(f"{self.path}: `imgs` is truncated after {position} of {flat.size} bytes")
+                    flat[position : position + len(data)] = np.frombuffer(data, dtype=np.uint8)
+                    position += len(data)
+            out.flush()
+            del out, flat
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return target.parent
+
     @cached_property
     def images(self) -> np.ndarray:
-        self.check()
-        with np.load(self.path, allow_pickle=False) as npz:
-            imgs = npz["imgs"]
-        return imgs.reshape((NUM_IMAGES,) + IMAGE_SHAPE)
+        if not self.is_prepared():
+            self.prepare()
+        # copy-on-write map: loads in milliseconds, pages come in on demand
+        return np.load(self.prepared_path, mmap_mode="c", allow_pickle=False)
 
 
 class DSpritesProceduralConfig(PluginConfig):
