@@ -18,7 +18,7 @@ forward pass of the model's loss (the shapes are read from a forward pass),
 x 2 FLOPs per MAC x 3 for forward + backward.
 
     python benchmarks/train_throughput.py --quick --device cpu          # CI-sized, ~1 minute on 2 cores
-    python benchmarks/train_throughput.py --device cuda                 # < 4 minutes on one H100/H200
+    python benchmarks/train_throughput.py --device cuda                 # time-boxed to 4 minutes (no GPU figures measured yet)
     python benchmarks/train_throughput.py --device cuda --json out.json --model factor_vae
 
 Pack sizes default to 1, 8, 32, 128 (fp32) plus 128 and 256 (bf16) on CUDA

@@ -107,20 +107,24 @@ class Worker:
         clone.device = device
         return clone
 
-    def _context(self) -> dict[str, Any]:
+    def _context(self, **prebuilt: Any) -> dict[str, Any]:
+        """The per-process state, built on first use; ``prebuilt`` parts (the parent's own
+        registry, tracker, datasets...) are adopted instead of being built again."""
         if self._state is None:
             from disentbench.core.config import StudyConfig
 
-            registry = get_plugin_manager()
-            config = StudyConfig.model_validate(self.config_data)
-            tracker = tracking.Tracker(self.tracking_uri, config.experiment_name)
-            tracker._experiment_id = self.experiment_id
+            registry = prebuilt.get("registry") or get_plugin_manager()
+            config = prebuilt.get("config") or StudyConfig.model_validate(self.config_data)
+            tracker = prebuilt.get("tracker")
+            if tracker is None:
+                tracker = tracking.Tracker(self.tracking_uri, config.experiment_name)
+                tracker._experiment_id = self.experiment_id
             self._state = {
                 "registry": registry,
                 "config": config,
                 "tracker": tracker,
-                "datasets": _DatasetCache(registry),
-                "scorers": build_scorers(config, registry),
+                "datasets": prebuilt.get("datasets") or _DatasetCache(registry),
+                "scorers": prebuilt.get("scorers") or build_scorers(config, registry),
                 "device": resolve_device(self.device),
             }
         return self._state
@@ -258,14 +262,7 @@ def run_study(
     worker = Worker(config, tracker.uri, tracker.experiment_id, device, progress)
     bar = StudyProgress(sum(s.steps for s in todo), enabled=progress)
     worker.bar = bar  # used when the executor runs jobs in this process
-    worker._state = {
-        "registry": registry,
-        "config": config,
-        "tracker": tracker,
-        "datasets": datasets,
-        "scorers": scorers,
-        "device": resolve_device(device),
-    }
+    worker._context(registry=registry, config=config, tracker=tracker, datasets=datasets, scorers=scorers)
     if len(todo) < len(specs):
         bar.message(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
     jobs = [RunJob(spec, parent_run_id, reuse.get(spec.run_key), i + 1, len(todo)) for i, spec in enumerate(todo)]
