@@ -89,7 +89,7 @@ def test_two_racing_invocations_never_duplicate_a_run(tmp_path):
 # Two targeted kill points (mid-training right after a checkpoint; right after a run finished,
 # i.e. while the next one starts) and two seeded random times, which land in whatever phase
 # the machine is in then: start-up, training, checkpointing, evaluation or logging.
-_RANDOM_DELAYS = [round(random.Random(seed).uniform(2.0, 14.0), 2) for seed in (1, 2)]
+_RANDOM_DELAYS = [round(random.Random(seed).uniform(1.5, 6.0), 2) for seed in (1, 2)]
 
 
 @pytest.mark.parametrize("kill_when", ["checkpoint", "first_run_finished", *(f"after:{d}" for d in _RANDOM_DELAYS)])
