@@ -143,8 +143,17 @@ class SpeedOptions:
       training steps) the compute of one iteration (forward, backward, Adam,
       loss sums) is captured in a CUDA graph and replayed; the random draws stay
       eager, per run. Falls back to eager, with a warning, if capture fails.
-    * ``compile``: the vmapped loss goes through ``torch.compile`` (experimental
+    * ``compile``: the packed loss goes through ``torch.compile`` (experimental
       hook; falls back to eager, with a warning, if compilation fails).
+
+    ``formulation`` (every device) says how the encoder and decoder of the pack
+    are computed: ``"vmap"`` runs each model's whole loss under
+    ``torch.func.vmap`` (convolutions become grouped convolutions);
+    ``"bmm"`` computes the study's conv encoder/decoder of all models as
+    batched matrix products (:mod:`disentbench.core.packed_conv`) and vmaps
+    only the rest of the loss; ``"auto"`` (default) takes ``"bmm"`` where the
+    model allows it (the study's conv architecture, reached through
+    ``encode``/``sample_latent``/``decode``) and ``"vmap"`` elsewhere.
     """
 
     channels_last: bool = False
@@ -152,12 +161,17 @@ class SpeedOptions:
     cuda_graphs: bool = False
     compile: bool = False
     graph_warmup_steps: int = 3
+    formulation: str = "auto"
+
+    def __post_init__(self):
+        if self.formulation not in ("auto", "vmap", "bmm"):
+            raise ValueError(f"formulation must be auto, vmap or bmm; got {self.formulation!r}")
 
     def on(self, device: torch.device) -> "SpeedOptions":
-        """The options that take effect on ``device`` (none off CUDA)."""
+        """The options that take effect on ``device`` (only ``formulation`` off CUDA)."""
         if torch.device(device).type == "cuda":
             return self
-        return SpeedOptions(graph_warmup_steps=self.graph_warmup_steps)
+        return SpeedOptions(graph_warmup_steps=self.graph_warmup_steps, formulation=self.formulation)
 
     @classmethod
     def fastest(cls) -> "SpeedOptions":
@@ -515,6 +529,13 @@ class PackedTrainer:
         self._sentinel = torch.Generator(device=self.device)
         self._record_dry_run()
         self._vloss = vmap(self._one_model_loss, in_dims=(0, 0, 0, 0, 0, 0), randomness="error")
+        #: the number of leading draws that ``sample_latent`` makes (bmm formulation only)
+        self._latent_draws = 0
+        self.formulation = self._choose_formulation()
+        if self.formulation == "bmm":
+            self._vsample = vmap(self._one_model_sample, in_dims=(0, 0, 0, 0), randomness="error")
+            self._vrest = vmap(self._one_model_rest, in_dims=(0,) * 10, randomness="error")
+            self._vloss = self._bmm_loss
         self._loss_fn = self._vloss
         if self.speed.compile:
             self._loss_fn = torch.compile(self._vloss, dynamic=False)
@@ -526,6 +547,11 @@ class PackedTrainer:
         self._started = False
         self._start_time = 0.0
         self._model_steps = 0
+
+    @property
+    def _channels_last(self) -> bool:
+        """Channels-last stacked layouts serve vmap's grouped convolutions only."""
+        return self.speed.channels_last and self.formulation == "vmap"
 
     # -- set-up -------------------------------------------------------------------
     def _record_dry_run(self) -> None:
@@ -547,15 +573,123 @@ class PackedTrainer:
 
     def _one_model_loss(self, params, buffers, x, step, hyper, draws):
         """One run's loss terms; vmapped over the model dimension."""
+        with self._hyperparameters(hyper), _SubstituteDraws(self._sentinel, draws, self._draw_specs):
+            return functional_call(self._call, {**params, **buffers}, (x, step, self._sentinel))
+
+    @contextlib.contextmanager
+    def _hyperparameters(self, hyper):
+        """The template's config with this run's differing hyperparameters (0-d tensors under vmap)."""
         template = self._template
         saved = template.config
         if hyper:
             template.config = saved.model_copy(update=hyper)
         try:
-            with _SubstituteDraws(self._sentinel, draws, self._draw_specs):
-                return functional_call(self._call, {**params, **buffers}, (x, step, self._sentinel))
+            yield
         finally:
             template.config = saved
+
+    # -- the bmm formulation (study conv architecture) --------------------------------
+    def _choose_formulation(self) -> str:
+        wanted = self.speed.formulation
+        if wanted == "vmap":
+            return "vmap"
+        reason = self._bmm_unsupported()
+        if reason is None:
+            return "bmm"
+        if wanted == "bmm":
+            raise UnpackableModel(f"formulation 'bmm' is not possible: {reason}")
+        return "vmap"
+
+    def _bmm_unsupported(self) -> str | None:
+        """Why the bmm formulation cannot compute this model's loss (None if it can).
+
+        It needs the study's conv encoder/decoder, reached only through the
+        base class's ``encode`` and ``decode``, and a loss that calls
+        ``encode`` once, then ``sample_latent`` on its output, then ``decode``
+        on that sample (any further use of the encoder/decoder would bypass
+        the batched computation). A dry run checks the call order.
+        """
+        from disentbench.core import packed_conv
+        from disentbench.plugins.models.vae import GaussianVAE
+
+        template = self._template
+        if not packed_conv.is_study_conv_model(template):
+            return "the model does not use the study's conv encoder and decoder"
+        cls = type(template)
+        if not isinstance(template, GaussianVAE) or cls.encode is not GaussianVAE.encode or cls.decode is not GaussianVAE.decode:
+            return "the model overrides encode or decode"
+        throwaway = torch.Generator(device=self.device).manual_seed(0)
+        x = self.data.sample_batch_on_device(self.batch_size, throwaway, self.device)
+        recorder = _RecordDraws(torch.Generator(device=self.device).manual_seed(0))
+        calls: list[tuple[str, int]] = []
+        encode, sample, decode = template.encode, template.sample_latent, template.decode
+
+        def counted_sample(mean, logvar, generator=None):
+            calls.append(("sample", len(recorder.draws)))
+            z = sample(mean, logvar, generator)
+            calls.append(("sampled", len(recorder.draws)))
+            return z
+
+        template.encode = lambda x: calls.append(("encode", len(recorder.draws))) or encode(x)
+        template.sample_latent = counted_sample
+        template.decode = lambda z: calls.append(("decode", len(recorder.draws))) or decode(z)
+        try:
+            with torch.no_grad(), recorder:
+                template.loss(x, 0, recorder.generator)
+        finally:
+            for name in ("encode", "sample_latent", "decode"):
+                template.__dict__.pop(name, None)
+        kinds = [kind for kind, _ in calls]
+        if kinds != ["encode", "sample", "sampled", "decode"] or calls[1][1] != 0:
+            return f"its loss calls encode/sample_latent/decode as {kinds}, not once each in that order"
+        self._latent_draws = calls[2][1]
+        return None
+
+    @contextlib.contextmanager
+    def _precomputed(self, mean, logvar, z, logits):
+        """The template's encode/sample_latent/decode return this run's batched results."""
+        template = self._template
+
+        def sample_latent(m, lv, generator=None):
+            if m is not mean or lv is not logvar:
+                raise UnpackableModel("the loss passed sample_latent something other than encode's output")
+            return z
+
+        def decode(latent):
+            if latent is not z:
+                raise UnpackableModel("the loss decoded something other than sample_latent's output")
+            return logits
+
+        template.encode = lambda x: (mean, logvar)
+        template.sample_latent = sample_latent
+        template.decode = decode
+        try:
+            yield
+        finally:
+            for name in ("encode", "sample_latent", "decode"):
+                template.__dict__.pop(name, None)
+
+    def _one_model_sample(self, mean, logvar, hyper, draws):
+        """One run's latent sample from its pre-drawn noise; vmapped."""
+        with self._hyperparameters(hyper), _SubstituteDraws(self._sentinel, draws, self._draw_specs):
+            return self._template.sample_latent(mean, logvar, self._sentinel)
+
+    def _one_model_rest(self, params, buffers, x, step, hyper, draws, mean, logvar, z, logits):
+        """One run's loss terms given its encoder/decoder outputs; vmapped."""
+        specs = self._draw_specs[self._latent_draws :]
+        with self._hyperparameters(hyper), self._precomputed(mean, logvar, z, logits):
+            with _SubstituteDraws(self._sentinel, draws, specs):
+                return functional_call(self._call, {**params, **buffers}, (x, step, self._sentinel))
+
+    def _bmm_loss(self, params, buffers, x, step, hyper, draws):
+        """Every run's loss terms with the encoder and decoder as batched matrix products."""
+        from disentbench.core import packed_conv
+
+        k = self._latent_draws
+        mean, logvar = packed_conv.encode(params, x, prefix="model.encoder.")
+        z = self._vsample(mean, logvar, hyper, list(draws[:k]))
+        logits = packed_conv.decode(params, z, prefix="model.decoder.")
+        return self._vrest(params, buffers, x, step, hyper, list(draws[k:]), mean, logvar, z, logits)
 
     def _start(self) -> None:
         if self._started:
@@ -577,7 +711,7 @@ class PackedTrainer:
         models = [self.trainers[i].model for i in runs]
         named = [dict(m.named_parameters()) for m in models]
         names = list(named[0])
-        channels_last = self.speed.channels_last
+        channels_last = self._channels_last
         params = {
             f"model.{n}": _weight_layout(torch.stack([p[n].detach() for p in named]), channels_last)
             for n in names
@@ -713,7 +847,7 @@ class PackedTrainer:
             return
         index = torch.tensor(keep, device=self.device)
         params = {
-            n: _weight_layout(t.detach()[index], self.speed.channels_last).requires_grad_(True)
+            n: _weight_layout(t.detach()[index], self._channels_last).requires_grad_(True)
             for n, t in pack.params.items()
         }
         groups = [
@@ -749,7 +883,7 @@ class PackedTrainer:
                 torch.stack([d[k] for d in per_run], out=buffer)
             return pack.x, pack.draws
         x = torch.stack(batches)
-        if self.speed.channels_last:
+        if self._channels_last:
             x = _batch_layout(x)
         return x, [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
 
@@ -826,7 +960,7 @@ class PackedTrainer:
             warnings.warn(f"CUDA graph capture failed ({exc!r}); continuing eagerly", stacklevel=2)
             self.speed = SpeedOptions(
                 channels_last=self.speed.channels_last, autocast_bf16=self.speed.autocast_bf16,
-                compile=self.speed.compile,
+                compile=self.speed.compile, formulation=self.speed.formulation,
             )  # fmt: skip
             return
         pack.graph = graph

@@ -82,12 +82,18 @@ def _solo(model, data, seed, steps=STEPS, checkpoint_path=None, checkpoint_every
     return logs
 
 
-def _packed(models, data, seeds, steps=STEPS, checkpoint_paths=None, speed=None, checkpoint_every=10_000):
+def _packed(
+    models, data, seeds, steps=STEPS, checkpoint_paths=None, speed=None, checkpoint_every=10_000, formulation=None
+):
     logs: dict[int, list] = {}
+    if formulation is not None:
+        speed = SpeedOptions(formulation=formulation)
     trainer = PackedTrainer(
         models, data, seeds, steps=steps, batch_size=BATCH, device=CPU, log_every=LOG_EVERY,
         checkpoint_paths=checkpoint_paths, speed=speed, checkpoint_every=checkpoint_every,
     )  # fmt: skip
+    if formulation is not None:
+        assert trainer.formulation == formulation
     result = trainer.train(on_log=lambda index, step, terms: logs.setdefault(index, []).append((step, terms)))
     return result, logs
 
@@ -104,15 +110,19 @@ def _assert_same_logs(solo_logs, packed_logs, rel=1e-5):
             assert packed_terms[key] == pytest.approx(value, rel=rel, abs=1e-5), key
 
 
+FORMULATIONS = ["bmm", "vmap"]
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_packed_equals_one_by_one_fp32(name):
+def test_packed_equals_one_by_one_fp32(name, formulation):
     data = Squares()
     factory, configs = _configs(name, adam_eps=1e-3)
     seeds = [11 + i for i in range(len(configs))]
     solo_models = _build(factory, configs, seeds, data)
     solo_logs = [_solo(m, data, s) for m, s in zip(solo_models, seeds)]
     packed_models = _build(factory, configs, seeds, data)
-    result, packed_logs = _packed(packed_models, data, seeds)
+    result, packed_logs = _packed(packed_models, data, seeds, formulation=formulation)
     assert result.failed == [] and result.finished == list(range(len(configs)))
     assert result.model_steps == STEPS * len(configs)
     for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
@@ -121,15 +131,16 @@ def test_packed_equals_one_by_one_fp32(name):
         assert result.results[i].steps == STEPS and result.results[i].final_terms == packed_logs[i][-1][1]
 
 
+@pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_packed_equals_one_by_one_float64_study_adam(name):
+def test_packed_equals_one_by_one_float64_study_adam(name, formulation):
     data = Squares64()
     factory, configs = _configs(name)  # lr 1e-4, eps 1e-8 (FactorVAE's discriminator: betas 0.5, 0.9)
     seeds = [21 + i for i in range(len(configs))]
     solo_models = _build(factory, configs, seeds, data, torch.float64)
     solo_logs = [_solo(m, data, s, steps=3) for m, s in zip(solo_models, seeds)]
     packed_models = _build(factory, configs, seeds, data, torch.float64)
-    _, packed_logs = _packed(packed_models, data, seeds, steps=3)
+    _, packed_logs = _packed(packed_models, data, seeds, steps=3, formulation=formulation)
     for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
         assert _max_diff(solo, packed) <= 1e-10
         _assert_same_logs(solo_logs[i], packed_logs[i], rel=1e-9)
@@ -288,3 +299,63 @@ def test_choose_pack_size_and_unpackable_models():
     ]
     with pytest.raises(UnpackableModel, match="variant"):
         PackedTrainer(variants, data, [1, 2], steps=1, batch_size=BATCH, device=CPU)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bmm_encoder_decoder_equal_the_modules(channels):
+    """packed_conv computes ConvEncoder/DeconvDecoder of each stacked model (float64, random weights and biases)."""
+    from torch.func import stack_module_state
+
+    from disentbench.core import packed_conv
+    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+
+    generator = torch.Generator().manual_seed(channels)
+    shape = (channels, 64, 64)
+    encoders = [ConvEncoder(shape, 6).double() for _ in range(3)]
+    decoders = [DeconvDecoder(6, shape).double() for _ in range(3)]
+    with torch.no_grad():
+        for module in encoders + decoders:
+            for p in module.parameters():  # non-zero biases too, so bias placement is tested
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.2)
+    params = {f"encoder.{k}": v for k, v in stack_module_state(encoders)[0].items()}
+    params |= {f"decoder.{k}": v for k, v in stack_module_state(decoders)[0].items()}
+    x = torch.rand(3, 4, *shape, generator=generator, dtype=torch.float64)
+    z = torch.randn(3, 4, 6, generator=generator, dtype=torch.float64)
+    mean, logvar = packed_conv.encode(params, x)
+    logits = packed_conv.decode(params, z)
+    assert mean.shape == logvar.shape == (3, 4, 6) and logits.shape == (3, 4, *shape)
+    for i in range(3):
+        solo_mean, solo_logvar = encoders[i](x[i])
+        torch.testing.assert_close(mean[i], solo_mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(logvar[i], solo_logvar, rtol=0, atol=1e-12)
+        torch.testing.assert_close(logits[i], decoders[i](z[i]), rtol=0, atol=1e-12)
+    assert logits.abs().max() > 0.1  # not trivially zero
+
+    # gradients too: d(sum of outputs)/d(weights) per model equals the module's
+    (mean.sum() + logvar.square().sum() + logits.square().sum()).backward()
+    for i in range(3):
+        encoders[i].zero_grad()
+        decoders[i].zero_grad()
+        solo_mean, solo_logvar = encoders[i](x[i])
+        (solo_mean.sum() + solo_logvar.square().sum() + decoders[i](z[i]).square().sum()).backward()
+        for name, p in encoders[i].named_parameters():
+            torch.testing.assert_close(params[f"encoder.{name}"].grad[i], p.grad, rtol=1e-10, atol=1e-10)
+        for name, p in decoders[i].named_parameters():
+            torch.testing.assert_close(params[f"decoder.{name}"].grad[i], p.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_formulation_falls_back_to_vmap_where_bmm_cannot_compute_the_model():
+    """A model whose encode is overridden is trained with vmap under auto, and refused under bmm."""
+
+    class Centred(BetaVAE):
+        def encode(self, x):
+            return self.encoder(x - 0.5)
+
+    data = Squares()
+    models = [build_model(Centred, BetaVAEConfig(num_latent=3), data.observation_shape, s, CPU) for s in (1, 2)]
+    trainer = PackedTrainer(models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU)
+    assert trainer.formulation == "vmap"
+    with pytest.raises(UnpackableModel, match="overrides encode"):
+        PackedTrainer(models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU, speed=SpeedOptions(formulation="bmm"))
+    with pytest.raises(ValueError, match="formulation"):
+        SpeedOptions(formulation="grouped")
