@@ -31,6 +31,7 @@ use TF32 by default in PyTorch, for the naive loop and the packed trainer alike)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -208,9 +209,20 @@ def measure_packed(
             break
     terms = trainer.current_terms()
     totals = [t["total"] for t in terms.values()]
+    # The per-run draws (batch indices, latent noise) alone: host-side work that stays outside the graph.
+    sample_start = time.perf_counter()
+    samples = 0
+    while samples < 3 or time.perf_counter() - sample_start < 0.5:
+        trainer._sample_inputs()
+        samples += 1
+    synchronize(device)
+    sampling_ms = (time.perf_counter() - sample_start) / samples * 1e3
     return {
         "mode": mode,
+        "formulation": trainer.formulation,
         "pack": pack,
+        "iteration_ms": elapsed / done * 1e3,
+        "sampling_ms": sampling_ms,
         "model_steps_per_s": pack * done / elapsed,
         "iterations": done,
         "peak_mib": peak_memory_mib(device),
@@ -249,6 +261,32 @@ def exactness_check(registration, data, args, device, speed: SpeedOptions, runs:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def profile_pack(registration, data, args, device, speed: SpeedOptions, pack: int) -> None:
+    """Kernel times of a few eager iterations (no CUDA graphs, so kernels are attributed) to ``args.profile``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        speed = dataclasses.replace(speed, cuda_graphs=False)
+        configs = run_configs(args.model, registration.config, pack)
+        models = [build_model(registration.factory, c, data.observation_shape, s, device) for s, c in enumerate(configs)]
+        trainer = PackedTrainer(
+            models, data, list(range(pack)), steps=10**9, batch_size=args.batch_size, device=device,
+            log_every=10**9, checkpoint_every=10**9, speed=speed,
+        )  # fmt: skip
+        trainer.advance(3)
+        synchronize(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            trainer.advance(5)
+            synchronize(device)
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40)
+        with open(args.profile, "w") as handle:
+            handle.write(f"# {pack} models, bf16={speed.autocast_bf16}, formulation {trainer.formulation}, 5 eager iterations\n")
+            handle.write(table)
+        print(f"profile (pack {pack}, eager, 5 iterations) written to {args.profile}")
+    except Exception as exc:  # noqa: BLE001 - report, keep the measurements
+        print(f"profiling failed: {exc!r}")
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -262,6 +300,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--bf16-pack-sizes", default=None, help="bf16 pack sizes (CUDA only), comma-separated; '' for none"
     )
+    parser.add_argument(
+        "--vmap-pack-sizes", default=None,
+        help="pack sizes of comparison rows with the vmap (grouped-convolution) formulation; bf16 on CUDA",
+    )
+    parser.add_argument("--profile", default=None, help="CUDA: write a kernel-time table of the largest bf16 pack here")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement")
     parser.add_argument("--no-graphs", action="store_true", help="CUDA: packed rows without CUDA graphs")
     parser.add_argument("--no-channels-last", action="store_true", help="CUDA: packed rows without channels-last")
@@ -276,11 +319,14 @@ def parse_args(argv=None):
     if args.pack_sizes is None:
         args.pack_sizes = "1,8,32" if (cuda and args.quick) else ("1,8,32,128" if cuda else "1,4")
     if args.bf16_pack_sizes is None:
-        args.bf16_pack_sizes = ("32" if args.quick else "128,256") if cuda else ""
+        args.bf16_pack_sizes = ("32" if args.quick else "128,256,512") if cuda else ""
+    if args.vmap_pack_sizes is None:
+        args.vmap_pack_sizes = ("32" if args.quick else "128") if cuda else "4"
     if args.seconds is None:
         args.seconds = (1.5 if args.quick else 4.0) if cuda else (2.0 if args.quick else 10.0)
     args.pack_sizes = [int(p) for p in args.pack_sizes.split(",") if p.strip()]
     args.bf16_pack_sizes = [int(p) for p in args.bf16_pack_sizes.split(",") if p.strip()] if cuda else []
+    args.vmap_pack_sizes = [int(p) for p in args.vmap_pack_sizes.split(",") if p.strip()]
     args.naive_chunk = 20 if cuda else 2
     args.packed_chunk = 5 if cuda else 1
     return args, device
@@ -314,11 +360,17 @@ def main(argv=None) -> int:
     speed = SpeedOptions(
         channels_last=cuda and not args.no_channels_last, cuda_graphs=cuda and not args.no_graphs, compile=args.compile
     )
-    exactness = exactness_check(registration, data, args, device, speed)
+    try:
+        exactness = exactness_check(registration, data, args, device, speed)
+    except Exception:  # noqa: BLE001 - report it, still measure speed
+        import traceback
+
+        print(f"exactness check FAILED\n{traceback.format_exc()}", flush=True)
+        exactness = float("nan")
     print(
         f"exactness: packed ({'graphs' if speed.cuda_graphs else 'eager'}, "
         f"{'channels-last' if speed.channels_last else 'contiguous'}) vs one-by-one Trainer, 3 runs x 6 steps, "
-        f"fp32 without TF32, adam_eps 1e-3: max |param diff| = {exactness:.2e} "
+        f"fp32 without TF32, adam_eps 1e-3, formulation {speed.formulation}: max |param diff| = {exactness:.2e} "
         f"({'ok' if exactness <= 1e-5 else 'FAIL'}: the bound is 1e-5)"
     )
     rows = [measure_naive(registration, data, args, device)]
@@ -328,6 +380,8 @@ def main(argv=None) -> int:
         channels_last=speed.channels_last, cuda_graphs=speed.cuda_graphs, compile=speed.compile, autocast_bf16=True
     )
     plan += [(p, bf16, "packed bf16 autocast") for p in args.bf16_pack_sizes]
+    vmap_options = dataclasses.replace(bf16 if cuda else speed, formulation="vmap")
+    plan += [(p, vmap_options, f"packed {'bf16' if cuda else 'fp32'} vmap") for p in args.vmap_pack_sizes]
     skipped = []
     for pack, options, mode in plan:
         if time.perf_counter() - began > TIME_GUARD_S:
@@ -338,23 +392,34 @@ def main(argv=None) -> int:
         iterations = same[0]["iterations"] if (options.autocast_bf16 and same) else None
         try:
             rows.append(measure_packed(registration, data, args, device, pack, options, mode, iterations))
+            row = rows[-1]
+            print(
+                f"  {mode} [{row['formulation']}] x{pack}: {row['model_steps_per_s']:.1f} model-steps/s, "
+                f"{row['iteration_ms']:.2f} ms/iteration (per-run sampling alone {row['sampling_ms']:.2f} ms), "
+                f"peak {row['peak_mib']:.0f} MiB",
+                flush=True,
+            )
         except torch.cuda.OutOfMemoryError if cuda else MemoryError:
             print(f"{mode} x{pack}: out of memory, skipped")
             torch.cuda.empty_cache() if cuda else None
+        except Exception:  # noqa: BLE001 - one broken row must not lose the others
+            import traceback
+
+            print(f"{mode} x{pack}: FAILED\n{traceback.format_exc()}", flush=True)
 
     for row in rows:
         row["ratio_to_naive"] = row["model_steps_per_s"] / naive_rate
         row["tflops"] = row["model_steps_per_s"] * flops / 1e12
 
     header = (
-        f"{'mode':<32} {'pack':>5} {'model-steps/s':>14} {'x naive':>8} {'TFLOP/s':>8} {'peak MiB':>9} "
+        f"{'mode':<32} {'form':>5} {'pack':>5} {'model-steps/s':>14} {'x naive':>8} {'TFLOP/s':>8} {'peak MiB':>9} "
         f"{'mean total':>11}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['mode']:<32} {row['pack']:>5} {row['model_steps_per_s']:>14.1f} {row['ratio_to_naive']:>8.2f} "
+            f"{row['mode']:<32} {row.get('formulation', '-'):>5} {row['pack']:>5} {row['model_steps_per_s']:>14.1f} {row['ratio_to_naive']:>8.2f} "
             f"{row['tflops']:>8.3f} {row['peak_mib']:>9.0f} {row['final_total']:>11.2f}"
         )
     for row in rows:
@@ -384,6 +449,8 @@ def main(argv=None) -> int:
             print(f"choose_pack_size (fp32, 80% of free memory): {suggested}")
         except Exception as exc:  # noqa: BLE001 - report, do not lose the measurements
             print(f"choose_pack_size failed: {exc!r}")
+    if cuda and args.profile:
+        profile_pack(registration, data, args, device, bf16, max(args.bf16_pack_sizes or args.pack_sizes))
     if skipped:
         print(f"skipped (time guard {TIME_GUARD_S:.0f} s): {', '.join(skipped)}")
     print(f"wall time {time.perf_counter() - began:.1f} s")

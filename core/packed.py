@@ -151,9 +151,10 @@ class SpeedOptions:
     ``torch.func.vmap`` (convolutions become grouped convolutions);
     ``"bmm"`` computes the study's conv encoder/decoder of all models as
     batched matrix products (:mod:`disentbench.core.packed_conv`) and vmaps
-    only the rest of the loss; ``"auto"`` (default) takes ``"bmm"`` where the
-    model allows it (the study's conv architecture, reached through
-    ``encode``/``sample_latent``/``decode``) and ``"vmap"`` elsewhere.
+    only the rest of the loss; ``"auto"`` (default) takes ``"bmm"`` on CUDA
+    where the model allows it (the study's conv architecture, reached through
+    ``encode``/``sample_latent``/``decode``) and ``"vmap"`` elsewhere (on CPU
+    the grouped convolutions are about 3x faster than gathered patches).
     """
 
     channels_last: bool = False
@@ -591,8 +592,8 @@ class PackedTrainer:
     # -- the bmm formulation (study conv architecture) --------------------------------
     def _choose_formulation(self) -> str:
         wanted = self.speed.formulation
-        if wanted == "vmap":
-            return "vmap"
+        if wanted == "vmap" or (wanted == "auto" and self.device.type != "cuda"):
+            return "vmap"  # on CPU the grouped convolutions are faster than gathered patches
         reason = self._bmm_unsupported()
         if reason is None:
             return "bmm"

@@ -15,11 +15,14 @@ is the GEMM batch), which cuBLAS runs on tensor cores:
   innermost) and multiplies them with the kernel reshaped to ``(16*C_in, C_out)``;
 * a 2x2 stride-2 convolution needs no gather: the patches are a permutation
   of the input (space-to-depth);
-* a 4x4 stride-2 transposed convolution (padding 1) is split into its four
-  output phases: output pixel ``(2m+a, 2n+b)`` receives exactly the 2x2
-  input window at padded position ``(m+a, n+b)`` through kernel taps
-  ``(3-a-2r, 3-b-2s)``, so the four phases are one batched GEMM of 2x2
-  windows (batch P*4) and an interleave;
+* a 4x4 stride-2 transposed convolution (padding 1) with as many output as
+  input channels is split into its four output phases: output pixel
+  ``(2m+a, 2n+b)`` receives exactly the 2x2 input window at padded position
+  ``(m+a, n+b)`` through kernel taps ``(3-a-2r, 3-b-2s)``, so the four phases
+  are one batched GEMM of 2x2 windows (batch P*4) and an interleave; one with
+  fewer output channels (64 -> 32, and the last layer 32 -> C) multiplies
+  each input pixel into its 16 taps' outputs and sums them with ``F.fold``
+  (col2im), which moves ``C_out / C_in`` as many bytes;
 * bias additions are fused into the GEMMs (``baddbmm``).
 
 The functions are plain differentiable torch code (autograd derives the
@@ -97,6 +100,23 @@ def _deconv4x4_s2(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
     return out.reshape(p, n, 2 * height, 2 * width, o)
 
 
+def _deconv4x4_s2_fold(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The same transposed conv as a GEMM into per-tap columns summed by ``F.fold`` (col2im).
+
+    The columns hold ``16 * C_out`` values per input pixel where the window
+    form gathers ``16 * C_in``, so this form moves less memory when
+    ``C_out < C_in`` (the decoder's 64 -> 32 and its last 32 -> C layer).
+    Returns a channels-last view ``(P, N, 2H, 2W, O)``.
+    """
+    p, n, height, width, c = h.shape
+    o = weight.shape[2]
+    cols = torch.bmm(h.reshape(p, n * height * width, c), weight.reshape(p, c, o * 16))  # columns [o][kh][kw]
+    cols = cols.view(p * n, height * width, o * 16).transpose(1, 2)
+    out = F.fold(cols, (2 * height, 2 * width), kernel_size=4, stride=2, padding=1)  # (P*N, O, 2H, 2W)
+    out = out.view(p, n, o, 2 * height, 2 * width) + bias.to(out.dtype).view(p, 1, o, 1, 1)
+    return out.permute(0, 1, 3, 4, 2)
+
+
 def _dense(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``h (P, N, I) @ weight (P, O, I)^T + bias (P, O)``."""
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
@@ -108,6 +128,9 @@ def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "enco
     b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
     p, n = x.shape[:2]
     h = x.permute(0, 1, 3, 4, 2)  # (P, N, H, W, C)
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        # the first GEMM would cast its gathered patches anyway; casting first moves half the bytes
+        h = h.to(torch.get_autocast_dtype(x.device.type))
     h = torch.relu(_conv4x4_s2(h, w(_ENCODER_CONVS[0]), b(_ENCODER_CONVS[0])))
     h = torch.relu(_conv4x4_s2(h, w(_ENCODER_CONVS[1]), b(_ENCODER_CONVS[1])))
     h = torch.relu(_conv2x2_s2(h, w(_ENCODER_CONVS[2]), b(_ENCODER_CONVS[2])))
@@ -126,7 +149,9 @@ def decode(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str = "deco
     h = torch.relu(_dense(h, w(_DECODER_DENSE[1]), b(_DECODER_DENSE[1])))
     h = h.view(p, n, 64, 4, 4).permute(0, 1, 3, 4, 2)  # the module's (64, 4, 4) NCHW meaning, as NHWC
     for k, name in enumerate(_DECODER_DECONVS):
-        h = _deconv4x4_s2(h, w(name), b(name))
+        weight = w(name)
+        deconv = _deconv4x4_s2_fold if weight.shape[2] < weight.shape[1] else _deconv4x4_s2
+        h = deconv(h, weight, b(name))
         if k < len(_DECODER_DECONVS) - 1:
             h = torch.relu(h)
     return h.permute(0, 1, 4, 2, 3)
