@@ -18,7 +18,7 @@ forward pass of the model's loss (the shapes are read from a forward pass),
 x 2 FLOPs per MAC x 3 for forward + backward.
 
     python benchmarks/train_throughput.py --quick --device cpu          # CI-sized, ~1 minute on 2 cores
-    python benchmarks/train_throughput.py --device cuda                 # time-boxed to 4 minutes (no GPU figures measured yet)
+    python benchmarks/train_throughput.py --device cuda --tf32          # time-boxed to 4 minutes (H200 figures: benchmarks/README.md)
     python benchmarks/train_throughput.py --device cuda --json out.json --model factor_vae
 
 Pack sizes default to 1, 8, 32, 128 (fp32) plus 128 and 256 (bf16) on CUDA
@@ -220,6 +220,7 @@ def measure_packed(
     return {
         "mode": mode,
         "formulation": trainer.formulation,
+        "cuda_graph": getattr(trainer._pack, "graph", None) is not None,
         "pack": pack,
         "iteration_ms": elapsed / done * 1e3,
         "sampling_ms": sampling_ms,
@@ -301,8 +302,11 @@ def parse_args(argv=None):
         "--bf16-pack-sizes", default=None, help="bf16 pack sizes (CUDA only), comma-separated; '' for none"
     )
     parser.add_argument(
-        "--vmap-pack-sizes", default=None,
-        help="pack sizes of comparison rows with the vmap (grouped-convolution) formulation; bf16 on CUDA",
+        "--formulation", default="auto", choices=["auto", "bmm", "vmap"], help="packed rows' formulation"
+    )
+    parser.add_argument(
+        "--other-pack-sizes", default=None,
+        help="pack sizes of comparison rows with the other formulation (bf16 on CUDA), comma-separated",
     )
     parser.add_argument("--profile", default=None, help="CUDA: write a kernel-time table of the largest bf16 pack here")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement")
@@ -320,13 +324,13 @@ def parse_args(argv=None):
         args.pack_sizes = "1,8,32" if (cuda and args.quick) else ("1,8,32,128" if cuda else "1,4")
     if args.bf16_pack_sizes is None:
         args.bf16_pack_sizes = ("32" if args.quick else "128,256,512") if cuda else ""
-    if args.vmap_pack_sizes is None:
-        args.vmap_pack_sizes = ("32" if args.quick else "128") if cuda else "4"
+    if args.other_pack_sizes is None:
+        args.other_pack_sizes = ("32" if args.quick else "128") if cuda else "4"
     if args.seconds is None:
         args.seconds = (1.5 if args.quick else 4.0) if cuda else (2.0 if args.quick else 10.0)
     args.pack_sizes = [int(p) for p in args.pack_sizes.split(",") if p.strip()]
     args.bf16_pack_sizes = [int(p) for p in args.bf16_pack_sizes.split(",") if p.strip()] if cuda else []
-    args.vmap_pack_sizes = [int(p) for p in args.vmap_pack_sizes.split(",") if p.strip()]
+    args.other_pack_sizes = [int(p) for p in args.other_pack_sizes.split(",") if p.strip()]
     args.naive_chunk = 20 if cuda else 2
     args.packed_chunk = 5 if cuda else 1
     return args, device
@@ -358,7 +362,8 @@ def main(argv=None) -> int:
     )
 
     speed = SpeedOptions(
-        channels_last=cuda and not args.no_channels_last, cuda_graphs=cuda and not args.no_graphs, compile=args.compile
+        channels_last=cuda and not args.no_channels_last, cuda_graphs=cuda and not args.no_graphs, compile=args.compile,
+        formulation=args.formulation if args.formulation != "auto" else ("bmm" if cuda else "vmap"),
     )
     try:
         exactness = exactness_check(registration, data, args, device, speed)
@@ -376,19 +381,21 @@ def main(argv=None) -> int:
     rows = [measure_naive(registration, data, args, device)]
     naive_rate = rows[0]["model_steps_per_s"]
     plan = [(p, speed, "packed fp32") for p in args.pack_sizes]
-    bf16 = SpeedOptions(
-        channels_last=speed.channels_last, cuda_graphs=speed.cuda_graphs, compile=speed.compile, autocast_bf16=True
-    )
+    bf16 = dataclasses.replace(speed, autocast_bf16=True)
     plan += [(p, bf16, "packed bf16 autocast") for p in args.bf16_pack_sizes]
-    vmap_options = dataclasses.replace(bf16 if cuda else speed, formulation="vmap")
-    plan += [(p, vmap_options, f"packed {'bf16' if cuda else 'fp32'} vmap") for p in args.vmap_pack_sizes]
+    other = "vmap" if speed.formulation == "bmm" else "bmm"
+    other_options = dataclasses.replace(bf16 if cuda else speed, formulation=other)
+    plan += [(p, other_options, f"packed {'bf16' if cuda else 'fp32'} {other}") for p in args.other_pack_sizes]
     skipped = []
     for pack, options, mode in plan:
         if time.perf_counter() - began > TIME_GUARD_S:
             skipped.append(f"{mode} x{pack}")
             continue
         # bf16 runs take as many steps as the fp32 run of the same pack size (if any) so their losses compare
-        same = [r for r in rows if r["mode"] == "packed fp32" and r["pack"] == pack]
+        same = [
+            r for r in rows
+            if r["mode"] == "packed fp32" and r["pack"] == pack and r["formulation"] == options.formulation
+        ]
         iterations = same[0]["iterations"] if (options.autocast_bf16 and same) else None
         try:
             rows.append(measure_packed(registration, data, args, device, pack, options, mode, iterations))
@@ -396,7 +403,7 @@ def main(argv=None) -> int:
             print(
                 f"  {mode} [{row['formulation']}] x{pack}: {row['model_steps_per_s']:.1f} model-steps/s, "
                 f"{row['iteration_ms']:.2f} ms/iteration (per-run sampling alone {row['sampling_ms']:.2f} ms), "
-                f"peak {row['peak_mib']:.0f} MiB",
+                f"peak {row['peak_mib']:.0f} MiB, CUDA graph {'on' if row['cuda_graph'] else 'off'}",
                 flush=True,
             )
         except torch.cuda.OutOfMemoryError if cuda else MemoryError:
@@ -424,13 +431,16 @@ def main(argv=None) -> int:
         )
     for row in rows:
         if row["mode"].startswith("packed bf16"):
-            same = [r for r in rows if r["mode"] == "packed fp32" and r["pack"] == row["pack"]]
+            same = [
+                r for r in rows
+                if r["mode"] == "packed fp32" and r["pack"] == row["pack"] and r["formulation"] == row["formulation"]
+            ]
             if same and same[0]["iterations"] == row["iterations"] and same[0]["final_totals"]:
                 fp32_totals = np.array(same[0]["final_totals"])
                 difference = np.abs(np.array(row["final_totals"]) - fp32_totals) / np.abs(fp32_totals)
                 row["bf16_vs_fp32_total_rel_diff"] = float(difference.mean())
                 print(
-                    f"bf16 vs fp32 (pack {row['pack']}, same seeds, {row['iterations']} steps from init): "
+                    f"bf16 vs fp32 ({row['formulation']}, pack {row['pack']}, same seeds, {row['iterations']} steps from init): "
                     f"mean |total difference| / total = {difference.mean():.2e} (max {difference.max():.2e})"
                 )
     best = max(rows, key=lambda r: r["model_steps_per_s"])

@@ -89,15 +89,39 @@ def _deconv4x4_s2(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
         [windows[:, :, a : a + height, b : b + width] for a in (0, 1) for b in (0, 1)], dim=1
     )  # (P, 4, N, H, W, C, 2, 2)
     cols = cols.permute(0, 1, 2, 3, 4, 6, 7, 5).reshape(p * 4, n * height * width, 4 * c)  # rows [r][s][c]
-    taps = ([3, 1], [2, 0])  # kernel rows (or columns) used by phase 0 and phase 1, for r = 0, 1
+    # Phase 0 uses kernel rows (3, 1), phase 1 rows (2, 0): rows a, a+2 of the flipped kernel.
+    # (Strided slices, not index lists: a list index would be a host-to-device copy,
+    # which CUDA graph capture forbids.)
+    flipped = weight.flip(3, 4)
     kernels = torch.stack(
-        [weight[:, :, :, taps[a]][:, :, :, :, taps[b]] for a in (0, 1) for b in (0, 1)], dim=1
+        [flipped[:, :, :, a::2, b::2] for a in (0, 1) for b in (0, 1)], dim=1
     )  # (P, 4, C, O, 2, 2)
     kernels = kernels.permute(0, 1, 4, 5, 2, 3).reshape(p * 4, 4 * c, o)  # rows [r][s][c]
     bias4 = bias.unsqueeze(1).expand(p, 4, o).reshape(p * 4, 1, o)
     out = torch.baddbmm(bias4, cols, kernels)  # (P*4, N*H*W, O)
     out = out.view(p, 2, 2, n, height, width, o).permute(0, 3, 4, 1, 5, 2, 6)  # (P, N, H, a, W, b, O)
     return out.reshape(p, n, 2 * height, 2 * width, o)
+
+
+class _Col2Im(torch.autograd.Function):
+    """``F.fold(cols, (H, W), kernel_size=4, stride=2, padding=1)`` with a gather-based backward.
+
+    F.fold's own backward is ``im2col``, which on CUDA launches one kernel per
+    image (P*N launches per step); the gradient of a sum over taps is a
+    gather, done here with one strided view and one copy.
+    """
+
+    @staticmethod
+    def forward(ctx, cols, height, width):
+        return F.fold(cols, (height, width), kernel_size=4, stride=2, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, o = grad.shape[:2]
+        padded = F.pad(grad, (1, 1, 1, 1))
+        patches = padded.unfold(2, 4, 2).unfold(3, 4, 2)  # (B, O, H/2, W/2, 4, 4)
+        grad_cols = patches.permute(0, 1, 4, 5, 2, 3).reshape(b, o * 16, -1)
+        return grad_cols, None, None
 
 
 def _deconv4x4_s2_fold(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -112,7 +136,7 @@ def _deconv4x4_s2_fold(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     o = weight.shape[2]
     cols = torch.bmm(h.reshape(p, n * height * width, c), weight.reshape(p, c, o * 16))  # columns [o][kh][kw]
     cols = cols.view(p * n, height * width, o * 16).transpose(1, 2)
-    out = F.fold(cols, (2 * height, 2 * width), kernel_size=4, stride=2, padding=1)  # (P*N, O, 2H, 2W)
+    out = _Col2Im.apply(cols, 2 * height, 2 * width)  # (P*N, O, 2H, 2W)
     out = out.view(p, n, o, 2 * height, 2 * width) + bias.to(out.dtype).view(p, 1, o, 1, 1)
     return out.permute(0, 1, 3, 4, 2)
 
