@@ -78,6 +78,35 @@ class TrainingConfig(_Strict):
     checkpoint_every: int = Field(10_000, ge=1, description="Write a resumable checkpoint every N steps.")
     channels_last: bool = Field(True, description="NHWC memory layout for convolutions (faster on CPU and GPU).")
     checkpoint_dir: Path = Field(Path(".disentbench/checkpoints"), description="Where run checkpoints live.")
+    pack_size: int | Literal["auto"] = Field(
+        "auto",
+        description="Packed training: runs that differ only in numeric swept hyperparameters and seed are "
+        "trained together as one batched computation (core/packed.py), each with its own parameters, "
+        "optimizer, data and noise streams, logs, checkpoint and failure; a run's result does not depend "
+        "on which runs share its pack. auto: on CUDA as many as fit in free GPU memory (measured once per "
+        "model, dataset and batch size), elsewhere 1; N: at most N runs per pack; 1: never pack.",
+    )
+    bf16: bool = Field(
+        False,
+        description="Packed training on CUDA: forward pass under bfloat16 autocast (parameters, optimizer and "
+        "loss sums stay float32). Faster, but not exact: results differ from float32 training by rounding.",
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="Packed training on CUDA: replay each training iteration as a captured CUDA graph "
+        "(launch mechanics only; results are unchanged).",
+    )
+
+    @field_validator("pack_size", mode="before")
+    @classmethod
+    def _pack_size(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"use auto or a whole number of runs >= 1 (1: never pack); got {value!r}")
+        if value < 1:
+            raise ValueError(f"a pack holds at least 1 run (1: never pack); got {value}")
+        return value
 
     @field_validator("device")
     @classmethod

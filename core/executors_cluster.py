@@ -13,6 +13,11 @@ created. Several machines therefore need a tracking store they can all reach
 (an ``mlflow server``, e.g. on PostgreSQL) and a ``training.checkpoint_dir`` on a
 shared filesystem (so an interrupted run resumes wherever it is re-run).
 
+One task is one run: these executors never pack runs (packed training,
+``training.pack_size``, is done by the ``local`` and ``multiprocess``
+executors); a packed run and a solo run of the same key share checkpoints, so
+either may resume the other.
+
 A task that dies (node lost, Slurm timeout or preemption) comes back as a
 failed outcome; its MLflow run stays unfinished and the next
 ``disentbench run`` resumes it from its last checkpoint. Neither engine retries

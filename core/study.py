@@ -4,17 +4,26 @@ Nothing is written to the tracking store before the whole config has been
 validated. Re-running a study skips every run key that already finished; an
 unfinished run of the same key is reused (not duplicated) and resumes from its
 local checkpoint.
+
+Packed training (``training.pack_size``): executors that support it hand the
+worker groups of jobs (:func:`group_into_packs`: same :func:`pack_key`, i.e.
+runs differing only in numeric swept hyperparameters and seed) and
+:meth:`Worker.run_pack` trains each group with one
+:class:`~disentbench.core.packed.PackedTrainer`; everything around training
+(locks, claims, evaluation, artifacts, failures) is per run, as for a run
+trained alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
@@ -22,10 +31,10 @@ import yaml
 from disentbench.core import images, tracking
 from disentbench.core.config import StudyConfig
 from disentbench.core.evaluation import evaluate
-from disentbench.core.grid import RunSpec, canonical_json, expand_grid
+from disentbench.core.grid import RunSpec, canonical_json, expand_grid, stable_hash
 from disentbench.core.plugins import PluginRegistry, get_plugin_manager
 from disentbench.core.progress import StudyProgress
-from disentbench.core.trainer import Trainer, build_model, resolve_device
+from disentbench.core.trainer import Trainer, TrainResult, build_model, resolve_device
 
 
 @dataclass
@@ -93,6 +102,9 @@ class Worker:
         self.device = device
         self.progress = progress
         self.bar: StudyProgress | None = None
+        # The share of a GPU's free memory auto packs may use (the multiprocess executor
+        # lowers it when several worker processes share one device).
+        self.memory_share = 1.0
         self._state: dict[str, Any] | None = None
 
     def __getstate__(self):
@@ -126,13 +138,85 @@ class Worker:
                 "datasets": prebuilt.get("datasets") or _DatasetCache(registry),
                 "scorers": prebuilt.get("scorers") or build_scorers(config, registry),
                 "device": resolve_device(self.device),
+                "pack_sizes": {},  # auto pack size per (model, params, dataset, batch size)
+                "architectures": {},  # parameter-shape signature per (model, params, dataset)
             }
         return self._state
 
+    # -- packing ------------------------------------------------------------------------
+    @property
+    def pack_size(self) -> int | str:
+        """The configured ``training.pack_size`` (an int, or "auto")."""
+        return self.config_data["training"]["pack_size"]
+
+    def may_pack(self, devices: list[str] | None = None) -> bool:
+        """Whether ``training.pack_size`` can pack runs on ``devices`` (default this worker's device).
+
+        Cheap (builds nothing): an integer above 1 packs anywhere; auto packs on CUDA only.
+        """
+        setting = self.pack_size
+        if setting == "auto":
+            return any(_is_cuda(d) for d in (devices or [self.device]))
+        return setting > 1
+
+    def pack_key(self, job: RunJob) -> str:
+        """Jobs with equal keys can share a pack: :func:`pack_key` of the spec plus the parameter shapes."""
+        ctx = self._context()
+        spec = job.spec
+        key = pack_key(spec)
+        cache = ctx["architectures"]
+        shapes_key = canonical_json([spec.model, spec.model_params, spec.dataset, spec.dataset_params])
+        if shapes_key not in cache:
+            cache[shapes_key] = _parameter_shapes(spec, ctx)
+        return key + "|" + cache[shapes_key]
+
+    def pack_size_for(self, job: RunJob) -> int:
+        """The largest pack ``job`` may join: ``training.pack_size``, or for auto what fits (1 off CUDA)."""
+        ctx = self._context()
+        setting = ctx["config"].training.pack_size
+        if setting != "auto":
+            return setting
+        device = ctx["device"]
+        if device.type != "cuda":
+            return 1
+        spec = job.spec
+        key = canonical_json([spec.model, spec.model_params, spec.dataset, spec.dataset_params, spec.batch_size])
+        sizes = ctx["pack_sizes"]
+        if key not in sizes:
+            from disentbench.core.packed import choose_pack_size
+
+            registration = ctx["registry"].get("model", spec.model)
+            data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
+            model_config = registration.make_config(spec.model_params)
+            bar = self.bar or StudyProgress(1, enabled=False)
+            try:
+                sizes[key] = choose_pack_size(
+                    lambda: build_model(registration.factory, model_config, data.observation_shape, 0, device),
+                    device,
+                    spec.batch_size,
+                    free_memory_fraction=0.8 * self.memory_share,
+                    speed=_speed_options(ctx["config"]),
+                    observation_shape=tuple(data.observation_shape),
+                )
+            except Exception as exc:  # unpackable model, or the probe itself failed: train these runs alone
+                bar.message(f"{spec.model} runs on {spec.dataset} are trained one by one ({type(exc).__name__}: {exc})")
+                sizes[key] = 1
+            else:
+                bar.message(f"{spec.model} runs on {spec.dataset}: up to {sizes[key]} per pack on {device}")
+        return sizes[key]
+
+    def run_packed(self, jobs: list[RunJob]) -> Iterator[RunOutcome]:
+        """Every job, in packs of :func:`group_into_packs` (a pack of one is trained alone)."""
+        for pack in group_into_packs(jobs, self.pack_size_for, key=self.pack_key):
+            if len(pack) == 1:
+                yield self(pack[0])
+            else:
+                yield from self.run_pack(pack)
+
+    # -- one run -------------------------------------------------------------------------
     def __call__(self, job: RunJob) -> RunOutcome:
         ctx = self._context()
         config, tracker, spec = ctx["config"], ctx["tracker"], job.spec
-        bar = self.bar or StudyProgress(spec.steps, enabled=False)
         started = time.perf_counter()
         checkpoint_dir = Path(config.training.checkpoint_dir) / spec.run_key
         with RunLock(checkpoint_dir.with_suffix(".lock")) as lock:
@@ -141,24 +225,254 @@ class Worker:
             run_id = tracker.claim_run(spec, job.parent_run_id, job.reuse_run_id, config.tracking.index_tag)
             if run_id is None:
                 return RunOutcome(spec, "skipped", error="claimed by another invocation")
-            bar.start_run(f"[{job.position}/{job.total}] {spec.run_name}")
+            return self._run_claimed(job, run_id, started)
+
+    def _run_claimed(self, job: RunJob, run_id: str, started: float) -> RunOutcome:
+        """Train, evaluate and record one claimed run alone (its lock held by the caller)."""
+        ctx = self._context()
+        tracker, spec = ctx["tracker"], job.spec
+        bar = self.bar or StudyProgress(spec.steps, enabled=False)
+        checkpoint = Path(ctx["config"].training.checkpoint_dir) / spec.run_key / "checkpoint.pt"
+        bar.start_run(f"[{job.position}/{job.total}] {spec.run_name}")
+        try:
+            scores = _train_and_evaluate(spec, ctx, run_id, bar, checkpoint)
+        except KeyboardInterrupt:
+            tracker.end_run(run_id, tracking.KILLED)
+            raise
+        except Exception as exc:
+            return _record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+        tracker.end_run(run_id, tracking.FINISHED)
+        return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+    # -- one pack ------------------------------------------------------------------------
+    def run_pack(self, jobs: list[RunJob]) -> list[RunOutcome]:
+        """Train ``jobs`` (one :func:`pack_key`) as one pack; outcomes in the order of ``jobs``.
+
+        Per job exactly what :meth:`__call__` does around training: the run-key
+        lock (skipped if held), the MLflow claim (skipped if another invocation
+        owns the run); then every claimed run is trained by one
+        :class:`~disentbench.core.packed.PackedTrainer` and evaluated and recorded
+        on its own. A run whose loss turns non-finite, or whose evaluation fails,
+        fails alone. If the runs cannot be packed (``UnpackableModel``), or the
+        batched computation raises, the runs are trained one by one instead,
+        each resuming from its checkpoint (Trainer's format either way).
+        """
+        ctx = self._context()
+        config, tracker = ctx["config"], ctx["tracker"]
+        outcomes: dict[int, RunOutcome] = {}
+        claimed: list[tuple[int, RunJob, str]] = []
+        started = time.perf_counter()
+        with contextlib.ExitStack() as locks:
             try:
-                scores = _train_and_evaluate(spec, ctx, run_id, bar, checkpoint_dir / "checkpoint.pt")
+                for k, job in enumerate(jobs):
+                    spec = job.spec
+                    checkpoint_dir = Path(config.training.checkpoint_dir) / spec.run_key
+                    lock = locks.enter_context(RunLock(checkpoint_dir.with_suffix(".lock")))
+                    if not lock.acquired:
+                        outcomes[k] = RunOutcome(
+                            spec, "skipped", error="being trained by another process on this machine"
+                        )
+                        continue
+                    run_id = tracker.claim_run(spec, job.parent_run_id, job.reuse_run_id, config.tracking.index_tag)
+                    if run_id is None:
+                        outcomes[k] = RunOutcome(spec, "skipped", error="claimed by another invocation")
+                        continue
+                    claimed.append((k, job, run_id))
+                if len(claimed) == 1:
+                    k, job, run_id = claimed[0]
+                    outcomes[k] = self._run_claimed(job, run_id, started)
+                elif claimed:
+                    self._train_pack(claimed, started, outcomes)
             except KeyboardInterrupt:
-                tracker.end_run(run_id, tracking.KILLED)
+                for k, _, run_id in claimed:
+                    if k not in outcomes:
+                        tracker.end_run(run_id, tracking.KILLED)
+                raise
+        return [outcomes[k] for k in range(len(jobs))]
+
+    def _train_pack(
+        self, claimed: list[tuple[int, RunJob, str]], started: float, outcomes: dict[int, RunOutcome]
+    ) -> None:
+        """Train the claimed runs as one pack, then evaluate each; fills ``outcomes`` as runs end."""
+        from disentbench.core.packed import PackedTrainer, UnpackableModel
+
+        ctx = self._context()
+        registry, config, tracker, device = ctx["registry"], ctx["config"], ctx["tracker"], ctx["device"]
+        first = claimed[0][1].spec
+        data = ctx["datasets"].get(first.dataset, first.dataset_params)
+        bar = self.bar or StudyProgress(sum(job.spec.steps for _, job, _ in claimed), enabled=False)
+
+        def solo(reason: str) -> None:
+            bar.message(f"{reason}; training these {len(members)} runs one by one")
+            for k, job, run_id in members:
+                outcomes[k] = self._run_claimed(job, run_id, started)
+
+        members, models = [], []
+        for k, job, run_id in claimed:
+            spec = job.spec
+            try:
+                registration = registry.get("model", spec.model)
+                model_config = registration.make_config(spec.model_params)
+                model = build_model(registration.factory, model_config, data.observation_shape, spec.seed, device)
+            except Exception as exc:
+                outcomes[k] = _record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+                continue
+            members.append((k, job, run_id))
+            models.append(model)
+        if len(members) < 2:
+            for k, job, run_id in members:
+                outcomes[k] = self._run_claimed(job, run_id, started)
+            return
+        specs = [job.spec for _, job, _ in members]
+        try:
+            trainer = PackedTrainer(
+                models=models,
+                data=data,
+                seeds=[spec.seed for spec in specs],
+                steps=first.steps,
+                batch_size=first.batch_size,
+                device=device,
+                log_every=config.training.log_every,
+                checkpoint_every=config.training.checkpoint_every,
+                checkpoint_paths=[Path(config.training.checkpoint_dir) / s.run_key / "checkpoint.pt" for s in specs],
+                speed=_speed_options(config),
+            )
+        except UnpackableModel as exc:
+            return solo(f"cannot pack {first.model} runs ({exc})")
+        del models  # the trainer holds them
+        run_ids = [run_id for _, _, run_id in members]
+        positions = ",".join(str(job.position) for _, job, _ in members)
+        bar.start_run(f"[{positions}/{members[0][1].total}] pack of {len(members)}: {first.model} on {first.dataset}")
+        reached = [0] * len(members)
+
+        def on_log(i: int, step: int, terms: dict[str, float]) -> None:
+            tracker.log_metrics(run_ids[i], {f"train/{k}": v for k, v in terms.items()}, step)
+
+        def on_progress(i: int, step: int) -> None:
+            reached[i] = step
+            bar.update_run(sum(reached))
+
+        packed = None
+        try:
+            packed = trainer.train(on_log=on_log, on_progress=on_progress)
+        except Exception as exc:  # the batched computation itself failed: no run's checkpoint is harmed
+            reason = f"packed training failed ({type(exc).__name__}: {exc})"
+        if packed is None:
+            trainer = None  # free the pack (e.g. after running out of GPU memory) before training alone
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return solo(reason)
+        bar.finish_run(sum(spec.steps for spec in specs))
+        for run_id in run_ids:
+            tracker.set_tags(run_id, {"pack_size": str(len(members))})
+        for i, (k, job, run_id) in enumerate(members):
+            spec, error, result = job.spec, packed.errors[i], packed.results[i]
+            if error is None and result is None:
+                error = RuntimeError("the packed trainer returned neither a result nor an error")
+            if error is not None:
+                trace = "".join(traceback.format_exception(error))
+                outcomes[k] = _record_failure(ctx, bar, spec, run_id, error, trace, started)
+                continue
+            try:
+                scores = _evaluate_and_record(spec, ctx, run_id, trainer.trainers[i].model, result)
+            except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                tracker.set_tags(run_id, {"error": message[:5000]})
-                with tempfile.TemporaryDirectory() as tmp:
-                    trace = Path(tmp) / "error.txt"
-                    trace.write_text(traceback.format_exc())
-                    tracker.log_artifact(run_id, trace)
-                tracker.end_run(run_id, tracking.FAILED)
-                bar.message(f"run {spec.run_name} failed: {message}")
-                return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
+                outcomes[k] = _record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+                continue
             tracker.end_run(run_id, tracking.FINISHED)
-            return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+            outcomes[k] = RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+
+def pack_key(spec: RunSpec) -> str:
+    """What runs sharing a pack must agree on: dataset and params, model, steps, batch size and every
+    model param except swept numbers (those, and the seed, may differ inside a pack)."""
+    fixed = {
+        k: v
+        for k, v in spec.model_params.items()
+        if not (k in spec.swept and isinstance(v, (int, float)) and not isinstance(v, bool))
+    }
+    return canonical_json([spec.dataset, spec.dataset_params, spec.model, fixed, spec.steps, spec.batch_size])
+
+
+def group_into_packs(
+    jobs: list[RunJob],
+    pack_size: int | Callable[[RunJob], int],
+    key: Callable[[RunJob], str] | None = None,
+) -> list[list[RunJob]]:
+    """Split ``jobs`` into packs of at most ``pack_size`` (an int, or a job's own limit) with equal ``key``.
+
+    Packs come in the order of their first job, and keep the jobs' order
+    within; a job whose limit is 1 is a pack of its own (its key is never
+    computed). ``key`` defaults to :func:`pack_key` of the job's spec.
+    """
+    size_of = pack_size if callable(pack_size) else (lambda job: pack_size)
+    key = key or (lambda job: pack_key(job.spec))
+    packs: list[list[RunJob]] = []
+    open_packs: dict[str, list[RunJob]] = {}
+    for job in jobs:
+        size = size_of(job)
+        if size <= 1:
+            packs.append([job])
+            continue
+        k = key(job)
+        current = open_packs.get(k)
+        if current is None or len(current) >= size:
+            current = open_packs[k] = []
+            packs.append(current)
+        current.append(job)
+    return packs
+
+
+def _is_cuda(device: str) -> bool:
+    try:
+        return resolve_device(device).type == "cuda"
+    except RuntimeError:
+        return False
+
+
+def _speed_options(config: StudyConfig):
+    from disentbench.core.packed import SpeedOptions
+
+    return SpeedOptions(
+        channels_last=config.training.channels_last,
+        autocast_bf16=config.training.bf16,
+        cuda_graphs=config.training.cuda_graphs,
+    )
+
+
+def _parameter_shapes(spec: RunSpec, ctx: dict[str, Any]) -> str:
+    """A hash of the model's parameter names and shapes, built on the meta device (no memory, no init).
+
+    Runs whose swept numbers change the architecture (``num_latent``) get different keys. A model
+    that cannot be built there gets an empty signature: if its runs cannot share a pack after all,
+    the pack trains them one by one.
+    """
+    registration = ctx["registry"].get("model", spec.model)
+    data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
+    try:
+        with torch.device("meta"):
+            model = registration.factory(registration.make_config(spec.model_params), tuple(data.observation_shape))
+        shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    except Exception:
+        return ""
+    return stable_hash(shapes)
+
+
+def _record_failure(
+    ctx: dict[str, Any], bar: StudyProgress, spec: RunSpec, run_id: str, exc: BaseException, trace: str, started: float
+) -> RunOutcome:
+    """Mark a claimed run FAILED: an ``error`` tag, the traceback as error.txt; other runs are not touched."""
+    tracker = ctx["tracker"]
+    message = f"{type(exc).__name__}: {exc}"
+    tracker.set_tags(run_id, {"error": message[:5000]})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "error.txt"
+        path.write_text(trace)
+        tracker.log_artifact(run_id, path)
+    tracker.end_run(run_id, tracking.FAILED)
+    bar.message(f"run {spec.run_name} failed: {message}")
+    return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
 
 
 class RunLock:
@@ -305,9 +619,14 @@ def _scores_of(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _train_and_evaluate(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:
+    model, result = _train(spec, ctx, run_id, bar, checkpoint)
+    return _evaluate_and_record(spec, ctx, run_id, model, result)
+
+
+def _train(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: StudyProgress, checkpoint: Path):
+    """One run trained alone by the solo Trainer; returns (trained model, TrainResult)."""
     registry, config, tracker, device = ctx["registry"], ctx["config"], ctx["tracker"], ctx["device"]
     data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
-    scorers = ctx["scorers"]
     model_reg = registry.get("model", spec.model)
     model = build_model(model_reg.factory, model_reg.make_config(spec.model_params), data.observation_shape, spec.seed, device)
     trainer = Trainer(
@@ -327,6 +646,16 @@ def _train_and_evaluate(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: St
         on_progress=bar.update_run,
     )
     bar.finish_run(spec.steps)
+    return trainer.model, result
+
+
+def _evaluate_and_record(
+    spec: RunSpec, ctx: dict[str, Any], run_id: str, model, result: TrainResult
+) -> dict[str, float]:
+    """After training (solo or packed): timing metrics, scores and artifacts of one run; returns its scores."""
+    config, tracker, device = ctx["config"], ctx["tracker"], ctx["device"]
+    data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
+    scorers = ctx["scorers"]
     if result.resumed_from:
         tracker.set_tags(run_id, {"resumed_from_step": str(result.resumed_from)})
     tracker.log_metrics(
