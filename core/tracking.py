@@ -9,9 +9,11 @@ artifacts under ``./mlruns``; any tracking URI works by configuration
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -110,7 +112,19 @@ class Tracker:
         self.experiment_name = experiment
         check_sqlite_uri(self.uri)
         try:
-            self.client = _RetryingClient(MlflowClient(tracking_uri=self.uri))
+            with _sqlite_init_lock(self.uri) as database:
+                if database is not None and _interrupted_sqlite_init(database):
+                    aside = database.with_name(f"{database.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
+                    database.rename(aside)
+                    print(
+                        f"disentbench: {database} was left half-created by an interrupted start (no experiment, "
+                        f"no run in it); moved it to {aside.name} and creating a new one",
+                        file=sys.stderr,
+                    )
+                self.client = _RetryingClient(MlflowClient(tracking_uri=self.uri))
+                if database is not None:
+                    # create (or finish checking) the store's tables while holding the lock
+                    self.client.search_experiments(max_results=1)
         except Exception as exc:
             raise TrackingError(
                 f"cannot use tracking URI {self.uri!r}: {_first_line(exc)}; use sqlite:///PATH, http(s)://HOST:PORT "
@@ -265,6 +279,72 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (None for other URIs)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(rest).expanduser() if rest and rest != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str):
+    """Serialise the creation of a local SQLite store between processes; yields its path (None if not SQLite).
+
+    MLflow creates a new store's tables in a few dozen migrations. A process
+    killed in the middle leaves a file that MLflow can neither use nor finish
+    ("table ... already exists"); holding this lock (a hidden ``.NAME.lock``
+    next to the database, released by the OS if the process dies) while the
+    store is created lets the next process tell such a leftover from a store
+    that another process is creating right now.
+    """
+    path = _sqlite_path(uri)
+    if path is None:
+        yield None
+        return
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no lock, no recovery
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _interrupted_sqlite_init(path: Path) -> bool:
+    """Whether ``path`` is an MLflow store whose creation was interrupted: tables but no experiment at all.
+
+    MLflow creates the Default experiment right after its last migration, and
+    never removes its row (deleting an experiment only marks it), so a store
+    with MLflow tables and an empty ``experiments`` table holds no data: it can
+    be moved aside without losing anything.
+    """
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables & {"experiments", "alembic_version", "runs", "metrics"}:
+                return False  # not (yet) an MLflow store: MLflow creates it from scratch
+            if "experiments" not in tables:
+                return True
+            if connection.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]:
+                return False
+            return "runs" not in tables or connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False  # let MLflow say what is wrong with it
 
 
 def check_sqlite_uri(uri: str) -> None:
