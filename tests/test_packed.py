@@ -359,3 +359,89 @@ def test_formulation_falls_back_to_vmap_where_bmm_cannot_compute_the_model():
         PackedTrainer(models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU, speed=SpeedOptions(formulation="bmm"))
     with pytest.raises(ValueError, match="formulation"):
         SpeedOptions(formulation="grouped")
+
+
+@pytest.mark.parametrize("layer", ["conv", "deconv"])
+@pytest.mark.parametrize("size", [4, 8])
+def test_packed_conv_functions_pass_gradcheck(layer, size):
+    """The shifted-view GEMM layers' hand-written backward passes agree with finite differences (float64)."""
+    from disentbench.core import packed_conv
+
+    generator = torch.Generator().manual_seed(size)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    c, o = 3, 5
+    h = rand(2, 2, size, size, c)
+    if layer == "conv":
+        weight, fn = rand(2, o, c, 4, 4), packed_conv._conv4x4_s2
+    else:
+        weight, fn = rand(2, c, o, 4, 4), packed_conv._deconv4x4_s2
+    bias = rand(2, o)
+    assert bias.abs().min() > 0  # non-zero bias, so its placement and gradient are checked
+    assert torch.autograd.gradcheck(fn, (h, weight, bias), eps=1e-6, atol=1e-8)
+    # a non-contiguous input (as the layers receive from the previous one) gives the same values
+    wide = torch.randn(2, 2, size + 1, size + 1, c, generator=generator, dtype=torch.float64)
+    strided = wide[:, :, :size, :size]
+    torch.testing.assert_close(fn(strided, weight, bias), fn(strided.contiguous(), weight, bias))
+
+
+def test_packed_conv_reference_values_and_autocast():
+    """The layers equal torch's conv2d / conv_transpose2d per model; under bf16 autocast they run in bf16
+    and return gradients in the parameters' dtype."""
+    import torch.nn.functional as F
+
+    from disentbench.core import packed_conv
+
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 3, 8, 8, 4, generator=generator)
+    conv_w, deconv_w = torch.randn(2, 6, 4, 4, 4, generator=generator), torch.randn(2, 4, 6, 4, 4, generator=generator)
+    bias = torch.randn(2, 6, generator=generator)
+    conv = packed_conv._conv4x4_s2(h, conv_w, bias)
+    deconv = packed_conv._deconv4x4_s2(h, deconv_w, bias)
+    for i in range(2):
+        x = h[i].permute(0, 3, 1, 2)
+        ref = F.conv2d(x, conv_w[i], bias[i], stride=2, padding=1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(conv[i], ref, rtol=1e-5, atol=1e-5)
+        ref = F.conv_transpose2d(x, deconv_w[i], bias[i], stride=2, padding=1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(deconv[i], ref, rtol=1e-5, atol=1e-5)
+
+    params = [t.clone().requires_grad_() for t in (h, conv_w, deconv_w, bias)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = packed_conv._conv4x4_s2(params[0], params[1], params[3])
+        b = packed_conv._deconv4x4_s2(params[0], params[2], params[3])
+    assert a.dtype == b.dtype == torch.bfloat16
+    torch.testing.assert_close(a.float(), conv, rtol=0.05, atol=0.3)
+    torch.testing.assert_close(b.float(), deconv, rtol=0.05, atol=0.3)
+    (a.float().square().sum() + b.float().sum()).backward()
+    for p in params:
+        assert p.grad is not None and p.grad.dtype == torch.float32 and p.grad.shape == p.shape
+
+
+def test_bmm_encoder_decoder_make_no_host_to_device_copies():
+    """No tensor is created from host data (``aten.lift_fresh``: e.g. indexing with a Python list),
+    which CUDA graph capture forbids, in the forward or backward pass."""
+    from torch.func import stack_module_state
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from disentbench.core import packed_conv
+    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    shape = (3, 64, 64)
+    params = {f"encoder.{k}": v for k, v in stack_module_state([ConvEncoder(shape, 4) for _ in range(2)])[0].items()}
+    params |= {f"decoder.{k}": v for k, v in stack_module_state([DeconvDecoder(4, shape) for _ in range(2)])[0].items()}
+    x = torch.rand(2, 2, *shape)
+    with Record() as record:
+        mean, logvar = packed_conv.encode(params, x)
+        logits = packed_conv.decode(params, mean + logvar)
+        logits.square().sum().backward()
+    assert "aten.bmm" in record.ops or "aten.baddbmm" in record.ops  # the mode saw the computation
+    assert all(p.grad is not None for p in params.values())
+    assert "aten.lift_fresh" not in record.ops, sorted(record.ops)
