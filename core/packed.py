@@ -38,8 +38,9 @@ backward) as one kernel per group, so for the study's own conv architecture
 the default ``"bmm"`` formulation (:mod:`disentbench.core.packed_conv`)
 computes the encoder and decoder of all runs as batched GEMMs and vmaps only
 the rest of the loss (sampling, reconstruction, KL, regulariser,
-discriminator). Measured on an H200 (benchmarks/README.md): 1,939
-model-steps/s for 128 beta-VAEs in bf16, 9.6x the one-model loop.
+discriminator). Measured on an H200 (benchmarks/README.md): 2,666
+model-steps/s for 512 beta-VAEs in bf16 (1,966 for 128 in fp32/TF32),
+11.4x the one-model loop.
 
 Per-run hyperparameters. Config fields whose values differ inside a pack must
 be numbers; inside the vmapped call the model sees a copy of its config whose
