@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import registry_with_model
 
 CLI = [sys.executable, "-m", "disentbench.core.cli"]
 
@@ -128,9 +129,7 @@ def test_nan_loss_fails_that_run_with_the_reason_and_the_others_finish(tmp_path,
     from mlflow.tracking import MlflowClient
     from pydantic import Field
 
-    from disentbench import hookimpl
     from disentbench.core.config import load_study_config
-    from disentbench.core.plugins import build_registry
     from disentbench.core.study import run_study
     from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 
@@ -144,16 +143,8 @@ def test_nan_loss_fails_that_run_with_the_reason_and_the_others_finish(tmp_path,
                 terms["total"] = terms["total"] * float("nan")
             return terms
 
-    class Plugin:
-        __name__ = "exploding-test-plugin"
-
-        @staticmethod
-        @hookimpl
-        def register_models(register):
-            register("exploding_vae", config=ExplodingConfig, factory=Exploding, description="test: NaN on demand")
-
     monkeypatch.chdir(tmp_path)
-    registry = build_registry(load_entry_points=False, extra_plugins=[Plugin])
+    registry = registry_with_model("exploding_vae", ExplodingConfig, Exploding, "test: NaN on demand")
     path = _study(tmp_path, "nan", steps=10, seeds=1)
     raw = yaml.safe_load(path.read_text())
     raw["models"] = [{"name": "exploding_vae", "sweep": {"explode_at": [-1, 3]}, "params": {"num_latent": 4}}]

@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import registry_with_model
 from pydantic import Field
 
-from disentbench import hookimpl
 from disentbench.core.cli import main
 from disentbench.core.config import load_study_config
 from disentbench.core.study import RunJob, group_into_packs, pack_key, run_study
@@ -110,7 +110,6 @@ def test_packed_study_matches_solo_study_and_reruns_skip(tmp_path, monkeypatch, 
 def test_nan_run_fails_alone_inside_its_pack(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.plugins import build_registry
     from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 
     class PoisonConfig(BetaVAEConfig):
@@ -125,16 +124,8 @@ def test_nan_run_fails_alone_inside_its_pack(tmp_path, monkeypatch):
                 with torch.no_grad():
                     next(self.decoder.parameters()).view(-1)[0] = float("nan")
 
-    class Plugin:
-        __name__ = "poisoned-test-plugin"
-
-        @staticmethod
-        @hookimpl
-        def register_models(register):
-            register("poisoned_vae", config=PoisonConfig, factory=Poisoned, description="test: NaN on demand")
-
     monkeypatch.chdir(tmp_path)
-    registry = build_registry(load_entry_points=False, extra_plugins=[Plugin])
+    registry = registry_with_model("poisoned_vae", PoisonConfig, Poisoned, "test: NaN on demand")
     raw = _raw(tmp_path, "nan", 4, model="poisoned_vae", sweep={"poison": [0.0, 1.0]})
     result = run_study(load_study_config(raw, registry), registry=registry, progress=False)
 
@@ -161,7 +152,6 @@ def test_nan_run_fails_alone_inside_its_pack(tmp_path, monkeypatch):
 def test_unpackable_runs_are_trained_one_by_one(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.plugins import build_registry
     from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 
     class GlobalDraw(BetaVAE):
@@ -172,16 +162,8 @@ def test_unpackable_runs_are_trained_one_by_one(tmp_path, monkeypatch):
             terms["total"] = terms["total"] + 0.0 * torch.rand(()).to(terms["total"])
             return terms
 
-    class Plugin:
-        __name__ = "global-draw-test-plugin"
-
-        @staticmethod
-        @hookimpl
-        def register_models(register):
-            register("global_draw_vae", config=BetaVAEConfig, factory=GlobalDraw, description="test: unpackable")
-
     monkeypatch.chdir(tmp_path)
-    registry = build_registry(load_entry_points=False, extra_plugins=[Plugin])
+    registry = registry_with_model("global_draw_vae", BetaVAEConfig, GlobalDraw, "test: unpackable")
     raw = _raw(tmp_path, "unpackable", 2, model="global_draw_vae", sweep={"beta": [1.0]})
     raw["training"].update(steps=5)
     raw["evaluation"] = {"metrics": []}
