@@ -1,0 +1,178 @@
+"""Per-layer timings of the packed conv encoder/decoder: which formulation is fastest for which layer.
+
+``benchmarks/train_throughput.py`` times whole training steps; this script
+times each conv layer of the study architecture for P stacked models, forward
+and forward+backward, in every formulation disentbench has for it, so a
+short GPU run says where the time of a packed step goes and which form each
+layer should use:
+
+* 4x4 stride-2 convolutions (encoder e1, e2): ``implicit`` (core.packed_conv's
+  shifted-view GEMMs, the default), ``im2col`` (materialised patch matrix and
+  one batched GEMM), ``grouped`` (one cuDNN convolution with P groups: what
+  the vmap formulation runs);
+* 4x4 stride-2 transposed convolutions (decoder d1..d4): ``window``
+  (shifted-view GEMMs), ``fold`` (GEMM into per-tap columns + col2im; the
+  default where channels shrink), ``grouped`` (cuDNN, P groups).
+
+Every variant is first checked against the grouped cuDNN result (the same
+function; the printed ``max |diff|`` is rounding), then timed. Activations
+and weights are random; only shapes matter. Times are medians of
+``--repeat`` runs after warm-up, with a device synchronisation around each.
+
+    python benchmarks/packed_layers.py --device cpu --pack 4 --batch 8 --repeat 3   # a CPU smoke run
+    python benchmarks/packed_layers.py --device cuda --pack 512 --bf16              # the study's batch 64 on a GPU
+
+Writes nothing unless ``--json PATH`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from disentbench.core import packed_conv
+from disentbench.core.trainer import resolve_device
+
+#: (name, kind, C_in, C_out, input height) of the study architecture's strided layers (C = 1 images).
+LAYERS = [
+    ("e1", "conv", 1, 32, 64),
+    ("e2", "conv", 32, 32, 32),
+    ("d1", "deconv", 64, 64, 4),
+    ("d2", "deconv", 64, 32, 8),
+    ("d3", "deconv", 32, 32, 16),
+    ("d4", "deconv", 32, 1, 32),
+]
+
+
+def conv_im2col(h, weight, bias):
+    """4x4 s2 p1 conv with a materialised patch matrix (the formulation before the implicit GEMMs)."""
+    p, n, height, width, c = h.shape
+    padded = F.pad(h, (0, 0, 1, 1, 1, 1))
+    patches = padded.unfold(2, 4, 2).unfold(3, 4, 2).permute(0, 1, 2, 3, 5, 6, 4)
+    cols = patches.reshape(p, n * (height // 2) * (width // 2), 16 * c)
+    kernel = weight.permute(0, 3, 4, 2, 1).reshape(p, 16 * c, -1)
+    return torch.baddbmm(bias.unsqueeze(1), cols, kernel).view(p, n, height // 2, width // 2, -1)
+
+
+def conv_grouped(h, weight, bias):
+    p, n, height, width, c = h.shape
+    x = h.permute(1, 0, 4, 2, 3).reshape(n, p * c, height, width)
+    out = F.conv2d(x, weight.reshape(-1, c, 4, 4), bias.reshape(-1), stride=2, padding=1, groups=p)
+    return out.view(n, p, -1, height // 2, width // 2).permute(1, 0, 3, 4, 2)
+
+
+def deconv_grouped(h, weight, bias):
+    p, n, height, width, c = h.shape
+    x = h.permute(1, 0, 4, 2, 3).reshape(n, p * c, height, width)
+    out = F.conv_transpose2d(x, weight.reshape(p * c, -1, 4, 4), bias.reshape(-1), stride=2, padding=1, groups=p)
+    return out.view(n, p, -1, 2 * height, 2 * width).permute(1, 0, 3, 4, 2)
+
+
+VARIANTS = {
+    "conv": {"implicit": packed_conv._conv4x4_s2, "im2col": conv_im2col, "grouped": conv_grouped},
+    "deconv": {
+        "window": packed_conv._deconv4x4_s2,
+        "fold": packed_conv._deconv4x4_s2_fold,
+        "grouped": deconv_grouped,
+    },
+}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeat: int) -> float:
+    """Median milliseconds of ``fn()`` after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def measure(name, kind, c_in, c_out, size, args, device) -> list[dict]:
+    generator = torch.Generator(device=device).manual_seed(0)
+    p, n = args.pack, args.batch
+    h = torch.randn(p, n, size, size, c_in, generator=generator, device=device)
+    shape = (p, c_out, c_in, 4, 4) if kind == "conv" else (p, c_in, c_out, 4, 4)
+    weight = (torch.randn(shape, generator=generator, device=device) * 0.1).requires_grad_()
+    bias = (torch.randn(p, c_out, generator=generator, device=device) * 0.1).requires_grad_()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    with torch.no_grad(), autocast:
+        reference = VARIANTS[kind]["grouped"](h, weight, bias).float()
+    rows = []
+    for variant, layer in VARIANTS[kind].items():
+        inputs = h.clone().requires_grad_()
+
+        def forward():
+            with torch.no_grad(), autocast:
+                return layer(inputs, weight, bias)
+
+        def forward_backward():
+            with autocast:
+                out = layer(inputs, weight, bias)
+            out.float().square().mean().backward()
+
+        try:
+            difference = (forward().float() - reference).abs().max().item()
+            row = {
+                "layer": name, "kind": kind, "variant": variant, "c_in": c_in, "c_out": c_out, "size": size,
+                "max_abs_diff_vs_grouped": difference,
+                "forward_ms": timed(forward, device, args.repeat),
+                "forward_backward_ms": timed(forward_backward, device, args.repeat),
+            }  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not hide the others
+            row = {"layer": name, "kind": kind, "variant": variant, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        if "error" in row:
+            print(f"{name:<3} {variant:<9} FAILED: {row['error']}", flush=True)
+        else:
+            print(
+                f"{name:<3} {kind:<6} {c_in:>3}->{c_out:<3} {size:>3}px {variant:<9} "
+                f"fwd {row['forward_ms']:9.3f} ms  fwd+bwd {row['forward_backward_ms']:9.3f} ms  "
+                f"max |diff| {difference:.1e}",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--pack", type=int, default=512, help="models stacked (default 512)")
+    parser.add_argument("--batch", type=int, default=64, help="batch per model (study: 64)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as training.bf16")
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--only", nargs="*", default=None, help="layer names, e.g. e2 d3")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# packed_layers  {name}, torch {torch.__version__}, {args.pack} models x batch {args.batch}, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}")  # fmt: skip
+    rows = []
+    for layer in LAYERS:
+        if args.only and layer[0] not in args.only:
+            continue
+        rows += measure(*layer, args, device)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"device": name, "torch": torch.__version__, **vars(args), "rows": rows}, handle, indent=2)
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
