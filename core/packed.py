@@ -885,17 +885,37 @@ class PackedTrainer:
         """Each run's batch and latent draws, made with its own generators, stacked."""
         pack = self._pack
         trainers = [self.trainers[i] for i in pack.runs]
-        batches = [self.data.sample_batch_on_device(self.batch_size, t.data_generator, self.device) for t in trainers]
+        x = self._sample_batches(trainers)
         per_run = [[spec.draw(t.latent_generator) for spec in self._draw_specs] for t in trainers]
         if pack.x is not None:  # static buffers of a CUDA graph
-            pack.x.copy_(torch.stack(batches))
+            pack.x.copy_(x)
             for k, buffer in enumerate(pack.draws):
                 torch.stack([d[k] for d in per_run], out=buffer)
             return pack.x, pack.draws
-        x = torch.stack(batches)
         if self._channels_last:
             x = _batch_layout(x)
         return x, [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
+
+    def _sample_batches(self, trainers: list[Trainer]) -> torch.Tensor:
+        """Every run's batch ``(P, N, C, H, W)``, each drawn with the run's own data generator.
+
+        For a dataset that keeps ``GroundTruthData``'s sampling and float
+        conversion (no nuisance randomness), only the index draw is per run
+        (the same ``randint`` call on the same generator as
+        ``sample_batch_on_device``, so the same indices); the image gather and
+        conversion then run once for the whole pack instead of once per run.
+        """
+        data, device, batch = self.data, self.device, self.batch_size
+        cls = type(data)
+        if cls.sample_batch_on_device is not GroundTruthData.sample_batch_on_device or (
+            cls.to_float is not GroundTruthData.to_float
+        ):
+            return torch.stack([data.sample_batch_on_device(batch, t.data_generator, device) for t in trainers])
+        images = data.device_images(device)
+        index = torch.empty((len(trainers), batch), dtype=torch.int64, device=images.device)
+        for row, trainer in zip(index, trainers):
+            torch.randint(images.shape[0], (batch,), generator=trainer.data_generator, device=images.device, out=row)
+        return data.to_float(images[index], None)
 
     def _compute(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
         """Forward, per-optimizer gradients, Adam steps and loss sums of one iteration (graph-capturable)."""
