@@ -12,6 +12,11 @@ import pytest
 import torch
 
 from disentbench.core.trainer import Trainer, build_model
+from disentbench.plugins.models.annealed_vae import AnnealedVAE
+from disentbench.plugins.models.beta_tcvae import BetaTCVAE
+from disentbench.plugins.models.beta_vae import BetaVAE
+from disentbench.plugins.models.dip_vae import DIPVAE
+from disentbench.plugins.models.factor_vae import FactorVAE
 from disentbench.plugins.models.vae import STANDARD_TERMS, GaussianVAEConfig
 from test_trainer import Squares
 
@@ -34,6 +39,22 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: the class each registered study model name builds
+MODEL_CLASSES = {
+    "beta_vae": BetaVAE, "factor_vae": FactorVAE, "dip_vae": DIPVAE, "beta_tcvae": BetaTCVAE,
+    "annealed_vae": AnnealedVAE,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "params", "extra_terms"), STUDY_MODELS, ids=IDS)
+def test_registered_factory_builds_that_model_with_its_params(registry, name, params, extra_terms):
+    registration = registry.get("model", name)
+    model = registration.factory(registration.make_config(params), (3, 64, 64))
+    assert type(model) is MODEL_CLASSES[name] and model.observation_shape == (3, 64, 64)
+    for key, value in params.items():
+        assert getattr(model.config, key) == value, key
 
 
 def test_every_study_model_is_registered(registry):

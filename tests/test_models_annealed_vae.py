@@ -8,7 +8,6 @@ import pydantic
 import pytest
 import torch
 
-from disentbench.plugins.models import annealed_vae as annealed_vae_module
 from disentbench.plugins.models.annealed_vae import AnnealedVAE, AnnealedVAEConfig, capacity
 
 
@@ -142,16 +141,3 @@ def test_config_defaults_and_validation():
         AnnealedVAEConfig.model_validate({"beta": 2.0})
     with pytest.raises(pydantic.ValidationError, match="unknown architecture 'resnet'; known: conv"):
         AnnealedVAEConfig(architecture="resnet")
-
-
-def test_registration():
-    registered = {}
-
-    def register(name, *, config, factory, description):
-        registered[name] = (config, factory, description)
-
-    annealed_vae_module.register_models(register)
-    config_cls, factory, description = registered["annealed_vae"]
-    assert config_cls is AnnealedVAEConfig and description
-    model = factory(config_cls.model_validate({"c_max": 50}), (1, 64, 64))
-    assert isinstance(model, AnnealedVAE) and model.config.c_max == 50.0

@@ -8,7 +8,6 @@ import pydantic
 import pytest
 import torch
 
-from disentbench.plugins.models import beta_tcvae as beta_tcvae_module
 from disentbench.plugins.models.beta_tcvae import BetaTCVAE, BetaTCVAEConfig, gaussian_log_density, total_correlation
 
 
@@ -149,16 +148,3 @@ def test_config_validation():
         BetaTCVAEConfig.model_validate({"gamma": 1.0})
     with pytest.raises(pydantic.ValidationError, match="unknown architecture 'resnet'; known: conv"):
         BetaTCVAEConfig(architecture="resnet")
-
-
-def test_registration():
-    registered = {}
-
-    def register(name, *, config, factory, description):
-        registered[name] = (config, factory, description)
-
-    beta_tcvae_module.register_models(register)
-    config_cls, factory, description = registered["beta_tcvae"]
-    assert config_cls is BetaTCVAEConfig and description
-    model = factory(config_cls.model_validate({"beta": 8}), (1, 64, 64))
-    assert isinstance(model, BetaTCVAE) and model.config.beta == 8.0

@@ -8,7 +8,6 @@ import pydantic
 import pytest
 import torch
 
-from disentbench.plugins.models import dip_vae as dip_vae_module
 from disentbench.plugins.models.dip_vae import DIPVAE, DIPVAEConfig, dip_covariance, dip_penalty
 
 
@@ -160,16 +159,3 @@ def test_config_validation():
         DIPVAEConfig(architecture="resnet")
     for field in ("variant", "lambda_od", "lambda_d", "lambda_d_factor"):
         assert DIPVAEConfig.model_fields[field].description
-
-
-def test_registration():
-    registered = {}
-
-    def register(name, *, config, factory, description):
-        registered[name] = (config, factory, description)
-
-    dip_vae_module.register_models(register)
-    config_cls, factory, description = registered["dip_vae"]
-    assert config_cls is DIPVAEConfig and description
-    model = factory(config_cls.model_validate({"variant": "ii", "lambda_od": 20}), (3, 64, 64))
-    assert isinstance(model, DIPVAE) and model.config.diagonal_weight == 20.0

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from disentbench.core.trainer import STREAM_DATA, STREAM_LATENT, Trainer, build_model, derive_seed
-from disentbench.plugins.models import factor_vae as factor_vae_module
 from disentbench.plugins.models.factor_vae import (
     Discriminator,
     FactorVAE,
@@ -290,16 +289,3 @@ def test_config_defaults_and_validation():
         FactorVAEConfig.model_validate({"beta": 2.0})
     with pytest.raises(pydantic.ValidationError, match="unknown architecture 'mlp'; known: conv"):
         FactorVAEConfig(architecture="mlp")
-
-
-def test_registration():
-    registered = {}
-
-    def register(name, *, config, factory, description):
-        registered[name] = (config, factory, description)
-
-    factor_vae_module.register_models(register)
-    config_cls, factory, description = registered["factor_vae"]
-    assert config_cls is FactorVAEConfig and description
-    model = factory(config_cls.model_validate({"gamma": 40}), (3, 64, 64))
-    assert isinstance(model, FactorVAE) and model.config.gamma == 40.0
