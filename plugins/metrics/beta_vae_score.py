@@ -49,7 +49,7 @@ from pydantic import Field
 from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
-from disentbench.plugins.metrics.utils import check_random_state, encode
+from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, encode
 
 RepresentationFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -150,14 +150,13 @@ def compute_beta_vae_score(
     return {"train_accuracy": float(train_accuracy), "eval_accuracy": float(eval_accuracy)}
 
 
-class BetaVAEScore:
+class BetaVAEScore(ConfiguredScorer):
     """The BetaVAE score metric, configured by :class:`BetaVAEScoreConfig`."""
 
     #: the score a summary table shows
     headline = ("eval_accuracy",)
 
-    def __init__(self, config: BetaVAEScoreConfig | None = None):
-        self.config = config if config is not None else BetaVAEScoreConfig()
+    config_class = BetaVAEScoreConfig
 
     def __call__(
         self,

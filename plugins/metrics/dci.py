@@ -47,7 +47,7 @@ from pydantic import Field, field_validator
 from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
-from disentbench.plugins.metrics.utils import check_random_state, generate_batch_factor_code
+from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
 
 
 class DCIConfig(PluginConfig):
@@ -240,14 +240,13 @@ def compute_dci_from_codes(
     }
 
 
-class DCI:
+class DCI(ConfiguredScorer):
     """The DCI metric: draws ``num_train`` then ``num_test`` points, then scores their codes."""
 
     #: the score a summary table shows
     headline = ("disentanglement",)
 
-    def __init__(self, config: DCIConfig | None = None):
-        self.config = config if config is not None else DCIConfig()
+    config_class = DCIConfig
 
     def __call__(
         self,

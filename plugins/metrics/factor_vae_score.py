@@ -25,7 +25,7 @@ from pydantic import Field
 from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
-from disentbench.plugins.metrics.utils import check_random_state, encode, encode_in_batches
+from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, encode, encode_in_batches
 
 RepresentationFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -129,14 +129,13 @@ def compute_factor_vae_score(
     }
 
 
-class FactorVAEScore:
+class FactorVAEScore(ConfiguredScorer):
     """The FactorVAE score metric, configured by :class:`FactorVAEScoreConfig`."""
 
     #: the score a summary table shows
     headline = ("eval_accuracy",)
 
-    def __init__(self, config: FactorVAEScoreConfig | None = None):
-        self.config = config if config is not None else FactorVAEScoreConfig()
+    config_class = FactorVAEScoreConfig
 
     def __call__(
         self,

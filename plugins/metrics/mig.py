@@ -21,6 +21,7 @@ from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
 from disentbench.plugins.metrics.utils import (
+    ConfiguredScorer,
     check_random_state,
     discrete_entropy,
     discrete_mutual_info,
@@ -58,14 +59,13 @@ def compute_mig_from_codes(codes: np.ndarray, factors: np.ndarray, num_bins: int
     return {"discrete_mig": float(np.mean(mig_per_factor(codes, factors, num_bins)))}
 
 
-class MIG:
+class MIG(ConfiguredScorer):
     """The MIG metric: draws ``num_train`` points from the dataset, then scores their codes."""
 
     #: the score a summary table shows
     headline = ("discrete_mig",)
 
-    def __init__(self, config: MIGConfig | None = None):
-        self.config = config if config is not None else MIGConfig()
+    config_class = MIGConfig
 
     def __call__(
         self,

@@ -36,6 +36,7 @@ from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
 from disentbench.plugins.metrics.utils import (
+    ConfiguredScorer,
     check_random_state,
     discrete_mutual_info,
     generate_batch_factor_code,
@@ -128,14 +129,13 @@ def compute_modularity_explicitness_from_codes(
     }
 
 
-class ModularityExplicitness:
+class ModularityExplicitness(ConfiguredScorer):
     """The modularity/explicitness metric: draws ``num_train`` then ``num_test`` points, then scores their codes."""
 
     #: the score a summary table shows
     headline = ("modularity_score",)
 
-    def __init__(self, config: ModularityExplicitnessConfig | None = None):
-        self.config = config if config is not None else ModularityExplicitnessConfig()
+    config_class = ModularityExplicitnessConfig
 
     def __call__(
         self,

@@ -32,7 +32,7 @@ from pydantic import Field
 from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
-from disentbench.plugins.metrics.utils import check_random_state, generate_batch_factor_code
+from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
 
 
 class SAPConfig(PluginConfig):
@@ -117,14 +117,13 @@ def compute_sap_from_codes(
     return {"SAP_score": top_two_gap(sap_score_matrix(codes, factors, codes_test, factors_test, continuous_factors))}
 
 
-class SAP:
+class SAP(ConfiguredScorer):
     """The SAP metric: draws ``num_train`` then ``num_test`` points, then scores their codes."""
 
     #: the score a summary table shows
     headline = ("SAP_score",)
 
-    def __init__(self, config: SAPConfig | None = None):
-        self.config = config if config is not None else SAPConfig()
+    config_class = SAPConfig
 
     def __call__(
         self,

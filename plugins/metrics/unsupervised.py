@@ -25,6 +25,7 @@ from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
 from disentbench.plugins.metrics.utils import (
+    ConfiguredScorer,
     check_random_state,
     discrete_mutual_info,
     generate_batch_factor_code,
@@ -80,14 +81,13 @@ def compute_unsupervised_from_codes(codes: np.ndarray, num_bins: int = 20) -> di
     }
 
 
-class Unsupervised:
+class Unsupervised(ConfiguredScorer):
     """The unsupervised scores: draws ``num_train`` points and scores their codes (factors unused)."""
 
     #: the score a summary table shows
     headline = ("gaussian_total_correlation",)
 
-    def __init__(self, config: UnsupervisedConfig | None = None):
-        self.config = config if config is not None else UnsupervisedConfig()
+    config_class = UnsupervisedConfig
 
     def __call__(
         self,

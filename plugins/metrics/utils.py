@@ -133,3 +133,20 @@ def discrete_entropy(factors: np.ndarray) -> np.ndarray:
     from sklearn.metrics import mutual_info_score
 
     return np.array([mutual_info_score(factors[:, j], factors[:, j]) for j in range(factors.shape[1])])
+
+
+class ConfiguredScorer:
+    """Base of the built-in metric and task plugins: the validated config, or the defaults when none is given.
+
+    A subclass names its pydantic config class (``config_class``) and the score
+    keys a summary table shows (``headline``), and implements
+    ``__call__(data, representation_function, random_state) -> dict[str, float]``.
+    """
+
+    config_class: type
+    #: the scores a summary table shows (all of them when empty)
+    headline: tuple[str, ...] = ()
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.config_class()
+

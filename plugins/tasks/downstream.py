@@ -54,7 +54,7 @@ from pydantic import Field, field_validator
 from disentbench import hookimpl
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import PluginConfig
-from disentbench.plugins.metrics.utils import check_random_state, generate_batch_factor_code
+from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
 
 RepresentationFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -135,14 +135,16 @@ def sample_efficiency(scores: dict[str, float]) -> float | None:
     return float(few / many) if many > 0 else float("nan")
 
 
-class DownstreamTask:
+class DownstreamTask(ConfiguredScorer):
     """Base of the downstream tasks: sampling, fitting and keys; subclasses name the predictor."""
 
     #: ``make_predictor(seed) -> unfitted sklearn classifier``
     make_predictor: Callable[[int], object]
 
+    config_class = DownstreamConfig
+
     def __init__(self, config: DownstreamConfig | None = None):
-        self.config = config if config is not None else DownstreamConfig()
+        super().__init__(config)
         sizes = self.config.num_train
         largest = max(sizes)
         headline = [f"{largest}:mean_test_accuracy"]
