@@ -310,7 +310,12 @@ def _sqlite_init_lock(uri: str):
         yield None
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a+") as handle:
+    try:
+        handle = open(path.with_name(f".{path.name}.lock"), "a+")
+    except OSError:  # e.g. reading a store in a read-only folder: no lock, and nothing to recover there
+        yield None
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield path

@@ -82,3 +82,15 @@ def test_non_mlflow_and_empty_files_are_left_to_mlflow(tmp_path):
     connection.commit()
     connection.close()
     assert not _interrupted_sqlite_init(other)
+
+
+def test_a_store_whose_lock_file_cannot_be_made_still_opens(tmp_path):
+    """Reading a store in a folder where the lock cannot be created (here: a folder in its place) still works."""
+    path = tmp_path / "mlflow.db"
+    assert _open_in_new_process(path).returncode == 0
+    (tmp_path / ".mlflow.db.lock").unlink()
+    (tmp_path / ".mlflow.db.lock").mkdir()
+    opened = _open_in_new_process(path)
+    assert opened.returncode == 0, opened.stderr[-2000:]
+    assert opened.stdout.splitlines()[-1] == "['Default', 'study']"
+
