@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's device checks in one call (about 2-3 minutes on one H100/H200), for a session's short GPU lease.
+# Issue 6's device checks in one call, for a session's short GPU lease (not yet run as a whole; see benchmarks/README.md).
 # Run from the repository root after installing the project; results go to $OUT (default ./gpu-results).
 #   per-layer timings of every formulation (bf16, 512 models), then whole training steps with a kernel profile.
 set -euo pipefail

@@ -640,15 +640,14 @@ class PackedTrainer:
             calls.append(("sampled", len(recorder.draws)))
             return z
 
-        template.encode = lambda x: calls.append(("encode", len(recorder.draws))) or encode(x)
-        template.sample_latent = counted_sample
-        template.decode = lambda z: calls.append(("decode", len(recorder.draws))) or decode(z)
-        try:
+        with _overridden(
+            template,
+            encode=lambda x: calls.append(("encode", len(recorder.draws))) or encode(x),
+            sample_latent=counted_sample,
+            decode=lambda z: calls.append(("decode", len(recorder.draws))) or decode(z),
+        ):
             with torch.no_grad(), recorder:
                 template.loss(x, 0, recorder.generator)
-        finally:
-            for name in ("encode", "sample_latent", "decode"):
-                template.__dict__.pop(name, None)
         kinds = [kind for kind, _ in calls]
         if kinds != ["encode", "sample", "sampled", "decode"] or calls[1][1] != 0:
             return f"its loss calls encode/sample_latent/decode as {kinds}, not once each in that order"
@@ -670,14 +669,8 @@ class PackedTrainer:
                 raise UnpackableModel("the loss decoded something other than sample_latent's output")
             return logits
 
-        template.encode = lambda x: (mean, logvar)
-        template.sample_latent = sample_latent
-        template.decode = decode
-        try:
+        with _overridden(template, encode=lambda x: (mean, logvar), sample_latent=sample_latent, decode=decode):
             yield
-        finally:
-            for name in ("encode", "sample_latent", "decode"):
-                template.__dict__.pop(name, None)
 
     def _one_model_sample(self, mean, logvar, hyper, draws):
         """One run's latent sample from its pre-drawn noise; vmapped."""
@@ -1167,6 +1160,18 @@ def choose_pack_size(
 # =============================================================================
 # Helpers
 # =============================================================================
+
+
+@contextlib.contextmanager
+def _overridden(obj, **methods):
+    """``obj``'s methods replaced by instance attributes for the duration (the class is untouched)."""
+    for name, method in methods.items():
+        setattr(obj, name, method)
+    try:
+        yield
+    finally:
+        for name in methods:
+            obj.__dict__.pop(name, None)
 
 
 def _check_same_architecture(models: list[Model]) -> None:
