@@ -107,6 +107,7 @@ unchanged.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 import warnings
@@ -128,6 +129,11 @@ from disentbench.core.trainer import NonFiniteLoss, Trainer, TrainResult
 DEFAULT_CPU_PACK_SIZE = 8
 #: Upper bound of :func:`choose_pack_size` on CUDA.
 MAX_PACK_SIZE = 1024
+
+#: The batched formulations of the study's conv encoder/decoder: name -> module in disentbench.core
+BATCHED_FORMULATIONS = {"bmm": "packed_conv", "grouped": "packed_grouped", "triton": "packed_triton"}
+#: Every value of ``SpeedOptions.formulation``.
+FORMULATIONS = ("auto", "vmap", *BATCHED_FORMULATIONS)
 
 PackedLogFn = Callable[[int, int, dict[str, float]], None]
 PackedProgressFn = Callable[[int, int], None]
@@ -157,13 +163,19 @@ class SpeedOptions:
 
     ``formulation`` (every device) says how the encoder and decoder of the pack
     are computed: ``"vmap"`` runs each model's whole loss under
-    ``torch.func.vmap`` (convolutions become grouped convolutions);
-    ``"bmm"`` computes the study's conv encoder/decoder of all models as
-    batched matrix products (:mod:`disentbench.core.packed_conv`) and vmaps
-    only the rest of the loss; ``"auto"`` (default) takes ``"bmm"`` on CUDA
+    ``torch.func.vmap`` (convolutions become grouped convolutions). The
+    *batched* formulations compute the study's conv encoder/decoder of all
+    models at once and vmap only the rest of the loss: ``"bmm"`` as batched
+    matrix products (:mod:`disentbench.core.packed_conv`), ``"grouped"`` as
+    cuDNN grouped convolutions in one persistent NHWC layout
+    (:mod:`disentbench.core.packed_grouped`) and ``"triton"`` as fused Triton
+    kernels (:mod:`disentbench.core.packed_triton`; needs Triton and CUDA, or
+    Triton's CPU interpreter). ``"auto"`` (default) takes ``"bmm"`` on CUDA
     where the model allows it (the study's conv architecture, reached through
     ``encode``/``sample_latent``/``decode``) and ``"vmap"`` elsewhere (on CPU
     the grouped convolutions are about 3x faster than gathered patches).
+    ``"auto"`` changes only on a measurement: ``bmm`` is the fastest
+    formulation measured on a GPU so far (benchmarks/README.md).
     """
 
     channels_last: bool = False
@@ -174,8 +186,8 @@ class SpeedOptions:
     formulation: str = "auto"
 
     def __post_init__(self):
-        if self.formulation not in ("auto", "vmap", "bmm"):
-            raise ValueError(f"formulation must be auto, vmap or bmm; got {self.formulation!r}")
+        if self.formulation not in FORMULATIONS:
+            raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}; got {self.formulation!r}")
 
     def on(self, device: torch.device) -> "SpeedOptions":
         """The options that take effect on ``device`` (only ``formulation`` off CUDA)."""
@@ -539,13 +551,14 @@ class PackedTrainer:
         self._sentinel = torch.Generator(device=self.device)
         self._record_dry_run()
         self._vloss = vmap(self._one_model_loss, in_dims=(0, 0, 0, 0, 0, 0), randomness="error")
-        #: the number of leading draws that ``sample_latent`` makes (bmm formulation only)
+        #: the number of leading draws that ``sample_latent`` makes (batched formulations only)
         self._latent_draws = 0
         self.formulation = self._choose_formulation()
-        if self.formulation == "bmm":
+        if self.formulation in BATCHED_FORMULATIONS:
+            self._backend = importlib.import_module(f"disentbench.core.{BATCHED_FORMULATIONS[self.formulation]}")
             self._vsample = vmap(self._one_model_sample, in_dims=(0, 0, 0, 0), randomness="error")
             self._vrest = vmap(self._one_model_rest, in_dims=(0,) * 10, randomness="error")
-            self._vloss = self._bmm_loss
+            self._vloss = self._batched_loss
         self._loss_fn = self._vloss
         if self.speed.compile:
             self._loss_fn = torch.compile(self._vloss, dynamic=False)
@@ -598,20 +611,25 @@ class PackedTrainer:
         finally:
             template.config = saved
 
-    # -- the bmm formulation (study conv architecture) --------------------------------
+    # -- the batched formulations (study conv architecture) ---------------------------
     def _choose_formulation(self) -> str:
         wanted = self.speed.formulation
         if wanted == "vmap" or (wanted == "auto" and self.device.type != "cuda"):
             return "vmap"  # on CPU the grouped convolutions are faster than gathered patches
-        reason = self._bmm_unsupported()
+        chosen = "bmm" if wanted == "auto" else wanted
+        reason = self._batched_unsupported()
+        if reason is None and chosen == "triton":
+            from disentbench.core import packed_triton
+
+            reason = packed_triton.available(self.device)
         if reason is None:
-            return "bmm"
-        if wanted == "bmm":
-            raise UnpackableModel(f"formulation 'bmm' is not possible: {reason}")
+            return chosen
+        if wanted != "auto":
+            raise UnpackableModel(f"formulation {wanted!r} is not possible: {reason}")
         return "vmap"
 
-    def _bmm_unsupported(self) -> str | None:
-        """Why the bmm formulation cannot compute this model's loss (None if it can).
+    def _batched_unsupported(self) -> str | None:
+        """Why the batched formulations cannot compute this model's loss (None if they can).
 
         It needs the study's conv encoder/decoder, reached only through the
         base class's ``encode`` and ``decode``, and a loss that calls
@@ -684,14 +702,12 @@ class PackedTrainer:
             with _SubstituteDraws(self._sentinel, draws, specs):
                 return functional_call(self._call, {**params, **buffers}, (x, step, self._sentinel))
 
-    def _bmm_loss(self, params, buffers, x, step, hyper, draws):
-        """Every run's loss terms with the encoder and decoder as batched matrix products."""
-        from disentbench.core import packed_conv
-
+    def _batched_loss(self, params, buffers, x, step, hyper, draws):
+        """Every run's loss terms with the encoder and decoder of all runs computed at once (by ``self._backend``)."""
         k = self._latent_draws
-        mean, logvar = packed_conv.encode(params, x, prefix="model.encoder.")
+        mean, logvar = self._backend.encode(params, x, prefix="model.encoder.")
         z = self._vsample(mean, logvar, hyper, list(draws[:k]))
-        logits = packed_conv.decode(params, z, prefix="model.decoder.")
+        logits = self._backend.decode(params, z, prefix="model.decoder.")
         return self._vrest(params, buffers, x, step, hyper, list(draws[k:]), mean, logvar, z, logits)
 
     def _start(self) -> None:

@@ -110,7 +110,7 @@ def _assert_same_logs(solo_logs, packed_logs, rel=1e-5):
             assert packed_terms[key] == pytest.approx(value, rel=rel, abs=1e-5), key
 
 
-FORMULATIONS = ["bmm", "vmap"]
+FORMULATIONS = ["bmm", "grouped", "vmap"]
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
@@ -301,13 +301,18 @@ def test_choose_pack_size_and_unpackable_models():
         PackedTrainer(variants, data, [1, 2], steps=1, batch_size=BATCH, device=CPU)
 
 
+@pytest.mark.parametrize("backend", ["packed_conv", "packed_grouped"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_bmm_encoder_decoder_equal_the_modules(channels):
-    """packed_conv computes ConvEncoder/DeconvDecoder of each stacked model (float64, random weights and biases)."""
+def test_batched_encoder_decoder_equal_the_modules(channels, backend):
+    """packed_conv (bmm) and packed_grouped compute ConvEncoder/DeconvDecoder of each stacked model
+    (float64, random weights and biases)."""
+    import importlib
+
     from torch.func import stack_module_state
 
-    from disentbench.core import packed_conv
     from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+
+    formulation = importlib.import_module(f"disentbench.core.{backend}")
 
     generator = torch.Generator().manual_seed(channels)
     shape = (channels, 64, 64)
@@ -321,8 +326,8 @@ def test_bmm_encoder_decoder_equal_the_modules(channels):
     params |= {f"decoder.{k}": v for k, v in stack_module_state(decoders)[0].items()}
     x = torch.rand(3, 4, *shape, generator=generator, dtype=torch.float64)
     z = torch.randn(3, 4, 6, generator=generator, dtype=torch.float64)
-    mean, logvar = packed_conv.encode(params, x)
-    logits = packed_conv.decode(params, z)
+    mean, logvar = formulation.encode(params, x)
+    logits = formulation.decode(params, z)
     assert mean.shape == logvar.shape == (3, 4, 6) and logits.shape == (3, 4, *shape)
     for i in range(3):
         solo_mean, solo_logvar = encoders[i](x[i])
@@ -357,8 +362,12 @@ def test_formulation_falls_back_to_vmap_where_bmm_cannot_compute_the_model():
     assert trainer.formulation == "vmap"
     with pytest.raises(UnpackableModel, match="overrides encode"):
         PackedTrainer(models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU, speed=SpeedOptions(formulation="bmm"))
-    with pytest.raises(ValueError, match="formulation"):
-        SpeedOptions(formulation="grouped")
+    with pytest.raises(UnpackableModel, match="'grouped' is not possible: the model overrides encode"):
+        PackedTrainer(
+            models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU, speed=SpeedOptions(formulation="grouped")
+        )
+    with pytest.raises(ValueError, match="formulation must be one of auto, vmap, bmm, grouped, triton"):
+        SpeedOptions(formulation="cudnn")
 
 
 @pytest.mark.parametrize("layer", ["conv", "deconv"])
