@@ -96,6 +96,18 @@ class TrainingConfig(_Strict):
         description="Packed training on CUDA: replay each training iteration as a captured CUDA graph "
         "(launch mechanics only; results are unchanged).",
     )
+    formulation: Literal["auto", "vmap", "bmm", "grouped", "triton"] = Field(
+        "auto",
+        description="Packed training: how the conv encoder/decoder of a pack is computed (core/packed.py "
+        "SpeedOptions). auto: bmm (batched GEMMs) on CUDA, vmap (grouped convolutions under torch.func.vmap) "
+        "elsewhere; grouped: cuDNN grouped convolutions in one NHWC layout; triton: fused Triton kernels "
+        "(CUDA). All compute the same function; benchmarks/train_throughput.py compares their speed.",
+    )
+    compile: bool = Field(
+        False,
+        description="Packed training, experimental: torch.compile the pack's encoder/decoder (about a minute "
+        "to compile per pack shape; falls back to eager code with a warning if compilation fails).",
+    )
 
     @field_validator("pack_size", mode="before")
     @classmethod

@@ -146,7 +146,7 @@ PackedProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """Opt-in speed options. All of them act on CUDA only and are no-ops elsewhere.
+    """Opt-in speed options. ``formulation`` and ``compile`` act on every device, the others on CUDA only.
 
     * ``channels_last``: stacked conv weights and the input batch are laid out so
       that vmap's grouped convolutions see NHWC tensors (cuDNN's tensor-core layout).
@@ -158,8 +158,12 @@ class SpeedOptions:
       training steps) the compute of one iteration (forward, backward, Adam,
       loss sums) is captured in a CUDA graph and replayed; the random draws stay
       eager, per run. Falls back to eager, with a warning, if capture fails.
-    * ``compile``: the packed loss goes through ``torch.compile`` (experimental
-      hook; falls back to eager, with a warning, if compilation fails).
+    * ``compile``: ``torch.compile`` (experimental): in a batched formulation
+      the encoder and decoder of the pack, each as one full graph (on CUDA,
+      inductor fuses the layout copies, padding and ReLUs around the GEMMs
+      into generated kernels; compiling takes about a minute); under vmap the
+      whole packed loss. Falls back to eager, with a warning, if compilation
+      fails.
 
     ``formulation`` (every device) says how the encoder and decoder of the pack
     are computed: ``"vmap"`` runs each model's whole loss under
@@ -190,10 +194,10 @@ class SpeedOptions:
             raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}; got {self.formulation!r}")
 
     def on(self, device: torch.device) -> "SpeedOptions":
-        """The options that take effect on ``device`` (only ``formulation`` off CUDA)."""
+        """The options that take effect on ``device`` (only ``formulation`` and ``compile`` off CUDA)."""
         if torch.device(device).type == "cuda":
             return self
-        return SpeedOptions(graph_warmup_steps=self.graph_warmup_steps, formulation=self.formulation)
+        return SpeedOptions(graph_warmup_steps=self.graph_warmup_steps, formulation=self.formulation, compile=self.compile)
 
     @classmethod
     def fastest(cls) -> "SpeedOptions":
@@ -559,9 +563,11 @@ class PackedTrainer:
             self._vsample = vmap(self._one_model_sample, in_dims=(0, 0, 0, 0), randomness="error")
             self._vrest = vmap(self._one_model_rest, in_dims=(0,) * 10, randomness="error")
             self._vloss = self._batched_loss
+            self._encode, self._decode = self._backend.encode, self._backend.decode
         self._loss_fn = self._vloss
+        self._compiled = False
         if self.speed.compile:
-            self._loss_fn = torch.compile(self._vloss, dynamic=False)
+            self._compile()
         self._pack: _Pack | None = None
         self._results: list[TrainResult | None] = [None] * len(models)
         self._errors: list[Exception | None] = [None] * len(models)
@@ -705,10 +711,25 @@ class PackedTrainer:
     def _batched_loss(self, params, buffers, x, step, hyper, draws):
         """Every run's loss terms with the encoder and decoder of all runs computed at once (by ``self._backend``)."""
         k = self._latent_draws
-        mean, logvar = self._backend.encode(params, x, prefix="model.encoder.")
+        mean, logvar = self._encode(params, x, prefix="model.encoder.")
         z = self._vsample(mean, logvar, hyper, list(draws[:k]))
-        logits = self._backend.decode(params, z, prefix="model.decoder.")
+        logits = self._decode(params, z, prefix="model.decoder.")
         return self._vrest(params, buffers, x, step, hyper, list(draws[k:]), mean, logvar, z, logits)
+
+    def _compile(self) -> None:
+        """``torch.compile`` the batched encoder/decoder (full graphs) or, under vmap, the whole packed loss."""
+        if self.formulation in BATCHED_FORMULATIONS:
+            self._encode = torch.compile(self._backend.encode, fullgraph=True, dynamic=False)
+            self._decode = torch.compile(self._backend.decode, fullgraph=True, dynamic=False)
+        else:
+            self._loss_fn = torch.compile(self._vloss, dynamic=False)
+        self._compiled = True
+
+    def _uncompile(self) -> None:
+        if self.formulation in BATCHED_FORMULATIONS:
+            self._encode, self._decode = self._backend.encode, self._backend.decode
+        self._loss_fn = self._vloss
+        self._compiled = False
 
     def _start(self) -> None:
         if self._started:
@@ -958,19 +979,25 @@ class PackedTrainer:
             self._graph_iteration()
         else:
             x, draws = self._sample_inputs()
-            try:
-                self._compute(x, draws)
-            except UnpackableModel:
-                raise
-            except Exception as exc:
-                if self._loss_fn is self._vloss:
-                    raise
-                # A compile failure raises from the loss call, before any update:
-                # the same inputs are retried eagerly, so the run is unaffected.
-                warnings.warn(f"torch.compile of the packed loss failed ({exc!r}); continuing eagerly", stacklevel=2)
-                self._loss_fn = self._vloss
-                self._compute(x, draws)
+            self._compute_or_uncompile(x, draws)
         pack.eager_iterations += 1
+
+    def _compute_or_uncompile(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
+        """``_compute``; if compiled code fails, warn and retry the same inputs eagerly.
+
+        A compile failure raises from the loss call, before any update, so the
+        retry leaves every run exactly where an eager step would.
+        """
+        try:
+            self._compute(x, draws)
+        except UnpackableModel:
+            raise
+        except Exception as exc:
+            if not self._compiled:
+                raise
+            warnings.warn(f"torch.compile of the packed loss failed ({exc!r}); continuing eagerly", stacklevel=2)
+            self._uncompile()
+            self._compute(x, draws)
 
     def _graph_iteration(self) -> None:
         pack = self._pack
@@ -987,7 +1014,7 @@ class PackedTrainer:
         with torch.cuda.stream(side):
             if pack.eager_iterations > 0:
                 self._sample_inputs()
-            self._compute(pack.x, pack.draws)  # a real training step (warm-up)
+            self._compute_or_uncompile(pack.x, pack.draws)  # a real training step (warm-up)
         torch.cuda.current_stream(self.device).wait_stream(side)
         if pack.eager_iterations + 1 < self.speed.graph_warmup_steps:
             return

@@ -438,6 +438,8 @@ def _speed_options(config: StudyConfig):
         channels_last=config.training.channels_last,
         autocast_bf16=config.training.bf16,
         cuda_graphs=config.training.cuda_graphs,
+        formulation=config.training.formulation,
+        compile=config.training.compile,
     )
 
 

@@ -257,11 +257,55 @@ def test_speed_options_are_no_ops_on_cpu():
     plain = _build(factory, configs[:2], seeds, data)
     _packed(plain, data, seeds, steps=2)
     fast = _build(factory, configs[:2], seeds, data)
-    everything = SpeedOptions(channels_last=True, autocast_bf16=True, cuda_graphs=True, compile=True)
+    everything = SpeedOptions(channels_last=True, autocast_bf16=True, cuda_graphs=True)
     _packed(fast, data, seeds, steps=2, speed=everything)
     assert SpeedOptions.fastest().on(CPU) == SpeedOptions()
+    assert SpeedOptions(compile=True, formulation="bmm").on(CPU) == SpeedOptions(compile=True, formulation="bmm")
     for a, b in zip(plain, fast):
         assert _max_diff(a, b) == 0.0
+
+
+def test_failing_compiled_code_falls_back_to_eager_on_the_same_inputs(monkeypatch):
+    """If compiled code raises (before any update), the iteration is retried eagerly on the same batch and
+    noise, with a warning, so the runs equal uncompiled ones."""
+    data = Squares()
+    factory, configs = _configs("beta_vae", adam_eps=1e-3)
+    seeds = [61, 62]
+    plain = _build(factory, configs[:2], seeds, data)
+    _packed(plain, data, seeds, steps=3, formulation="bmm")
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            calls.append(fn.__name__)
+            raise RuntimeError("inductor failed")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    compiled = _build(factory, configs[:2], seeds, data)
+    with pytest.warns(UserWarning, match="torch.compile of the packed loss failed.*continuing eagerly"):
+        _packed(compiled, data, seeds, steps=3, speed=SpeedOptions(formulation="bmm", compile=True))
+    assert calls == ["encode"]  # tried once, then eager for good
+    for a, b in zip(plain, compiled):
+        assert _max_diff(a, b) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("formulation", ["bmm", "grouped"])
+def test_compiled_batched_formulation_equals_eager(formulation):
+    """torch.compile of the batched encoder/decoder (CPU inductor here; about a minute to compile) trains
+    like eager code, to fp32 rounding."""
+    data = Squares()
+    factory, configs = _configs("beta_vae", adam_eps=1e-3)
+    seeds = [71, 72]
+    eager = _build(factory, configs[:2], seeds, data)
+    _, eager_logs = _packed(eager, data, seeds, formulation=formulation)
+    compiled = _build(factory, configs[:2], seeds, data)
+    _, compiled_logs = _packed(compiled, data, seeds, speed=SpeedOptions(formulation=formulation, compile=True))
+    for i, (a, b) in enumerate(zip(eager, compiled)):
+        assert _max_diff(a, b) <= 1e-5
+        _assert_same_logs(eager_logs[i], compiled_logs[i])
 
 
 def test_stacked_adam_equals_torch_adam_per_slice():

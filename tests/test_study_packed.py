@@ -223,6 +223,28 @@ def test_bad_pack_size_exits_2_naming_the_field(tmp_path, monkeypatch, value, wo
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monkeypatch, registry):
+    from disentbench.core.packed import FORMULATIONS
+    from disentbench.core.study import _speed_options
+
+    monkeypatch.chdir(tmp_path)
+    raw = _raw(tmp_path, "bad", 2)
+    raw["training"]["formulation"] = "cudnn"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["run", "bad.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "error: training.formulation:" in result.output and "'grouped'" in result.output
+    assert not (tmp_path / "mlflow.db").exists()
+    # the config accepts exactly the trainer's formulations, and passes them on
+    for formulation in FORMULATIONS:
+        raw["training"].update(formulation=formulation, compile=True)
+        speed = _speed_options(load_study_config(raw, registry))
+        assert speed.formulation == formulation and speed.compile
+    raw["training"]["formulation"] = "nothing"
+    with pytest.raises(Exception, match="training.formulation"):
+        load_study_config(raw, registry)
+
+
 def test_pack_size_defaults_to_auto_and_packs_nothing_off_cuda(registry):
     from disentbench.core.study import Worker
 
