@@ -21,11 +21,18 @@ x 2 FLOPs per MAC x 3 for forward + backward.
     python benchmarks/train_throughput.py --device cuda --tf32          # time-boxed to 4 minutes (H200 figures: benchmarks/README.md)
     python benchmarks/train_throughput.py --device cuda --json out.json --model factor_vae
 
-Pack sizes default to 1, 8, 32, 128 (fp32) plus 128 and 256 (bf16) on CUDA
-and to 1, 4 on CPU. On CUDA the packed rows use CUDA graphs and channels-last
-(``--no-graphs``, ``--no-channels-last`` to ablate); ``--compile`` adds the
-torch.compile hook; ``--tf32`` lets fp32 matmuls use TF32 (cuDNN convolutions
-use TF32 by default in PyTorch, for the naive loop and the packed trainer alike).
+Pack sizes default to 1, 8, 32, 128 (fp32) plus 128, 256 and 512 (bf16) on
+CUDA and to 1, 4 on CPU, in the main ``--formulation`` (default: the
+trainer's ``auto``, bmm on CUDA, vmap on CPU). ``--compare`` adds rows of
+other formulations at ``--compare-pack-sizes`` (bf16 on CUDA; default: every
+other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile),
+and every formulation measured gets its own exactness check against
+one-by-one training first (a formulation that cannot run here, such as
+``triton`` without Triton, is reported in one line). On CUDA the packed rows
+use CUDA graphs and channels-last (``--no-graphs``, ``--no-channels-last`` to
+ablate); ``--compile`` compiles the main formulation's rows; ``--tf32`` lets
+fp32 matmuls use TF32 (cuDNN convolutions use TF32 by default in PyTorch, for
+the naive loop and the packed trainer alike).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import torch
 from torch import nn
 
 from disentbench.core.data import GroundTruthData
-from disentbench.core.packed import PackedTrainer, SpeedOptions, choose_pack_size
+from disentbench.core.packed import FORMULATIONS, PackedTrainer, SpeedOptions, UnpackableModel, choose_pack_size
 from disentbench.core.plugins import build_registry
 from disentbench.core.trainer import Trainer, build_model, resolve_device
 
@@ -302,17 +309,21 @@ def parse_args(argv=None):
         "--bf16-pack-sizes", default=None, help="bf16 pack sizes (CUDA only), comma-separated; '' for none"
     )
     parser.add_argument(
-        "--formulation", default="auto", choices=["auto", "bmm", "vmap"], help="packed rows' formulation"
+        "--formulation", default="auto", choices=FORMULATIONS, help="the fp32/bf16 rows' formulation"
     )
     parser.add_argument(
-        "--other-pack-sizes", default=None,
-        help="pack sizes of comparison rows with the other formulation (bf16 on CUDA), comma-separated",
+        "--compare", default=None,
+        help="other formulations to measure (bf16 on CUDA, fp32 elsewhere), comma-separated; NAME+compile adds "
+        "torch.compile (default on CUDA: every other formulation; on CPU: bmm,grouped)",
+    )
+    parser.add_argument(
+        "--compare-pack-sizes", default=None, help="pack sizes of the --compare rows, comma-separated"
     )
     parser.add_argument("--profile", default=None, help="CUDA: write a kernel-time table of the largest bf16 pack here")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement")
     parser.add_argument("--no-graphs", action="store_true", help="CUDA: packed rows without CUDA graphs")
     parser.add_argument("--no-channels-last", action="store_true", help="CUDA: packed rows without channels-last")
-    parser.add_argument("--compile", action="store_true", help="CUDA: torch.compile hook on the packed loss")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the main formulation's rows")
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 for fp32 matmuls too")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -324,13 +335,21 @@ def parse_args(argv=None):
         args.pack_sizes = "1,8,32" if (cuda and args.quick) else ("1,8,32,128" if cuda else "1,4")
     if args.bf16_pack_sizes is None:
         args.bf16_pack_sizes = ("32" if args.quick else "128,256,512") if cuda else ""
-    if args.other_pack_sizes is None:
-        args.other_pack_sizes = ("32" if args.quick else "128") if cuda else "4"
+    if args.formulation == "auto":
+        args.formulation = "bmm" if cuda else "vmap"
+    if args.compare is None:
+        args.compare = ",".join(f for f in FORMULATIONS if f not in ("auto", args.formulation)) if cuda else "bmm,grouped"
+    args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
+    for entry in args.compare:
+        if entry.removesuffix("+compile") not in FORMULATIONS[1:]:
+            parser.error(f"--compare: unknown formulation {entry!r}; use {', '.join(FORMULATIONS[1:])}, optionally +compile")
+    if args.compare_pack_sizes is None:
+        args.compare_pack_sizes = ("32" if args.quick else "128,512") if cuda else "4"
     if args.seconds is None:
         args.seconds = (1.5 if args.quick else 4.0) if cuda else (2.0 if args.quick else 10.0)
     args.pack_sizes = [int(p) for p in args.pack_sizes.split(",") if p.strip()]
     args.bf16_pack_sizes = [int(p) for p in args.bf16_pack_sizes.split(",") if p.strip()] if cuda else []
-    args.other_pack_sizes = [int(p) for p in args.other_pack_sizes.split(",") if p.strip()]
+    args.compare_pack_sizes = [int(p) for p in args.compare_pack_sizes.split(",") if p.strip()]
     args.naive_chunk = 20 if cuda else 2
     args.packed_chunk = 5 if cuda else 1
     return args, device
@@ -363,29 +382,43 @@ def main(argv=None) -> int:
 
     speed = SpeedOptions(
         channels_last=cuda and not args.no_channels_last, cuda_graphs=cuda and not args.no_graphs, compile=args.compile,
-        formulation=args.formulation if args.formulation != "auto" else ("bmm" if cuda else "vmap"),
+        formulation=args.formulation,
     )
-    try:
-        exactness = exactness_check(registration, data, args, device, speed)
-    except Exception:  # noqa: BLE001 - report it, still measure speed
-        import traceback
+    compared = [
+        dataclasses.replace(speed, formulation=entry.removesuffix("+compile"), compile=entry.endswith("+compile"))
+        for entry in args.compare
+    ]
+    # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests)
+    exactness = {}
+    for form in dict.fromkeys([speed.formulation] + [c.formulation for c in compared]):
+        try:
+            exactness[form] = exactness_check(
+                registration, data, args, device, dataclasses.replace(speed, formulation=form, compile=False)
+            )
+        except UnpackableModel as exc:  # e.g. triton without Triton: say so in one line
+            print(f"exactness: formulation {form} not possible here ({exc})")
+            exactness[form] = float("nan")
+            continue
+        except Exception:  # noqa: BLE001 - report it, still measure speed
+            import traceback
 
-        print(f"exactness check FAILED\n{traceback.format_exc()}", flush=True)
-        exactness = float("nan")
-    print(
-        f"exactness: packed ({'graphs' if speed.cuda_graphs else 'eager'}, "
-        f"{'channels-last' if speed.channels_last else 'contiguous'}) vs one-by-one Trainer, 3 runs x 6 steps, "
-        f"fp32 without TF32, adam_eps 1e-3, formulation {speed.formulation}: max |param diff| = {exactness:.2e} "
-        f"({'ok' if exactness <= 1e-5 else 'FAIL'}: the bound is 1e-5)"
-    )
+            print(f"exactness check of {form} FAILED\n{traceback.format_exc()}", flush=True)
+            exactness[form] = float("nan")
+        print(
+            f"exactness: packed ({'graphs' if speed.cuda_graphs else 'eager'}, formulation {form}) vs one-by-one "
+            f"Trainer, 3 runs x 6 steps, fp32 without TF32, adam_eps 1e-3: max |param diff| = {exactness[form]:.2e} "
+            f"({'ok' if exactness[form] <= 1e-5 else 'FAIL'}: the bound is 1e-5)",
+            flush=True,
+        )
     rows = [measure_naive(registration, data, args, device)]
     naive_rate = rows[0]["model_steps_per_s"]
     plan = [(p, speed, "packed fp32") for p in args.pack_sizes]
     bf16 = dataclasses.replace(speed, autocast_bf16=True)
     plan += [(p, bf16, "packed bf16 autocast") for p in args.bf16_pack_sizes]
-    other = "vmap" if speed.formulation == "bmm" else "bmm"
-    other_options = dataclasses.replace(bf16 if cuda else speed, formulation=other)
-    plan += [(p, other_options, f"packed {'bf16' if cuda else 'fp32'} {other}") for p in args.other_pack_sizes]
+    for options in compared:
+        options = dataclasses.replace(options, autocast_bf16=cuda)
+        mode = f"packed {'bf16' if cuda else 'fp32'}{' compiled' if options.compile else ''}"
+        plan += [(p, options, mode) for p in args.compare_pack_sizes]
     skipped = []
     for pack, options, mode in plan:
         if time.perf_counter() - began > TIME_GUARD_S:
@@ -406,6 +439,8 @@ def main(argv=None) -> int:
                 f"peak {row['peak_mib']:.0f} MiB, CUDA graph {'on' if row['cuda_graph'] else 'off'}",
                 flush=True,
             )
+        except UnpackableModel as exc:
+            print(f"  {mode} [{options.formulation}] x{pack}: not possible here ({exc})")
         except torch.cuda.OutOfMemoryError if cuda else MemoryError:
             print(f"{mode} x{pack}: out of memory, skipped")
             torch.cuda.empty_cache() if cuda else None
@@ -419,14 +454,14 @@ def main(argv=None) -> int:
         row["tflops"] = row["model_steps_per_s"] * flops / 1e12
 
     header = (
-        f"{'mode':<32} {'form':>5} {'pack':>5} {'model-steps/s':>14} {'x naive':>8} {'TFLOP/s':>8} {'peak MiB':>9} "
+        f"{'mode':<28} {'form':>7} {'pack':>5} {'model-steps/s':>14} {'x naive':>8} {'TFLOP/s':>8} {'peak MiB':>9} "
         f"{'mean total':>11}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['mode']:<32} {row.get('formulation', '-'):>5} {row['pack']:>5} {row['model_steps_per_s']:>14.1f} {row['ratio_to_naive']:>8.2f} "
+            f"{row['mode']:<28} {row.get('formulation', '-'):>7} {row['pack']:>5} {row['model_steps_per_s']:>14.1f} {row['ratio_to_naive']:>8.2f} "
             f"{row['tflops']:>8.3f} {row['peak_mib']:>9.0f} {row['final_total']:>11.2f}"
         )
     for row in rows:
@@ -472,7 +507,7 @@ def main(argv=None) -> int:
                 {
                     "device": str(device), "device_name": device_name, "torch": torch.__version__,
                     "model": args.model, "batch_size": args.batch_size, "gflop_per_model_step": flops / 1e9,
-                    "exactness_max_param_diff": exactness,
+                    "exactness_max_param_diff": exactness,  # per formulation
                     "rows": rows, "best_model_steps_per_s": best["model_steps_per_s"], "study_days": days,
                 },
                 handle, indent=2,
