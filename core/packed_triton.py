@@ -1,0 +1,756 @@
+"""The study's conv encoder and deconv decoder for P stacked models, as fused Triton kernels.
+
+The fourth formulation of the packed trainer's encoder/decoder (next to
+``vmap``, ``bmm`` (:mod:`disentbench.core.packed_conv`) and ``grouped``; see
+:class:`~disentbench.core.packed.SpeedOptions`). The layers are memory-bound
+(their GEMMs have K and N of at most a few hundred); a profile of ``bmm`` on
+an H200 put about 30% of GPU time in strided copies around the GEMMs
+(padding, space-to-depth, interleaving, gradient scatter-back), 10% in
+col2im and 7% in separate ReLU kernels, against 35% in the GEMMs. Here each
+convolution (forward, input gradient, weight gradient) is one kernel that
+gathers its operands straight from the activations (overlapping patches are
+re-read through the caches, not copied) and writes its result once, with
+bias and ReLU in its epilogue and the ReLU backward in its loads.
+
+Status: verified with Triton's CPU interpreter only (values and gradients
+against torch, tests/test_packed_triton.py). Compilation with the GPU's
+Triton, speed, and the block sizes below are not yet measured on a GPU.
+
+Layout. Every model's activations are NHWC, ``(P, N, H, W, C)``; the model
+index is a grid axis of every kernel. Inputs are read through their strides
+(any layout: the encoder reads the ``(P, N, C, 64, 64)`` batch directly, the
+decoder's first transposed convolution reads the dense layer's output in the
+module's NCHW order), outputs are written contiguous. Offsets inside one
+model are int32, the model offset int64.
+
+Kernels (``M`` = output rows ``(n, y, x)`` of one model, tiles of
+``BLOCK_M x BLOCK_N`` outputs, the reduction in ``BLOCK_K`` chunks):
+
+1. :func:`_conv_kernel`, an implicit-GEMM convolution:
+   ``out[p, n, oy, ox, o] = act(bias[o] + sum_{kh,kw,c} in[p, n, S*oy+kh-PAD, S*ox+kw-PAD, c] *
+   Wk[p, (kh,kw,c), o])``. The ``(BLOCK_M, BLOCK_K)`` tile of the patch matrix
+   is gathered with masked loads (padding reads as 0: no padded copy). When
+   ``BLOCK_K`` divides C every chunk lies in one kernel tap (contiguous
+   channels); otherwise (C = 1 or 3 in the first layer: K = 16C) the chunk
+   spans taps and ``K`` is padded to a multiple of ``BLOCK_K`` by the load
+   masks (``tl.dot`` needs K >= 16).
+2. :func:`_conv_transpose_kernel`, the transposed convolution in gather form:
+   ``out[p, n, y, x, o] = act(bias[o] + sum in[p, n, iy, ix, c] * Wt[p, (kh,kw,c), o])`` over the
+   taps with ``y = S*iy - PAD + kh`` (same for x). It is split by *output phase*
+   ``(y mod S, x mod S)`` (one phase per program, a grid axis): in phase ``a``
+   exactly the taps ``kh = (a+PAD) mod S + S*r`` contribute, from input row
+   ``iy = y//S + (a+PAD)//S - r``, so the reduction is ``(KH/S)*(KW/S)*C`` long
+   with no lane wasted on a tap that does not hit (masking them instead would
+   waste ``1 - 1/S^2`` of the reduction). Needs S | KH, KW and S | the output size.
+3. :func:`_wgrad_kernel`, a weight gradient:
+   ``dW[p, (kh,kw,c), o] = sum_m A_col[p, m, (kh,kw,c)] * B[p, m, o]`` with ``A_col``
+   gathered from A in conv geometry (as in kernel 1) and B the ``(P, N, OH, OW, O)``
+   row matrix (either optionally masked). The long reduction over M (up to N * 32 * 32 rows) is split into
+   chunks of ``ROWS`` rows, one per program, into a float32 partial buffer
+   ``(P, splits, K, O)`` that torch sums (deterministic: no atomics). The
+   programs of the first K block also sum the B tiles: the bias gradient.
+4. :func:`_colsum_kernel`: the bias gradient of a transposed convolution
+   (per-channel sums of its masked output gradient), split over rows likewise.
+
+Every kernel can *mask* a gathered operand (kernel 3 either one) by a
+tensor of the operand's shape: an element is replaced by 0 where the mask is
+``<= 0`` (as torch's ReLU backward, ``threshold_backward(grad, out, 0)``), so
+the ReLU backward is fused into the loads of the gradient. Kernels 1 and 2 fuse the bias and the ReLU into their
+epilogue (``relu(v) = where(v < 0, 0, v)``, which keeps NaNs as ``torch.relu`` does).
+
+Layers -> kernels. Each fused layer is an autograd Function (:class:`_Conv2d`,
+:class:`_ConvTranspose2d`) that returns the post-ReLU output, saves input,
+weight and output (the output is the ReLU mask), and has a hand-written backward:
+
+* conv forward: kernel 1 (bias, ReLU). Backward: the gradient of the
+  pre-activation is ``grad * (out > 0)``; dgrad = kernel 2 on ``grad`` with
+  ``mask=out`` and the weight as ``(kh, kw, o) x c``; wgrad and bias gradient =
+  kernel 3 with A = the layer input, B = ``grad`` masked by ``out``.
+* transposed conv forward: kernel 2 (bias, ReLU except the decoder's last
+  layer). Backward: dgrad = kernel 1 on ``grad`` (``mask=out`` where the layer
+  has a ReLU) with the weight as ``(kh, kw, c_out) x c_in``; wgrad = kernel 3
+  with A = ``grad`` (masked) gathered in conv geometry and B = the layer input
+  (its rows are the input pixels), giving ``dW`` as ``(kh, kw, c_out) x c_in``,
+  permuted to ``(C_in, C_out, kh, kw)``; bias gradient = kernel 4.
+* dense layers stay torch (``baddbmm`` + ``torch.relu``), as in ``bmm``.
+
+Weights are rearranged (and cast to the compute dtype) by a small torch copy
+per call; parameter names and layouts are the modules' (see
+:mod:`disentbench.core.packed_conv`), so parameters, checkpoints and Adam state
+are shared with the other formulations.
+
+Precision. The compute dtype is autocast's where autocast is on (bfloat16
+in the packed trainer), else the layer input's dtype (``_compute_dtype`` of
+``packed_conv``). Activations are converted to it in registers as they are
+loaded (no cast copies), weights by their rearranging copy; products are
+accumulated in float32 (``tl.dot``), bias and ReLU applied in float32, and
+the output stored in the compute dtype. float32 inputs use
+``input_precision="tf32"`` when ``torch.backends.cuda.matmul.allow_tf32`` is set,
+else ``"ieee"``. float64 inputs accumulate in float64 by a broadcast
+multiply-and-sum instead of ``tl.dot`` (a correctness path for tests, not
+fast). Gradients are returned in the dtypes of the inputs, weights and biases.
+
+Block sizes (:func:`_config`; override any of them through :data:`TUNING`):
+``BLOCK_N`` = the output channels rounded up to a power of two, at least 16 and
+at most 128 (so a program computes all channels of its rows and each input
+tile is read by one program); ``BLOCK_K`` = 32 where 32 divides the gathered
+channels (chunks aligned with kernel taps), else 16; ``BLOCK_M`` = 128 when a
+model has at least 8192 output rows (per phase for kernel 2), else 64; weight gradients reduce chunks
+of ``ROWS`` = 4096 rows (``BLOCK_M`` 64 per step, ``BLOCK_K`` as above,
+``BLOCK_N`` as above but at most 64); 4 warps. float64 uses 32 x 16 tiles.
+These are a starting point for a GPU sweep, not measured choices.
+
+Launches depend only on shapes and dtypes (no autotuning, no host
+synchronisation, no index tensors), so the computation can be captured in a
+CUDA graph. Triton is imported when this module is imported, but its absence
+only makes :func:`available` say why the path cannot run. Triton's CPU
+interpreter runs the kernels on CPU tensors when ``TRITON_INTERPRET=1`` is set
+before this module is imported (the tests do). The interpreter holds bfloat16
+as raw 16-bit integers, so its ``tl.dot`` and comparisons on bfloat16 are
+wrong; the kernels therefore convert every loaded tile before using it
+(``_gather``: rounded to the compute dtype ``IN_T``, then converted to the
+product dtype ``DOT_T``). ``DOT_T`` is the compute dtype, except that under
+the interpreter bfloat16/float16 tiles are multiplied as float32, which gives
+the same products (those of 16-bit floats are exact in float32) as the GPU's
+tensor cores with float32 accumulation, up to summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from disentbench.core.packed_conv import (
+    _DECODER_DECONVS,
+    _DECODER_DENSE,
+    _ENCODER_CONVS,
+    _ENCODER_DENSE,
+    _compute_dtype,
+    _dense,
+)
+
+try:  # Triton is optional: without it only available() works
+    import triton
+    import triton.language as tl
+except ImportError as error:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+    _IMPORT_ERROR: str | None = f"triton is not installed ({error})"
+else:
+    _IMPORT_ERROR = None
+
+#: Block-size overrides for a GPU sweep. Keys: a kernel kind (``"conv"``,
+#: ``"conv_transpose"``, ``"wgrad"``, ``"colsum"``) or, more specific,
+#: ``(kind, gathered channels, output channels, kernel size, stride)``; values:
+#: dicts with any of ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``ROWS`` (wgrad/colsum
+#: rows per program), ``num_warps``, ``num_stages``. For ``conv`` (used by conv
+#: forward and transposed-conv dgrad) and ``conv_transpose`` (transposed-conv
+#: forward and conv dgrad) the gathered channels are the kernel's input
+#: channels; for ``wgrad`` they are A's channels and the output channels B's.
+TUNING: dict = {}
+
+#: The study's encoder convolutions: (kernel size, stride, padding).
+_ENCODER_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))
+#: The decoder's transposed convolutions: (kernel size, stride, padding).
+_DECODER_GEOMETRY = (4, 2, 1)
+
+
+# =============================================================================
+# Kernels
+# =============================================================================
+
+if triton is not None:
+
+    @triton.jit
+    def _gather(ptr, sn, sh, sw, sc, mptr, msn, msh, msw, msc, n, y, x, c, ok,
+                HAS_MASK: tl.constexpr, IN_T: tl.constexpr, DOT_T: tl.constexpr):
+        """``ptr[n, y, x, c]`` where ``ok`` (else 0), rounded to IN_T, as DOT_T; with a mask, 0 where ``mask <= 0``.
+
+        The index tensors broadcast against each other (row and column vectors
+        give a tile). Loaded values are converted before any arithmetic (see the
+        module docstring on the interpreter and bfloat16); IN_T is the compute
+        dtype and DOT_T the operand dtype of the products (the same, except for
+        16-bit floats under the interpreter).
+        """
+        v = tl.load(ptr + (n * sn + y * sh + x * sw + c * sc), mask=ok, other=0.0).to(IN_T).to(DOT_T)
+        if HAS_MASK:
+            r = tl.load(mptr + (n * msn + y * msh + x * msw + c * msc), mask=ok, other=0.0)
+            if IN_T == tl.float64:
+                v = tl.where(r.to(tl.float64) <= 0, 0.0, v).to(DOT_T)
+            else:
+                v = tl.where(r.to(tl.float32) <= 0, 0.0, v).to(DOT_T)
+        return v
+
+    @triton.jit
+    def _mma(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+        """``acc + a @ b``: tensor cores, or (float64) a broadcast multiply-and-sum.
+
+        PRECISION is ``"tf32"`` or ``"ieee"`` for float32 operands and ``""`` for
+        16-bit ones (whose products do not depend on it: no keyword is passed).
+        """
+        if USE_DOT:
+            if PRECISION == "":
+                acc = tl.dot(a, b, acc=acc)
+            else:
+                acc = tl.dot(a, b, acc=acc, input_precision=PRECISION)
+        else:
+            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        return acc
+
+    @triton.jit
+    def _epilogue(acc, b_ptr, p, rn, O: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + p * O + rn, mask=rn < O, other=0.0).to(acc.dtype)[None, :]
+        if RELU:
+            acc = tl.where(acc < 0, 0.0, acc)  # keeps NaN, as torch.relu
+        return acc
+
+    @triton.jit
+    def _conv_kernel(
+        x_ptr, m_ptr, w_ptr, b_ptr, y_ptr, M,
+        sxp, sxn, sxh, sxw, sxc, smp, smn, smh, smw, smc,
+        IH: tl.constexpr, IW: tl.constexpr, C: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, O: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """Kernel 1: implicit-GEMM conv. x (P,N,IH,IW,C) strided, w (P, KH*KW*C, O), y (P,N,OH,OW,O) contiguous.
+
+        Grid: (cdiv(M, BLOCK_M), cdiv(O, BLOCK_N), P), M = N*OH*OW.
+        """
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        p = tl.program_id(2).to(tl.int64)
+        K = KH * KW * C
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rm < M
+        n = rm // (OH * OW)
+        oy = (rm // OW) % OH
+        ox = rm % OW
+        x_base = x_ptr + p * sxp
+        m_base = m_ptr + p * smp
+        w_base = w_ptr + p * (K * O)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_T)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            if C % BLOCK_K == 0:  # one kernel tap, BLOCK_K contiguous channels
+                tap = k0 // C
+                iy = (oy * S + tap // KW - PAD)[:, None]
+                ix = (ox * S + tap % KW - PAD)[:, None]
+                c = (k0 % C + tl.arange(0, BLOCK_K))[None, :]
+                ok = row_ok[:, None]
+            else:
+                iy = oy[:, None] * S + (rk // (KW * C))[None, :] - PAD
+                ix = ox[:, None] * S + ((rk // C) % KW)[None, :] - PAD
+                c = (rk % C)[None, :]
+                ok = row_ok[:, None] & (rk < K)[None, :]
+            ok = ok & (iy >= 0) & (iy < IH) & (ix >= 0) & (ix < IW)
+            a = _gather(x_base, sxn, sxh, sxw, sxc, m_base, smn, smh, smw, smc,
+                        n[:, None], iy, ix, c, ok, HAS_MASK, IN_T, DOT_T)  # fmt: skip
+            w = tl.load(w_base + rk[:, None] * O + rn[None, :], mask=(rk < K)[:, None] & (rn < O)[None, :], other=0.0)
+            acc = _mma(acc, a, w.to(DOT_T), USE_DOT, PRECISION)
+        acc = _epilogue(acc, b_ptr, p, rn, O, HAS_BIAS, RELU)
+        y_offs = p * M * O + rm[:, None] * O + rn[None, :]
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < O)[None, :])
+
+    @triton.jit
+    def _conv_transpose_kernel(
+        x_ptr, m_ptr, w_ptr, b_ptr, y_ptr, MQ,
+        sxp, sxn, sxh, sxw, sxc, smp, smn, smh, smw, smc,
+        IH: tl.constexpr, IW: tl.constexpr, C: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, O: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """Kernel 2: transposed conv in gather form, one output phase per program.
+
+        x (P,N,IH,IW,C) strided, w (P, KH*KW*C, O) rows (kh,kw,c), y (P,N,OH,OW,O)
+        contiguous. Grid: (cdiv(MQ, BLOCK_M), S*S*cdiv(O, BLOCK_N), P) with
+        MQ = N*(OH/S)*(OW/S) rows per phase.
+        """
+        pid_m = tl.program_id(0)
+        pid_1 = tl.program_id(1)
+        p = tl.program_id(2).to(tl.int64)
+        NB_N = (O + BLOCK_N - 1) // BLOCK_N
+        QH = OH // S
+        QW = OW // S
+        RW = KW // S
+        KQ = (KH // S) * RW * C
+        phase = pid_1 // NB_N
+        pid_n = pid_1 % NB_N
+        a = phase // S  # output row y = S*qy + a
+        b = phase % S
+        kh0 = (a + PAD) % S  # the phase's taps: kh = kh0 + S*r, from input row iy = qy + dy - r
+        kw0 = (b + PAD) % S
+        dy = (a + PAD) // S
+        dx = (b + PAD) // S
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rm < MQ
+        n = rm // (QH * QW)
+        qy = (rm // QW) % QH
+        qx = rm % QW
+        x_base = x_ptr + p * sxp
+        m_base = m_ptr + p * smp
+        w_base = w_ptr + p * (KH * KW * C * O)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_T)
+        for k0 in range(0, KQ, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            if C % BLOCK_K == 0:  # one tap
+                tap = k0 // C
+                r = tap // RW
+                s = tap % RW
+                iy = (qy + dy - r)[:, None]
+                ix = (qx + dx - s)[:, None]
+                c = k0 % C + tl.arange(0, BLOCK_K)
+                w_row = ((kh0 + S * r) * KW + kw0 + S * s) * C + c
+                c = c[None, :]
+                ok = row_ok[:, None]
+                k_ok = rk < KQ
+            else:
+                r = rk // (RW * C)
+                s = (rk // C) % RW
+                c = rk % C
+                iy = qy[:, None] + dy - r[None, :]
+                ix = qx[:, None] + dx - s[None, :]
+                w_row = ((kh0 + S * r) * KW + kw0 + S * s) * C + c
+                c = c[None, :]
+                k_ok = rk < KQ
+                ok = row_ok[:, None] & k_ok[None, :]
+            ok = ok & (iy >= 0) & (iy < IH) & (ix >= 0) & (ix < IW)
+            xa = _gather(x_base, sxn, sxh, sxw, sxc, m_base, smn, smh, smw, smc,
+                         n[:, None], iy, ix, c, ok, HAS_MASK, IN_T, DOT_T)  # fmt: skip
+            w = tl.load(w_base + w_row[:, None] * O + rn[None, :], mask=k_ok[:, None] & (rn < O)[None, :], other=0.0)
+            acc = _mma(acc, xa, w.to(DOT_T), USE_DOT, PRECISION)
+        acc = _epilogue(acc, b_ptr, p, rn, O, HAS_BIAS, RELU)
+        out_row = (n * OH + qy * S + a) * OW + qx * S + b
+        y_offs = p * (MQ * S * S * O) + out_row[:, None] * O + rn[None, :]
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < O)[None, :])
+
+    @triton.jit
+    def _wgrad_kernel(
+        a_ptr, am_ptr, b_ptr, bm_ptr, dw_ptr, db_ptr, M, SPLITS,
+        sap, san, sah, saw, sac, samp, samn, samh, samw, samc,
+        sbp, sbn, sbh, sbw, sbc, sbmp, sbmn, sbmh, sbmw, sbmc,
+        IH: tl.constexpr, IW: tl.constexpr, C: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, O: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+        A_MASK: tl.constexpr, B_MASK: tl.constexpr, BIAS_GRAD: tl.constexpr, ROWS: tl.constexpr,
+        IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """Kernel 3: partial weight gradients over one chunk of ROWS rows.
+
+        A (P,N,IH,IW,C) gathered in conv geometry onto the rows (n, oy, ox) of
+        B (P,N,OH,OW,O); both strided. dw (P, SPLITS, KH*KW*C, O) and db
+        (P, SPLITS, O) partials in ACC_T. Grid: (SPLITS, cdiv(K, BLOCK_K)*cdiv(O, BLOCK_N), P).
+        """
+        split = tl.program_id(0)
+        tile = tl.program_id(1)
+        p = tl.program_id(2).to(tl.int64)
+        K = KH * KW * C
+        NB_N = (O + BLOCK_N - 1) // BLOCK_N
+        pid_k = tile // NB_N
+        pid_n = tile % NB_N
+        k_start = pid_k * BLOCK_K
+        rk = k_start + tl.arange(0, BLOCK_K)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        k_ok = rk < K
+        n_ok = rn < O
+        if C % BLOCK_K == 0:  # one tap: the tap is a scalar
+            kh = (k_start // C) // KW
+            kw = (k_start // C) % KW
+            c = (k_start % C + tl.arange(0, BLOCK_K))[:, None]
+        else:
+            kh = (rk // (KW * C))[:, None]
+            kw = ((rk // C) % KW)[:, None]
+            c = (rk % C)[:, None]
+        a_base = a_ptr + p * sap
+        am_base = am_ptr + p * samp
+        b_base = b_ptr + p * sbp
+        bm_base = bm_ptr + p * sbmp
+        acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC_T)
+        bias = tl.zeros((BLOCK_N,), dtype=ACC_T)
+        for m0 in range(0, ROWS, BLOCK_M):
+            rm = split * ROWS + m0 + tl.arange(0, BLOCK_M)
+            row_ok = rm < M
+            n = rm // (OH * OW)
+            oy = (rm // OW) % OH
+            ox = rm % OW
+            iy = oy[None, :] * S + kh - PAD  # (BLOCK_K or 1, BLOCK_M)
+            ix = ox[None, :] * S + kw - PAD
+            ok = k_ok[:, None] & row_ok[None, :] & (iy >= 0) & (iy < IH) & (ix >= 0) & (ix < IW)
+            at = _gather(a_base, san, sah, saw, sac, am_base, samn, samh, samw, samc,
+                         n[None, :], iy, ix, c, ok, A_MASK, IN_T, DOT_T)  # fmt: skip
+            bt = _gather(b_base, sbn, sbh, sbw, sbc, bm_base, sbmn, sbmh, sbmw, sbmc,
+                         n[:, None], oy[:, None], ox[:, None], rn[None, :], row_ok[:, None] & n_ok[None, :],
+                         B_MASK, IN_T, DOT_T)  # fmt: skip
+            acc = _mma(acc, at, bt, USE_DOT, PRECISION)
+            if BIAS_GRAD:
+                bias += tl.sum(bt.to(ACC_T), axis=0)
+        part = p * SPLITS + split
+        dw_offs = part * (K * O) + rk[:, None] * O + rn[None, :]
+        tl.store(dw_ptr + dw_offs, acc, mask=k_ok[:, None] & n_ok[None, :])
+        if BIAS_GRAD:
+            if pid_k == 0:
+                tl.store(db_ptr + part * O + rn, bias, mask=n_ok)
+
+    @triton.jit
+    def _colsum_kernel(
+        g_ptr, m_ptr, out_ptr, M, SPLITS,
+        sgp, sgn, sgh, sgw, sgc, smp, smn, smh, smw, smc,
+        H: tl.constexpr, W: tl.constexpr, O: tl.constexpr, HAS_MASK: tl.constexpr, ROWS: tl.constexpr,
+        ACC_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        """Kernel 4: partial per-channel sums of g (P,N,H,W,O) (masked) over one chunk of rows.
+
+        out (P, SPLITS, O) in ACC_T. Grid: (SPLITS, cdiv(O, BLOCK_N), P).
+        """
+        split = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        p = tl.program_id(2).to(tl.int64)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = rn < O
+        g_base = g_ptr + p * sgp
+        m_base = m_ptr + p * smp
+        total = tl.zeros((BLOCK_N,), dtype=ACC_T)
+        for m0 in range(0, ROWS, BLOCK_M):
+            rm = split * ROWS + m0 + tl.arange(0, BLOCK_M)
+            row_ok = rm < M
+            n = (rm // (H * W))[:, None]
+            y = ((rm // W) % H)[:, None]
+            x = (rm % W)[:, None]
+            v = _gather(g_base, sgn, sgh, sgw, sgc, m_base, smn, smh, smw, smc,
+                        n, y, x, rn[None, :], row_ok[:, None] & n_ok[None, :], HAS_MASK, ACC_T, ACC_T)  # fmt: skip
+            total += tl.sum(v, axis=0)
+        tl.store(out_ptr + (p * SPLITS + split) * O + rn, total, mask=n_ok)
+
+
+def _interpreted() -> bool:
+    return triton is not None and type(_conv_kernel).__name__ == "InterpretedFunction"
+
+
+def available(device: torch.device | str | None = None) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (any device if None); None if they can.
+
+    They need Triton and either a CUDA device or Triton's CPU interpreter
+    (``TRITON_INTERPRET=1`` set before this module was imported).
+    """
+    if triton is None:
+        return _IMPORT_ERROR
+    if _interpreted():
+        return None
+    kind = torch.device(device).type if device is not None else "cuda"
+    if kind != "cuda":
+        return f"Triton kernels run on CUDA devices (or under TRITON_INTERPRET=1), not on {kind!r}"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available (and TRITON_INTERPRET=1 was not set before import)"
+    return None
+
+
+def _require(t: torch.Tensor) -> None:
+    reason = available(t.device)
+    if reason is not None:
+        raise RuntimeError(f"the Triton formulation cannot run: {reason}")
+
+
+# =============================================================================
+# Launch helpers
+# =============================================================================
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def _config(kind: str, c: int, o: int, kernel: int, stride: int, rows: int, dtype: torch.dtype) -> dict:
+    """Block sizes and launch options of one launch (see the module docstring); :data:`TUNING` overrides."""
+    cap_n = 64 if kind == "wgrad" else 128
+    cfg = {
+        "BLOCK_M": 64 if kind == "wgrad" or rows < 8192 else 128,
+        "BLOCK_N": min(max(16, _next_pow2(o)), cap_n),
+        "BLOCK_K": 32 if c % 32 == 0 else 16,
+        "ROWS": 4096,
+        "num_warps": 4,
+    }
+    if dtype == torch.float64:  # broadcast multiply-and-sum: keep the (M, K, N) product small
+        cfg.update(BLOCK_M=32, BLOCK_K=16)
+    cfg.update(TUNING.get(kind, {}))
+    cfg.update(TUNING.get((kind, c, o, kernel, stride), {}))
+    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+        if cfg[key] < 16 or cfg[key] & (cfg[key] - 1):
+            raise ValueError(f"{key} must be a power of two >= 16 (tl.dot's minimum); got {cfg[key]}")
+    if kind in ("wgrad", "colsum"):  # a multiple of BLOCK_M, no longer than the rows (rounded up)
+        rows_per_program = min(cfg["ROWS"], rows)
+        cfg["ROWS"] = -(-rows_per_program // cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+    return cfg
+
+
+def _launch_options(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+
+
+def _types(dtype: torch.dtype) -> dict:
+    """The constexpr dtype arguments for compute dtype ``dtype``."""
+    dot = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+    if dtype not in dot:
+        raise TypeError(f"unsupported compute dtype {dtype}")
+    in_t = dot_t = dot[dtype]
+    if _interpreted() and dtype in (torch.bfloat16, torch.float16):
+        dot_t = tl.float32  # the interpreter's tl.dot cannot multiply 16-bit floats (see the module docstring)
+    precision = ""  # 16-bit operands (and float64, which does not use tl.dot)
+    if dot_t == tl.float32:
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return {
+        "IN_T": in_t,
+        "DOT_T": dot_t,
+        "ACC_T": tl.float64 if dtype == torch.float64 else tl.float32,
+        "PRECISION": precision,
+        "USE_DOT": dtype != torch.float64,
+    }
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_offsets(*tensors: torch.Tensor) -> None:
+    """Offsets inside one model are int32 in the kernels."""
+    for t in tensors:
+        if t is not None and sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
+            raise ValueError(f"one model's slice of a {tuple(t.shape)} tensor is too large for int32 offsets")
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _conv_launch(x, weight_k, bias, kernel, stride, padding, relu, mask, out_dtype, dtype):
+    """Kernel 1: ``x (P,N,H,W,C)`` (strided), ``weight_k (P, k*k*C, O)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``."""
+    p, n, ih, iw, c = x.shape
+    o = weight_k.shape[2]
+    oh, ow = _out_size(ih, kernel, stride, padding), _out_size(iw, kernel, stride, padding)
+    out = torch.empty((p, n, oh, ow, o), dtype=out_dtype, device=x.device)
+    m_t = mask if mask is not None else x
+    _check_offsets(x, m_t, out)
+    rows = n * oh * ow
+    cfg = _config("conv", c, o, kernel, stride, rows, dtype)
+    grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(o, cfg["BLOCK_N"]), p)
+    _conv_kernel[grid](
+        x, m_t, weight_k, bias if bias is not None else weight_k, out, rows,
+        *x.stride(), *m_t.stride(),
+        IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
+        HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **_launch_options(cfg),
+    )  # fmt: skip
+    return out
+
+
+def _conv_transpose_launch(x, weight_t, bias, kernel, stride, padding, relu, mask, out_size, out_dtype, dtype):
+    """Kernel 2: ``x (P,N,H,W,C)`` (strided), ``weight_t (P, k*k*C, O)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``."""
+    p, n, ih, iw, c = x.shape
+    o = weight_t.shape[2]
+    oh, ow = out_size
+    if kernel % stride or oh % stride or ow % stride:
+        raise NotImplementedError("the phase-split transposed conv needs the stride to divide the kernel and output sizes")
+    if _out_size(oh, kernel, stride, padding) != ih or _out_size(ow, kernel, stride, padding) != iw:
+        raise ValueError(f"output size {out_size} does not match input {ih}x{iw} for kernel {kernel}, stride {stride}")
+    out = torch.empty((p, n, oh, ow, o), dtype=out_dtype, device=x.device)
+    m_t = mask if mask is not None else x
+    _check_offsets(x, m_t, out)
+    rows = n * (oh // stride) * (ow // stride)
+    cfg = _config("conv_transpose", c, o, kernel, stride, rows, dtype)
+    grid = (triton.cdiv(rows, cfg["BLOCK_M"]), stride * stride * triton.cdiv(o, cfg["BLOCK_N"]), p)
+    _conv_transpose_kernel[grid](
+        x, m_t, weight_t, bias if bias is not None else weight_t, out, rows,
+        *x.stride(), *m_t.stride(),
+        IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
+        HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **_launch_options(cfg),
+    )  # fmt: skip
+    return out
+
+
+def _wgrad_launch(a, a_mask, b, b_mask, kernel, stride, padding, bias_grad, dtype):
+    """Kernel 3: ``sum_m A_col[m, (kh,kw,c)] * B[m, o]`` -> ``(P, k*k*C, O)`` (and ``sum_m B[m, o]``), accumulator dtype."""
+    p, n, ih, iw, c = a.shape
+    _, _, oh, ow, o = b.shape
+    if (oh, ow) != (_out_size(ih, kernel, stride, padding), _out_size(iw, kernel, stride, padding)):
+        raise ValueError(f"rows {oh}x{ow} do not match the conv geometry of a {ih}x{iw} input")
+    am_t = a_mask if a_mask is not None else a
+    bm_t = b_mask if b_mask is not None else b
+    _check_offsets(a, am_t, b, bm_t)
+    rows = n * oh * ow
+    cfg = _config("wgrad", c, o, kernel, stride, rows, dtype)
+    splits = triton.cdiv(rows, cfg["ROWS"])
+    k = kernel * kernel * c
+    acc_dtype = _acc_dtype(dtype)
+    dw = torch.empty((p, splits, k, o), dtype=acc_dtype, device=a.device)
+    db = torch.empty((p, splits, o), dtype=acc_dtype, device=a.device) if bias_grad else dw
+    grid = (splits, triton.cdiv(k, cfg["BLOCK_K"]) * triton.cdiv(o, cfg["BLOCK_N"]), p)
+    _wgrad_kernel[grid](
+        a, am_t, b, bm_t, dw, db, rows, splits,
+        *a.stride(), *am_t.stride(), *b.stride(), *bm_t.stride(),
+        IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
+        A_MASK=a_mask is not None, B_MASK=b_mask is not None, BIAS_GRAD=bias_grad, ROWS=cfg["ROWS"], **_types(dtype),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **_launch_options(cfg),
+    )  # fmt: skip
+    dw = dw[:, 0] if splits == 1 else dw.sum(1)
+    if not bias_grad:
+        return dw, None
+    return dw, (db[:, 0] if splits == 1 else db.sum(1))
+
+
+def _colsum_launch(g, mask, dtype):
+    """Kernel 4: per-channel sums of ``g (P,N,H,W,O)`` where ``mask > 0`` (all of g without a mask) -> ``(P, O)``."""
+    p, n, h, w, o = g.shape
+    m_t = mask if mask is not None else g
+    _check_offsets(g, m_t)
+    rows = n * h * w
+    cfg = _config("colsum", o, o, 1, 1, rows, dtype)
+    splits = triton.cdiv(rows, cfg["ROWS"])
+    out = torch.empty((p, splits, o), dtype=_acc_dtype(dtype), device=g.device)
+    _colsum_kernel[(splits, triton.cdiv(o, cfg["BLOCK_N"]), p)](
+        g, m_t, out, rows, splits, *g.stride(), *m_t.stride(),
+        H=h, W=w, O=o, HAS_MASK=mask is not None, ROWS=cfg["ROWS"], ACC_T=_types(dtype)["ACC_T"],
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **_launch_options(cfg),
+    )  # fmt: skip
+    return out[:, 0] if splits == 1 else out.sum(1)
+
+
+# =============================================================================
+# Fused layers
+# =============================================================================
+
+
+class _Conv2d(torch.autograd.Function):
+    """Conv (+ bias, + ReLU) of P models on NHWC tensors; weight (P, O, C, k, k). See the module docstring."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
+        p, o, c = weight.shape[:3]
+        weight_k = weight.to(dtype).permute(0, 3, 4, 2, 1).reshape(p, kernel * kernel * c, o).contiguous()  # rows (kh, kw, c)
+        out = _conv_launch(h, weight_k, bias, kernel, stride, padding, relu, None, dtype, dtype)
+        ctx.save_for_backward(h, weight, out if relu else None)
+        ctx.geometry = (kernel, stride, padding, relu, dtype)
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, out = ctx.saved_tensors
+        kernel, stride, padding, relu, dtype = ctx.geometry
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        p, o, c = weight.shape[:3]
+        grad_h = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # the transposed conv of the masked gradient: rows (kh, kw, o), columns c
+            weight_t = weight.to(dtype).permute(0, 3, 4, 1, 2).reshape(p, kernel * kernel * o, c).contiguous()
+            grad_h = _conv_transpose_launch(
+                grad, weight_t, None, kernel, stride, padding, False, out, h.shape[2:4], h_dtype, dtype
+            )
+        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_bias:
+            dw, db = _wgrad_launch(h, None, grad, out, kernel, stride, padding, want_bias, dtype)
+            if ctx.needs_input_grad[1]:
+                grad_weight = dw.view(p, kernel, kernel, c, o).permute(0, 4, 3, 1, 2).to(w_dtype)
+            if want_bias:
+                grad_bias = db.to(b_dtype)
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None
+
+
+class _ConvTranspose2d(torch.autograd.Function):
+    """Transposed conv (+ bias, + ReLU) of P models on NHWC tensors; weight (P, C_in, C_out, k, k)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
+        p, c, o = weight.shape[:3]
+        out_size = tuple((s - 1) * stride - 2 * padding + kernel for s in h.shape[2:4])
+        weight_t = weight.to(dtype).permute(0, 3, 4, 1, 2).reshape(p, kernel * kernel * c, o).contiguous()  # rows (kh, kw, c)
+        out = _conv_transpose_launch(h, weight_t, bias, kernel, stride, padding, relu, None, out_size, dtype, dtype)
+        ctx.save_for_backward(h, weight, out if relu else None)
+        ctx.geometry = (kernel, stride, padding, relu, dtype)
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, out = ctx.saved_tensors
+        kernel, stride, padding, relu, dtype = ctx.geometry
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        p, c, o = weight.shape[:3]
+        grad_h = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # the conv of the masked gradient: rows (kh, kw, c_out), columns c_in
+            weight_k = weight.to(dtype).permute(0, 3, 4, 2, 1).reshape(p, kernel * kernel * o, c).contiguous()
+            grad_h = _conv_launch(grad, weight_k, None, kernel, stride, padding, False, out, h_dtype, dtype)
+        if ctx.needs_input_grad[1]:
+            dw, _ = _wgrad_launch(grad, out, h, None, kernel, stride, padding, False, dtype)  # (P, (kh,kw,o), c)
+            grad_weight = dw.view(p, kernel, kernel, o, c).permute(0, 4, 3, 1, 2).to(w_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = _colsum_launch(grad, out, dtype).to(b_dtype)
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None
+
+
+def conv2d(h, weight, bias, kernel_size, stride, padding, relu):
+    """Every model's ``Conv2d`` (+ ReLU if ``relu``): ``h (P,N,H,W,C)`` (any strides) -> ``(P,N,OH,OW,O)``.
+
+    ``weight (P, O, C, k, k)``, ``bias (P, O)`` or None. The output is contiguous,
+    in the compute dtype (autocast's, else ``h``'s). The input gradient is a
+    phase-split transposed conv, so the stride must divide ``k`` and
+    ``H + 2*padding - k`` (and the same for W), as in the study's layers.
+    """
+    _require(h)
+    if weight.shape[3] != kernel_size or weight.shape[4] != kernel_size:
+        raise ValueError(f"weight {tuple(weight.shape)} is not a {kernel_size}x{kernel_size} kernel")
+    if kernel_size % stride or any((size + 2 * padding - kernel_size) % stride for size in h.shape[2:4]):
+        raise NotImplementedError(
+            f"stride {stride} must divide the kernel size {kernel_size} and the padded input size minus it"
+        )
+    return _Conv2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h))
+
+
+def conv_transpose2d(h, weight, bias, kernel_size, stride, padding, relu):
+    """Every model's ``ConvTranspose2d`` (+ ReLU if ``relu``): ``h (P,N,H,W,C)`` -> ``(P,N,OH,OW,O)``.
+
+    ``weight (P, C, O, k, k)``, ``bias (P, O)`` or None; ``OH = (H-1)*stride - 2*padding + k``.
+    The stride must divide ``k`` and ``OH`` (phase split). Output contiguous, in the compute dtype.
+    """
+    _require(h)
+    if weight.shape[3] != kernel_size or weight.shape[4] != kernel_size:
+        raise ValueError(f"weight {tuple(weight.shape)} is not a {kernel_size}x{kernel_size} kernel")
+    return _ConvTranspose2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h))
+
+
+def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "encoder.") -> tuple[torch.Tensor, torch.Tensor]:
+    """``ConvEncoder`` of P stacked models: ``x (P, N, C, 64, 64) -> (mean, logvar)``, each ``(P, N, d)``.
+
+    The first convolution reads ``x`` through its strides (no NHWC copy, no cast copy).
+    """
+    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
+    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    p, n = x.shape[:2]
+    h = x.permute(0, 1, 3, 4, 2)  # (P, N, H, W, C) view
+    for name, (kernel, stride, padding) in zip(_ENCODER_CONVS, _ENCODER_GEOMETRY):
+        h = conv2d(h, w(name), b(name), kernel, stride, padding, relu=True)
+    h = h.permute(0, 1, 4, 2, 3).reshape(p, n, -1)  # flatten in the module's NCHW order
+    h = torch.relu(_dense(h, w(_ENCODER_DENSE), b(_ENCODER_DENSE)))
+    return _dense(h, w("mean"), b("mean")), _dense(h, w("logvar"), b("logvar"))
+
+
+def decode(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str = "decoder.") -> torch.Tensor:
+    """``DeconvDecoder`` of P stacked models: ``z (P, N, d) -> logits (P, N, C, 64, 64)`` (a channels-last view)."""
+    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
+    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    p, n = z.shape[:2]
+    h = torch.relu(_dense(z, w(_DECODER_DENSE[0]), b(_DECODER_DENSE[0])))
+    h = torch.relu(_dense(h, w(_DECODER_DENSE[1]), b(_DECODER_DENSE[1])))
+    h = h.view(p, n, 64, 4, 4).permute(0, 1, 3, 4, 2)  # the module's (64, 4, 4) NCHW meaning, read as NHWC
+    kernel, stride, padding = _DECODER_GEOMETRY
+    last = len(_DECODER_DECONVS) - 1
+    for k, name in enumerate(_DECODER_DECONVS):
+        h = conv_transpose2d(h, w(name), b(name), kernel, stride, padding, relu=k < last)
+    return h.permute(0, 1, 4, 2, 3)

@@ -1,0 +1,292 @@
+"""The fused Triton layers (core/packed_triton.py) equal torch's convolutions, per model, in values and gradients.
+
+Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``,
+set before the module is imported). The interpreter runs every program of a
+grid in Python, so the layer tests use small images with the GPU's default
+block sizes (the tap-aligned chunks for 32 and 64 channels, the chunks spanning
+taps for 1 and 3), one test forces many small tiles and row splits, and the
+whole encoder/decoder tests (64x64) use large interpreter-friendly blocks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from disentbench.core import packed_triton  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu")
+
+#: Fewer, larger programs for the interpreter (its cost is per program and per loop step).
+INTERPRETER_BLOCKS = {
+    "conv": {"BLOCK_M": 512, "BLOCK_K": 64},
+    "conv_transpose": {"BLOCK_M": 512, "BLOCK_K": 64},
+    "wgrad": {"BLOCK_M": 512, "BLOCK_K": 64, "ROWS": 1 << 20},
+    "colsum": {"BLOCK_M": 512, "ROWS": 1 << 20},
+}
+
+
+@pytest.fixture(autouse=True)
+def runnable():
+    reason = packed_triton.available(DEVICE)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def large_blocks(monkeypatch):
+    monkeypatch.setattr(packed_triton, "TUNING", dict(INTERPRETER_BLOCKS))
+
+
+def _assert_rel(actual, expected, tol, what=""):
+    """``max |actual - expected| <= tol * max |expected|`` (a relative error on the tensor's scale)."""
+    assert actual.shape == expected.shape, what
+    scale = expected.abs().max().item()
+    error = (actual.to(expected.dtype) - expected).abs().max().item()
+    assert error <= tol * max(scale, 1e-30), f"{what}: max error {error:.3g} vs scale {scale:.3g}"
+
+
+def _reference(kind, h, weight, bias, kernel, stride, padding, relu):
+    """Per-model F.conv2d / F.conv_transpose2d (+ ReLU) on NHWC ``(P, N, H, W, C)`` tensors."""
+    fn = F.conv2d if kind == "conv" else F.conv_transpose2d
+    outs = []
+    for i in range(h.shape[0]):
+        out = fn(h[i].permute(0, 3, 1, 2), weight[i], bias[i], stride=stride, padding=padding)
+        outs.append((torch.relu(out) if relu else out).permute(0, 2, 3, 1))
+    return torch.stack(outs)
+
+
+def _check_layer(kind, c, o, kernel, stride, padding, size, relu, dtype, tol, strided_input=False, n=2):
+    generator = torch.Generator().manual_seed(c * 1000 + o + 7 * relu)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(DEVICE)  # noqa: E731
+    p = 2
+    if strided_input:  # NCHW memory read as NHWC through strides, as the encoder's first layer does
+        h = rand(p, n, c, size, size).permute(0, 1, 3, 4, 2).requires_grad_()
+    else:
+        h = rand(p, n, size, size, c).requires_grad_()
+    shape = (p, o, c, kernel, kernel) if kind == "conv" else (p, c, o, kernel, kernel)
+    weight = rand(*shape).requires_grad_()
+    bias = rand(p, o).requires_grad_()
+    fn = packed_triton.conv2d if kind == "conv" else packed_triton.conv_transpose2d
+    out = fn(h, weight, bias, kernel, stride, padding, relu)
+    ref = _reference(kind, h, weight, bias, kernel, stride, padding, relu)
+    assert out.dtype == dtype and out.is_contiguous()
+    _assert_rel(out, ref, tol, "output")
+    if relu:
+        assert (ref == 0).float().mean() > 0.2  # the ReLU masks something, so the fused mask is tested
+    upstream = rand(*out.shape)
+    grads = torch.autograd.grad(out, (h, weight, bias), upstream)
+    ref_grads = torch.autograd.grad(ref, (h, weight, bias), upstream)
+    for name, g, r in zip(("input", "weight", "bias"), grads, ref_grads):
+        assert g.dtype == dtype
+        _assert_rel(g, r, tol, f"grad of {name}")
+
+
+#: (kind, C, O, kernel, stride, padding, input size, relu, strided input): every study layer kind
+LAYERS = [
+    ("conv", 1, 32, 4, 2, 1, 16, True, True),  # e1, C = 1: chunks span kernel taps
+    ("conv", 3, 32, 4, 2, 1, 8, False, True),  # e1, C = 3, no ReLU
+    ("conv", 32, 32, 4, 2, 1, 8, True, False),  # e2: tap-aligned chunks
+    ("conv", 32, 64, 2, 2, 0, 8, True, False),  # e3
+    ("conv", 64, 64, 2, 2, 0, 4, False, False),  # e4, no ReLU
+    ("conv_transpose", 64, 64, 4, 2, 1, 4, True, False),  # d1
+    ("conv_transpose", 64, 32, 4, 2, 1, 4, True, False),  # d2
+    ("conv_transpose", 32, 32, 4, 2, 1, 4, False, True),  # d3, no ReLU, strided input
+    ("conv_transpose", 32, 1, 4, 2, 1, 8, False, False),  # d4, C = 1 logits
+    ("conv_transpose", 32, 3, 4, 2, 1, 8, True, False),  # d4, C = 3 (with a ReLU for the masked colsum)
+]
+
+
+@pytest.mark.parametrize("kind, c, o, kernel, stride, padding, size, relu, strided", LAYERS)
+def test_layer_matches_torch_fp32(kind, c, o, kernel, stride, padding, size, relu, strided):
+    _check_layer(kind, c, o, kernel, stride, padding, size, relu, torch.float32, 1e-5, strided)
+
+
+#: float64 cases: chunks across taps and strided input (e1), tap-aligned 2x2 (e3), a transposed conv with ReLU
+LAYERS_FP64 = [
+    LAYERS[1],
+    ("conv", 32, 64, 2, 2, 0, 4, True, False),
+    ("conv_transpose", 32, 3, 4, 2, 1, 4, True, False),
+]
+
+
+@pytest.mark.parametrize("kind, c, o, kernel, stride, padding, size, relu, strided", LAYERS_FP64)
+def test_layer_matches_torch_fp64(kind, c, o, kernel, stride, padding, size, relu, strided):
+    """float64 accumulates in float64 (the broadcast-and-sum path instead of tl.dot)."""
+    _check_layer(kind, c, o, kernel, stride, padding, size, relu, torch.float64, 1e-12, strided)
+
+
+@pytest.mark.parametrize("kind, c, o", [("conv", 3, 32), ("conv_transpose", 16, 32)])
+def test_many_tiles_and_row_splits(monkeypatch, kind, c, o):
+    """Tiles smaller than the channels (several M, N and K blocks) and weight-gradient row splits.
+
+    The conv covers K chunks across taps (forward, weight gradient) and
+    tap-aligned ones (its input gradient, a transposed conv of 32 channels);
+    the transposed conv tap-aligned ones in all three kernels.
+    """
+    small = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "ROWS": 16}
+    monkeypatch.setattr(packed_triton, "TUNING", {k: dict(small) for k in INTERPRETER_BLOCKS})
+    _check_layer(kind, c, o, 4, 2, 1, 8 if kind == "conv" else 4, True, torch.float32, 1e-5)
+
+
+def _stacked_modules(channels, dtype=torch.float32, p=2, latent=6):
+    from torch.func import stack_module_state
+
+    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+
+    generator = torch.Generator().manual_seed(channels)
+    shape = (channels, 64, 64)
+    encoders = [ConvEncoder(shape, latent).to(dtype) for _ in range(p)]
+    decoders = [DeconvDecoder(latent, shape).to(dtype) for _ in range(p)]
+    with torch.no_grad():
+        for module in encoders + decoders:
+            for param in module.parameters():  # non-zero biases too, so bias placement is tested
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=dtype) * 0.2)
+    params = {f"encoder.{k}": v for k, v in stack_module_state(encoders)[0].items()}
+    params |= {f"decoder.{k}": v for k, v in stack_module_state(decoders)[0].items()}
+    params = {k: v.to(DEVICE).detach().requires_grad_() for k, v in params.items()}
+    x = torch.rand(p, 2, *shape, generator=generator, dtype=dtype).to(DEVICE)
+    z = torch.randn(p, 2, latent, generator=generator, dtype=dtype).to(DEVICE)
+    return encoders, decoders, params, x, z
+
+
+def _objective(mean, logvar, logits):
+    return mean.sum() + logvar.square().sum() + logits.float().square().sum() * 1e-2
+
+
+@pytest.mark.usefixtures("large_blocks")
+def test_encode_decode_match_the_modules():
+    """encode/decode equal each stacked model's ConvEncoder/DeconvDecoder, in values and parameter gradients."""
+    encoders, decoders, params, x, z = _stacked_modules(3)
+    mean, logvar = packed_triton.encode(params, x)
+    logits = packed_triton.decode(params, z)
+    assert mean.shape == logvar.shape == (2, 2, 6) and logits.shape == (2, 2, 3, 64, 64)
+    _objective(mean, logvar, logits).backward()
+    for i in range(2):
+        encoder, decoder = encoders[i].to(DEVICE), decoders[i].to(DEVICE)
+        solo_mean, solo_logvar = encoder(x[i])
+        solo_logits = decoder(z[i])
+        _assert_rel(mean[i], solo_mean, 1e-5, "mean")
+        _assert_rel(logvar[i], solo_logvar, 1e-5, "logvar")
+        _assert_rel(logits[i], solo_logits, 1e-5, "logits")
+        _objective(solo_mean, solo_logvar, solo_logits).backward()
+        for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+            for name, param in module.named_parameters():
+                _assert_rel(params[prefix + name].grad[i], param.grad, 1e-5, prefix + name)
+    assert logits.abs().max() > 0.1  # not trivially zero
+
+
+@pytest.mark.usefixtures("large_blocks")
+def test_bf16_autocast_matches_the_modules_under_autocast():
+    """Under bf16 autocast the layers compute in bf16 (fp32 accumulation) and return fp32 parameter gradients.
+
+    They are compared with the modules under the same autocast: bf16 itself
+    moves some gradients by tens of percent from their fp32 values (ReLU masks
+    flip), for torch's convolutions as for these.
+    """
+    encoders, decoders, params, x, z = _stacked_modules(1)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        mean, logvar = packed_triton.encode(params, x)
+        logits = packed_triton.decode(params, z)
+    assert mean.dtype == logvar.dtype == logits.dtype == torch.bfloat16
+    _objective(mean, logvar, logits).backward()
+    for i in range(2):
+        encoder, decoder = encoders[i].to(DEVICE), decoders[i].to(DEVICE)
+        solo_fp32 = (*encoder(x[i]), decoder(z[i]))
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            solo = (*encoder(x[i]), decoder(z[i]))
+        for name, ours, ref, ref_fp32 in zip(("mean", "logvar", "logits"), (mean, logvar, logits), solo, solo_fp32):
+            _assert_rel(ours[i].float(), ref.float(), 0.05, name)
+            _assert_rel(ours[i].float(), ref_fp32.detach(), 0.05, name + " (fp32)")
+        _objective(*solo).backward()
+        for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+            for name, param in module.named_parameters():
+                grad = params[prefix + name].grad
+                assert grad.dtype == torch.float32
+                _assert_rel(grad[i], param.grad, 0.15, prefix + name)
+
+
+def test_available_and_module_api(monkeypatch):
+    assert packed_triton.available(DEVICE) is None
+    assert packed_triton.available() is None
+    # compiled (not interpreted) kernels need CUDA: the trainer refuses the formulation in one clear line
+    monkeypatch.setattr(packed_triton, "_interpreted", lambda: False)
+    assert "run on CUDA devices" in packed_triton.available("cpu")
+    from test_packed import _build, _configs
+    from test_trainer import Squares
+
+    from disentbench.core.packed import PackedTrainer, SpeedOptions, UnpackableModel
+
+    data = Squares()
+    factory, configs = _configs("beta_vae")
+    models = _build(factory, configs[:2], [1, 2], data)
+    with pytest.raises(UnpackableModel, match="formulation 'triton' is not possible: Triton kernels run on CUDA"):
+        PackedTrainer(models, data, [1, 2], steps=1, batch_size=8, device="cpu", speed=SpeedOptions(formulation="triton"))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="kernel"):
+        packed_triton.conv2d(torch.zeros(1, 1, 8, 8, 1), torch.zeros(1, 2, 1, 2, 2), None, 4, 2, 1, True)
+
+
+@pytest.mark.usefixtures("large_blocks")
+def test_layers_make_no_host_to_device_copies():
+    """No tensor is created from host data (``aten.lift_fresh``), which CUDA graph capture forbids,
+    in the torch code around the kernels, forward or backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    generator = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE).requires_grad_()  # noqa: E731
+    h, deconv_w, conv_w, bias = rand(2, 2, 4, 4, 16), rand(2, 16, 8, 4, 4), rand(2, 8, 8, 4, 4), rand(2, 8)
+    with Record() as record:
+        out = packed_triton.conv_transpose2d(h, deconv_w, bias, 4, 2, 1, True)
+        out = packed_triton.conv2d(out, conv_w, bias, 4, 2, 1, True)
+        out.square().sum().backward()
+    assert "aten.permute" in record.ops  # the mode saw the weight rearrangements
+    assert all(t.grad is not None for t in (h, deconv_w, conv_w, bias))
+    assert "aten.lift_fresh" not in record.ops, sorted(record.ops)
+
+
+@pytest.mark.parametrize("name", ["beta_vae", pytest.param("factor_vae", marks=pytest.mark.slow)])
+def test_packed_trainer_with_triton_equals_one_by_one(name, large_blocks):
+    """PackedTrainer(formulation="triton") trains every run as one-by-one Trainer training does (fp32,
+    adam_eps 1e-3 as in tests/test_packed.py): FactorVAE (slow: ~40 s in the interpreter) covers the second
+    optimizer (the discriminator)."""
+    from test_packed import BATCH, _assert_same_logs, _build, _configs, _max_diff, _solo
+    from test_trainer import Squares
+
+    from disentbench.core.packed import PackedTrainer, SpeedOptions
+
+    if DEVICE.type != "cpu":
+        pytest.skip("the one-by-one reference runs on CPU (tests/test_packed.py)")
+    data = Squares()
+    factory, configs = _configs(name, adam_eps=1e-3)
+    configs, seeds = configs[:2], [31, 32]
+    solo_models = _build(factory, configs, seeds, data)
+    solo_logs = [_solo(m, data, s, steps=2) for m, s in zip(solo_models, seeds)]
+    packed_models = _build(factory, configs, seeds, data)
+    logs: dict[int, list] = {}
+    trainer = PackedTrainer(
+        packed_models, data, seeds, steps=2, batch_size=BATCH, device=DEVICE, log_every=2,
+        speed=SpeedOptions(formulation="triton"),
+    )  # fmt: skip
+    assert trainer.formulation == "triton"
+    trainer.train(on_log=lambda index, step, terms: logs.setdefault(index, []).append((step, terms)))
+    for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
+        assert _max_diff(solo, packed) <= 1e-5, f"run {i}"
+        _assert_same_logs(solo_logs[i], logs[i])
