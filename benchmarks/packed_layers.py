@@ -7,17 +7,24 @@ short GPU run says where the time of a packed step goes and which form each
 layer should use:
 
 * 4x4 stride-2 convolutions (encoder e1, e2): ``implicit`` (core.packed_conv's
-  shifted-view GEMMs, the default), ``im2col`` (materialised patch matrix and
-  one batched GEMM), ``grouped`` (one cuDNN convolution with P groups: what
-  the vmap formulation runs);
+  shifted-view GEMMs, the bmm formulation's), ``im2col`` (materialised patch
+  matrix and one batched GEMM), ``grouped`` (one cuDNN convolution with P
+  groups, with vmap's permutations into and out of the grouped layout),
+  ``nhwc`` (the same cuDNN convolution on the persistent ``(N, P*C, H, W)``
+  channels-last layout of the grouped formulation: no permutations) and
+  ``triton`` (core.packed_triton's fused kernel, ReLU included);
 * 4x4 stride-2 transposed convolutions (decoder d1..d4): ``window``
-  (shifted-view GEMMs), ``fold`` (GEMM into per-tap columns + col2im; the
-  default where channels shrink), ``grouped`` (cuDNN, P groups).
+  (shifted-view GEMMs), ``fold`` (GEMM into per-tap columns + col2im; bmm's
+  choice where channels shrink), ``grouped``, ``nhwc`` and ``triton``.
 
-Every variant is first checked against the grouped cuDNN result (the same
-function; the printed ``max |diff|`` is rounding), then timed. Activations
-and weights are random; only shapes matter. Times are medians of
-``--repeat`` runs after warm-up, with a device synchronisation around each.
+Every layer but d4 is followed by a ReLU in the study's networks, so every
+variant computes layer + ReLU (the triton kernels fuse it; the others run
+torch.relu after). Every variant is first checked against the grouped cuDNN
+result (the same function; the printed ``max |diff|`` is rounding), then
+timed. Activations and weights are random; only shapes matter. Times are
+medians of ``--repeat`` runs after warm-up, with a device synchronisation
+around each. A variant that cannot run here (triton on CPU) is reported in
+one line.
 
     python benchmarks/packed_layers.py --device cpu --pack 4 --batch 8 --repeat 3   # a CPU smoke run
     python benchmarks/packed_layers.py --device cuda --pack 512 --bf16              # the study's batch 64 on a GPU
@@ -36,17 +43,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from disentbench.core import packed_conv
+from disentbench.core import packed_conv, packed_grouped
 from disentbench.core.trainer import resolve_device
 
-#: (name, kind, C_in, C_out, input height) of the study architecture's strided layers (C = 1 images).
+#: (name, kind, C_in, C_out, input height, ReLU after) of the study architecture's strided layers (C = 1 images).
 LAYERS = [
-    ("e1", "conv", 1, 32, 64),
-    ("e2", "conv", 32, 32, 32),
-    ("d1", "deconv", 64, 64, 4),
-    ("d2", "deconv", 64, 32, 8),
-    ("d3", "deconv", 32, 32, 16),
-    ("d4", "deconv", 32, 1, 32),
+    ("e1", "conv", 1, 32, 64, True),
+    ("e2", "conv", 32, 32, 32, True),
+    ("d1", "deconv", 64, 64, 4, True),
+    ("d2", "deconv", 64, 32, 8, True),
+    ("d3", "deconv", 32, 32, 16, True),
+    ("d4", "deconv", 32, 1, 32, False),
 ]
 
 
@@ -74,14 +81,54 @@ def deconv_grouped(h, weight, bias):
     return out.view(n, p, -1, 2 * height, 2 * width).permute(1, 0, 3, 4, 2)
 
 
+class Nhwc:
+    """The grouped formulation's layer: input and output stay ``(N, P*C, H, W)`` channels-last.
+
+    ``setup`` converts the ``(P, N, H, W, C)`` input once, outside the timing;
+    ``common`` converts an output back for the comparison.
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    @staticmethod
+    def setup(h):
+        p, n, height, width, c = h.shape
+        return h.detach().permute(1, 0, 4, 2, 3).reshape(n, p * c, height, width).contiguous(
+            memory_format=torch.channels_last
+        ).requires_grad_(h.requires_grad)
+
+    def __call__(self, x, weight, bias):
+        if self.kind == "conv":
+            return packed_grouped._grouped_conv(x, weight, bias, stride=2, padding=1)
+        return packed_grouped._grouped_deconv(x, weight, bias)
+
+    @staticmethod
+    def common(out, p):
+        n, pc, height, width = out.shape
+        return out.view(n, p, pc // p, height, width).permute(1, 0, 3, 4, 2)
+
+
+def triton_layer(kind, relu):
+    from disentbench.core import packed_triton
+
+    fn = packed_triton.conv2d if kind == "conv" else packed_triton.conv_transpose2d
+    layer = lambda h, weight, bias: fn(h, weight, bias, 4, 2, 1, relu)  # noqa: E731
+    layer.fused_relu = True
+    layer.unavailable = lambda device: packed_triton.available(device)
+    return layer
+
+
 VARIANTS = {
-    "conv": {"implicit": packed_conv._conv4x4_s2, "im2col": conv_im2col, "grouped": conv_grouped},
-    "deconv": {
-        "window": packed_conv._deconv4x4_s2,
-        "fold": packed_conv._deconv4x4_s2_fold,
-        "grouped": deconv_grouped,
+    "conv": {
+        "implicit": packed_conv._conv4x4_s2, "im2col": conv_im2col, "grouped": conv_grouped,
+        "nhwc": Nhwc("conv"), "triton": "triton",
     },
-}
+    "deconv": {
+        "window": packed_conv._deconv4x4_s2, "fold": packed_conv._deconv4x4_s2_fold, "grouped": deconv_grouped,
+        "nhwc": Nhwc("deconv"), "triton": "triton",
+    },
+}  # fmt: skip
 
 
 def synchronize(device):
@@ -103,7 +150,7 @@ def timed(fn, device, repeat: int) -> float:
     return statistics.median(times)
 
 
-def measure(name, kind, c_in, c_out, size, args, device) -> list[dict]:
+def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
     generator = torch.Generator(device=device).manual_seed(0)
     p, n = args.pack, args.batch
     h = torch.randn(p, n, size, size, c_in, generator=generator, device=device)
@@ -113,21 +160,31 @@ def measure(name, kind, c_in, c_out, size, args, device) -> list[dict]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     with torch.no_grad(), autocast:
         reference = VARIANTS[kind]["grouped"](h, weight, bias).float()
+        reference = torch.relu(reference) if relu else reference
     rows = []
     for variant, layer in VARIANTS[kind].items():
-        inputs = h.clone().requires_grad_()
+        if layer == "triton":
+            layer = triton_layer(kind, relu)
+            reason = layer.unavailable(device)
+            if reason is not None:
+                print(f"{name:<3} {kind:<6} {variant:<9} not possible here: {reason}", flush=True)
+                continue
+        setup = getattr(layer, "setup", lambda t: t)
+        common = getattr(layer, "common", lambda out, p: out)
+        activation = torch.relu if relu and not getattr(layer, "fused_relu", False) else (lambda t: t)
+        inputs = setup(h.clone().requires_grad_())
 
         def forward():
             with torch.no_grad(), autocast:
-                return layer(inputs, weight, bias)
+                return activation(layer(inputs, weight, bias))
 
         def forward_backward():
             with autocast:
-                out = layer(inputs, weight, bias)
+                out = activation(layer(inputs, weight, bias))
             out.float().square().mean().backward()
 
         try:
-            difference = (forward().float() - reference).abs().max().item()
+            difference = (common(forward(), p).float() - reference).abs().max().item()
             row = {
                 "layer": name, "kind": kind, "variant": variant, "c_in": c_in, "c_out": c_out, "size": size,
                 "max_abs_diff_vs_grouped": difference,
@@ -138,7 +195,7 @@ def measure(name, kind, c_in, c_out, size, args, device) -> list[dict]:
             row = {"layer": name, "kind": kind, "variant": variant, "error": f"{type(exc).__name__}: {exc}"}
         rows.append(row)
         if "error" in row:
-            print(f"{name:<3} {variant:<9} FAILED: {row['error']}", flush=True)
+            print(f"{name:<3} {kind:<6} {variant:<9} FAILED: {row['error']}", flush=True)
         else:
             print(
                 f"{name:<3} {kind:<6} {c_in:>3}->{c_out:<3} {size:>3}px {variant:<9} "

@@ -319,7 +319,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compare-pack-sizes", default=None, help="pack sizes of the --compare rows, comma-separated"
     )
-    parser.add_argument("--profile", default=None, help="CUDA: write a kernel-time table of the largest bf16 pack here")
+    parser.add_argument("--profile", default=None, help="CUDA: write a kernel-time table of the fastest packed row here")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement")
     parser.add_argument("--no-graphs", action="store_true", help="CUDA: packed rows without CUDA graphs")
     parser.add_argument("--no-channels-last", action="store_true", help="CUDA: packed rows without channels-last")
@@ -433,6 +433,7 @@ def main(argv=None) -> int:
         try:
             rows.append(measure_packed(registration, data, args, device, pack, options, mode, iterations))
             row = rows[-1]
+            row["options"] = options
             print(
                 f"  {mode} [{row['formulation']}] x{pack}: {row['model_steps_per_s']:.1f} model-steps/s, "
                 f"{row['iteration_ms']:.2f} ms/iteration (per-run sampling alone {row['sampling_ms']:.2f} ms), "
@@ -494,14 +495,15 @@ def main(argv=None) -> int:
             print(f"choose_pack_size (fp32, 80% of free memory): {suggested}")
         except Exception as exc:  # noqa: BLE001 - report, do not lose the measurements
             print(f"choose_pack_size failed: {exc!r}")
-    if cuda and args.profile:
-        profile_pack(registration, data, args, device, bf16, max(args.bf16_pack_sizes or args.pack_sizes))
+    if cuda and args.profile and "options" in best:  # the fastest packed row's formulation and pack size
+        profile_pack(registration, data, args, device, best["options"], best["pack"])
     if skipped:
         print(f"skipped (time guard {TIME_GUARD_S:.0f} s): {', '.join(skipped)}")
     print(f"wall time {time.perf_counter() - began:.1f} s")
     if args.json:
         for row in rows:
             row.pop("final_totals", None)
+            row.pop("options", None)
         with open(args.json, "w") as handle:
             json.dump(
                 {
