@@ -23,7 +23,7 @@ x 2 FLOPs per MAC x 3 for forward + backward.
 
 Pack sizes default to 1, 8, 32, 128 (fp32) plus 128, 256 and 512 (bf16) on
 CUDA and to 1, 4 on CPU, in the main ``--formulation`` (default: the
-trainer's ``auto``, bmm on CUDA, vmap on CPU). ``--compare`` adds rows of
+trainer's ``auto``, bmm on CUDA, grouped on CPU). ``--compare`` adds rows of
 other formulations at ``--compare-pack-sizes`` (bf16 on CUDA; default: every
 other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile),
 and every formulation measured gets its own exactness check against
@@ -314,7 +314,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compare", default=None,
         help="other formulations to measure (bf16 on CUDA, fp32 elsewhere), comma-separated; NAME+compile adds "
-        "torch.compile (default on CUDA: every other formulation; on CPU: bmm,grouped)",
+        "torch.compile (default on CUDA: every other formulation; on CPU: vmap,bmm)",
     )
     parser.add_argument(
         "--compare-pack-sizes", default=None, help="pack sizes of the --compare rows, comma-separated"
@@ -336,9 +336,9 @@ def parse_args(argv=None):
     if args.bf16_pack_sizes is None:
         args.bf16_pack_sizes = ("32" if args.quick else "128,256,512") if cuda else ""
     if args.formulation == "auto":
-        args.formulation = "bmm" if cuda else "vmap"
+        args.formulation = "bmm" if cuda else "grouped"  # PackedTrainer's auto for the study models
     if args.compare is None:
-        args.compare = ",".join(f for f in FORMULATIONS if f not in ("auto", args.formulation)) if cuda else "bmm,grouped"
+        args.compare = ",".join(f for f in FORMULATIONS if f not in ("auto", args.formulation)) if cuda else "vmap,bmm"
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
     for entry in args.compare:
         if entry.removesuffix("+compile") not in FORMULATIONS[1:]:

@@ -99,8 +99,9 @@ class TrainingConfig(_Strict):
     formulation: Literal["auto", "vmap", "bmm", "grouped", "triton"] = Field(
         "auto",
         description="Packed training: how the conv encoder/decoder of a pack is computed (core/packed.py "
-        "SpeedOptions). auto: bmm (batched GEMMs) on CUDA, vmap (grouped convolutions under torch.func.vmap) "
-        "elsewhere; grouped: cuDNN grouped convolutions in one NHWC layout; triton: fused Triton kernels "
+        "SpeedOptions). auto: the fastest measured for the device (bmm on CUDA, grouped elsewhere) where the "
+        "model uses the study's conv architecture, else vmap; vmap: the model's own loss under torch.func.vmap; "
+        "bmm: batched GEMMs; grouped: grouped convolutions in one NHWC layout; triton: fused Triton kernels "
         "(CUDA). All compute the same function; benchmarks/train_throughput.py compares their speed.",
     )
     compile: bool = Field(
