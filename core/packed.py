@@ -33,14 +33,18 @@ hand-written grouped convolutions because
   ``torch.rand``, ``torch.randint``, ``*_like``);
 * the remaining per-op Python overhead disappears under CUDA graphs.
 
-On CUDA, cuDNN runs a grouped convolution with many groups (above all its
-backward) as one kernel per group, so for the study's own conv architecture
-the default ``"bmm"`` formulation (:mod:`disentbench.core.packed_conv`)
-computes the encoder and decoder of all runs as batched GEMMs and vmaps only
-the rest of the loss (sampling, reconstruction, KL, regulariser,
-discriminator). Measured on an H200 (benchmarks/README.md): 2,666
-model-steps/s for 512 beta-VAEs in bf16 (1,966 for 128 in fp32/TF32),
-11.4x the one-model loop.
+On CUDA, cuDNN runs vmap's grouped convolutions (above all their backward)
+as one kernel per group, so for the study's own conv architecture the
+*batched* formulations compute the encoder and decoder of all runs at once
+and vmap only the rest of the loss (sampling, reconstruction, KL,
+regulariser, discriminator): ``"bmm"`` as batched GEMMs
+(:mod:`disentbench.core.packed_conv`, the CUDA default), ``"grouped"`` as
+grouped convolutions in one NHWC layout (:mod:`disentbench.core.packed_grouped`,
+the CPU default) and ``"triton"`` as fused Triton kernels
+(:mod:`disentbench.core.packed_triton`, with a fused Adam). Measured on an
+H200 (benchmarks/README.md): 2,666 model-steps/s for 512 beta-VAEs in bf16
+with bmm (1,966 for 128 in fp32/TF32), 11.4x the one-model loop; grouped
+and triton are not yet measured on a GPU.
 
 Per-run hyperparameters. Config fields whose values differ inside a pack must
 be numbers; inside the vmapped call the model sees a copy of its config whose
@@ -354,6 +358,11 @@ class StackedAdam:
     A parameter whose gradient is None is skipped (no state change), as torch
     does; within one StackedAdam all parameters must get gradients together,
     so one step count per run suffices.
+
+    ``fused=True`` (the ``triton`` formulation) updates each stacked float32
+    parameter with one Triton kernel (:func:`disentbench.core.packed_triton.adam_step_`:
+    the same operations, reading and writing each tensor once) where the
+    kernels can run; otherwise the elementwise torch operations below.
     """
 
     def __init__(
@@ -368,6 +377,7 @@ class StackedAdam:
         exp_avgs: list[torch.Tensor] | None = None,
         exp_avg_sqs: list[torch.Tensor] | None = None,
         has_state: list[list[bool]] | None = None,
+        fused: bool = False,
     ):
         if not params:
             raise ValueError("StackedAdam needs at least one parameter")
@@ -384,6 +394,7 @@ class StackedAdam:
         self.exp_avg_sqs = exp_avg_sqs if exp_avg_sqs is not None else [torch.zeros_like(p) for p in self.params]
         #: has_state[j][i]: whether run i has Adam state for parameter j (torch creates it lazily).
         self.has_state = has_state if has_state is not None else [[False] * pack for _ in self.params]
+        self.fused = fused and _fused_adam_supported(self.params)
         self._derived()
 
     def _derived(self) -> None:
@@ -416,8 +427,19 @@ class StackedAdam:
         bias_correction2 = 1 - self.beta2.pow(self.steps)
         negative_step_size = (-(self.lr / bias_correction1)).to(self.params[0].dtype)
         bias_correction2_sqrt = bias_correction2.pow(0.5).to(self.params[0].dtype)
+        if self.fused:
+            from disentbench.core import packed_triton
+
+            scalars = torch.stack(
+                [self._one_minus_beta1, self._beta2, self._one_minus_beta2, self._eps,
+                 bias_correction2_sqrt, negative_step_size], dim=1,
+            )  # fmt: skip
         for j, (param, grad) in enumerate(zip(self.params, grads)):
             if grad is None:
+                continue
+            if self.fused and grad.is_contiguous():
+                packed_triton.adam_step_(param, grad, self.exp_avgs[j], self.exp_avg_sqs[j], scalars)
+                self.has_state[j][:] = [True] * len(self.has_state[j])
                 continue
             shape = lambda values: self._per_model(values, param)  # noqa: E731
             exp_avg, exp_avg_sq = self.exp_avgs[j], self.exp_avg_sqs[j]
@@ -441,6 +463,7 @@ class StackedAdam:
         new.exp_avgs = [torch.empty_like(p).copy_(t[index]) for p, t in zip(new.params, self.exp_avgs)]
         new.exp_avg_sqs = [torch.empty_like(p).copy_(t[index]) for p, t in zip(new.params, self.exp_avg_sqs)]
         new.has_state = [[row[i] for i in keep] for row in self.has_state]
+        new.fused = self.fused
         new._derived()
         return new
 
@@ -831,7 +854,7 @@ class PackedTrainer:
             steps.append(run_steps.pop() if run_steps else 0)
         return StackedAdam(
             params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, steps=steps,
-            exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, has_state=has_state,
+            exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, has_state=has_state, fused=self.formulation == "triton",
         )  # fmt: skip
 
     # -- exporting runs back to their solo trainers -----------------------------------
@@ -1272,6 +1295,15 @@ def _optimizer_layout(trainer: Trainer) -> list[tuple[str, list[list[str]]]]:
             groups.append([names[id(p)] for p in group["params"]])
         layout.append((term, groups))
     return layout
+
+
+def _fused_adam_supported(params: list[torch.Tensor]) -> bool:
+    """Whether the Triton Adam kernel can update every one of ``params``."""
+    try:
+        from disentbench.core import packed_triton
+    except ImportError:  # pragma: no cover - packed_triton itself imports without Triton
+        return False
+    return all(packed_triton.adam_supported(p) for p in params)
 
 
 def _adam_step_dtype() -> torch.dtype:

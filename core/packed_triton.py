@@ -51,6 +51,12 @@ Kernels (``M`` = output rows ``(n, y, x)`` of one model, tiles of
    programs of the first K block also sum the B tiles: the bias gradient.
 4. :func:`_colsum_kernel`: the bias gradient of a transposed convolution
    (per-channel sums of its masked output gradient), split over rows likewise.
+5. :func:`_adam_kernel` (:func:`adam_step_`): one Adam step of a stacked
+   float32 parameter, each model with its own lr, betas, eps and step count;
+   torch.optim.Adam's operations in its order, IEEE-rounded, reading and
+   writing each tensor once (torch's elementwise Adam makes about nine
+   passes). The packed trainer's ``StackedAdam`` uses it in the ``triton``
+   formulation.
 
 Every kernel can *mask* a gathered operand (kernel 3 either one) by a
 tensor of the operand's shape: an element is replaced by 0 where the mask is
@@ -427,6 +433,41 @@ if triton is not None:
         tl.store(out_ptr + (p * SPLITS + split) * O + rn, total, mask=n_ok)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, NUMEL, BLOCK: tl.constexpr):
+        """Kernel 5: one Adam step of every model's slice of one stacked float32 parameter.
+
+        ``s (P, 6)``: ``1 - beta1, beta2, 1 - beta2, eps, sqrt(bias_correction2),
+        -lr / bias_correction1`` per model. torch.optim.Adam's operations in its
+        order, IEEE-rounded (``sqrt_rn``, ``div_rn``), reading and writing each
+        tensor once. Grid: (cdiv(NUMEL, BLOCK), P), NUMEL = one model's elements.
+        """
+        model = tl.program_id(1).to(tl.int64)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < NUMEL
+        base = model * NUMEL
+        s = s_ptr + model * 6
+        one_minus_beta1 = tl.load(s)
+        beta2 = tl.load(s + 1)
+        one_minus_beta2 = tl.load(s + 2)
+        eps = tl.load(s + 3)
+        bias_correction2_sqrt = tl.load(s + 4)
+        negative_step_size = tl.load(s + 5)
+        g = tl.load(g_ptr + base + offs, mask=ok, other=0.0)
+        m = tl.load(m_ptr + base + offs, mask=ok, other=0.0)
+        v = tl.load(v_ptr + base + offs, mask=ok, other=0.0)
+        p = tl.load(p_ptr + base + offs, mask=ok, other=0.0)
+        m = m + one_minus_beta1 * (g - m)  # torch's lerp for weights below 0.5
+        v = v * beta2 + (g * one_minus_beta2) * g
+        denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
+        p = p + tl.div_rn(m * negative_step_size, denom)
+        tl.store(m_ptr + base + offs, m, mask=ok)
+        tl.store(v_ptr + base + offs, v, mask=ok)
+        tl.store(p_ptr + base + offs, p, mask=ok)
+
+
 def _interpreted() -> bool:
     return triton is not None and type(_conv_kernel).__name__ == "InterpretedFunction"
 
@@ -622,6 +663,39 @@ def _colsum_launch(g, mask, dtype):
 # =============================================================================
 # Fused layers
 # =============================================================================
+
+
+#: Elements of one model's slice per program of the Adam kernel.
+ADAM_BLOCK = 1024
+
+
+def adam_supported(param: torch.Tensor) -> bool:
+    """Whether :func:`adam_step_` can update ``param`` (float32, contiguous, on a device the kernels run on)."""
+    return param.dtype == torch.float32 and param.is_contiguous() and available(param.device) is None
+
+
+def adam_step_(
+    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, scalars: torch.Tensor
+) -> None:
+    """One fused Adam step, in place, of every model's slice of a stacked float32 parameter ``(P, ...)``.
+
+    ``scalars (P, 6)`` float32: ``1 - beta1, beta2, 1 - beta2, eps,
+    sqrt(1 - beta2**step), -lr / (1 - beta1**step)`` per model (as
+    :class:`~disentbench.core.packed.StackedAdam` computes them). One kernel
+    reads parameter, gradient and both moments once and writes parameter and
+    moments once, where torch's elementwise Adam makes about nine passes.
+    """
+    _require(param)
+    tensors = (param, grad, exp_avg, exp_avg_sq)
+    if any(t.dtype != torch.float32 or not t.is_contiguous() or t.shape != param.shape for t in tensors):
+        raise ValueError("adam_step_ needs contiguous float32 parameter, gradient and moments of one shape")
+    p = param.shape[0]
+    if scalars.shape != (p, 6) or scalars.dtype != torch.float32:
+        raise ValueError(f"scalars must be a ({p}, 6) float32 tensor; got {tuple(scalars.shape)} {scalars.dtype}")
+    numel = param[0].numel()
+    _adam_kernel[(triton.cdiv(numel, ADAM_BLOCK), p)](
+        param, grad, exp_avg, exp_avg_sq, scalars.contiguous(), numel, BLOCK=ADAM_BLOCK
+    )
 
 
 class _Conv2d(torch.autograd.Function):

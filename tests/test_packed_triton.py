@@ -43,7 +43,9 @@ def runnable():
 
 @pytest.fixture
 def large_blocks(monkeypatch):
-    monkeypatch.setattr(packed_triton, "TUNING", dict(INTERPRETER_BLOCKS))
+    """Interpreter-friendly blocks; on a GPU the default ones (those the trainer uses) are tested."""
+    if DEVICE.type == "cpu":
+        monkeypatch.setattr(packed_triton, "TUNING", dict(INTERPRETER_BLOCKS))
 
 
 def _assert_rel(actual, expected, tol, what=""):
@@ -232,7 +234,9 @@ def test_available_and_module_api(monkeypatch):
         PackedTrainer(models, data, [1, 2], steps=1, batch_size=8, device="cpu", speed=SpeedOptions(formulation="triton"))
     monkeypatch.undo()
     with pytest.raises(ValueError, match="kernel"):
-        packed_triton.conv2d(torch.zeros(1, 1, 8, 8, 1), torch.zeros(1, 2, 1, 2, 2), None, 4, 2, 1, True)
+        packed_triton.conv2d(
+            torch.zeros(1, 1, 8, 8, 1, device=DEVICE), torch.zeros(1, 2, 1, 2, 2, device=DEVICE), None, 4, 2, 1, True
+        )
 
 
 @pytest.mark.usefixtures("large_blocks")
@@ -290,3 +294,42 @@ def test_packed_trainer_with_triton_equals_one_by_one(name, large_blocks):
     for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
         assert _max_diff(solo, packed) <= 1e-5, f"run {i}"
         _assert_same_logs(solo_logs[i], logs[i])
+
+
+def test_fused_adam_equals_torch_adam_per_slice():
+    """StackedAdam(fused=True) (one Triton kernel per stacked parameter) equals torch.optim.Adam on each run's
+    slice: per-run lr, betas, eps and step counts (run 1 resumes from step 3), several kernel blocks."""
+    from disentbench.core.packed import StackedAdam
+
+    generator = torch.Generator().manual_seed(0)
+    settings = [dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8), dict(lr=3e-2, betas=(0.5, 0.9), eps=1e-6)]
+    shape = (3, packed_triton.ADAM_BLOCK // 2 + 5)  # 1,551 elements per model: two blocks, the second partial
+    solo = [torch.randn(shape, generator=generator).to(DEVICE).requires_grad_() for _ in settings]
+    optimizers = [torch.optim.Adam([p], **kw) for p, kw in zip(solo, settings)]
+    grad = lambda: torch.randn(shape, generator=generator).to(DEVICE) * 1e-3  # noqa: E731
+    for _ in range(3):  # run 1 has Adam state from three earlier steps
+        solo[1].grad = grad()
+        optimizers[1].step()
+    state = optimizers[1].state[solo[1]]
+    stacked = torch.stack([p.detach() for p in solo]).clone()
+    adam = StackedAdam(
+        [stacked], lr=[kw["lr"] for kw in settings], beta1=[kw["betas"][0] for kw in settings],
+        beta2=[kw["betas"][1] for kw in settings], eps=[kw["eps"] for kw in settings], steps=[0, 3],
+        exp_avgs=[torch.stack([torch.zeros(shape, device=DEVICE), state["exp_avg"]])],
+        exp_avg_sqs=[torch.stack([torch.zeros(shape, device=DEVICE), state["exp_avg_sq"]])], fused=True,
+    )  # fmt: skip
+    assert adam.fused
+    for _ in range(4):
+        grads = [grad() for _ in settings]
+        for p, g, opt in zip(solo, grads, optimizers):
+            p.grad = g
+            opt.step()
+        adam.step([torch.stack(grads)])
+    for i, p in enumerate(solo):
+        _assert_rel(stacked[i], p.detach(), 1e-6, f"run {i} parameters")
+        _assert_rel(adam.exp_avgs[0][i], optimizers[i].state[p]["exp_avg"], 1e-6, f"run {i} exp_avg")
+        _assert_rel(adam.exp_avg_sqs[0][i], optimizers[i].state[p]["exp_avg_sq"], 1e-6, f"run {i} exp_avg_sq")
+    assert adam.select([1], [stacked[1:].clone()]).fused
+    # where the kernel cannot run (float64 here), fused=True quietly means torch's elementwise operations
+    assert not StackedAdam([stacked.double()], lr=[1e-3] * 2, beta1=[0.9] * 2, beta2=[0.999] * 2, eps=[1e-8] * 2,
+                           fused=True).fused  # fmt: skip
