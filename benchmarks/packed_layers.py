@@ -28,6 +28,7 @@ one line.
 
     python benchmarks/packed_layers.py --device cpu --pack 4 --batch 8 --repeat 3   # a CPU smoke run
     python benchmarks/packed_layers.py --device cuda --pack 512 --bf16              # the study's batch 64 on a GPU
+    python benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --only triton --sweep 64:4:2,128:8:3
 
 Writes nothing unless ``--json PATH`` is given.
 """
@@ -162,13 +163,30 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
         reference = VARIANTS[kind]["grouped"](h, weight, bias).float()
         reference = torch.relu(reference) if relu else reference
     rows = []
+    variants = []
     for variant, layer in VARIANTS[kind].items():
-        if layer == "triton":
-            layer = triton_layer(kind, relu)
-            reason = layer.unavailable(device)
-            if reason is not None:
-                print(f"{name:<3} {kind:<6} {variant:<9} not possible here: {reason}", flush=True)
-                continue
+        if args.variants and variant not in args.variants:
+            continue
+        if layer != "triton":
+            variants.append((variant, layer, None))
+            continue
+        layer = triton_layer(kind, relu)
+        reason = layer.unavailable(device)
+        if reason is not None:
+            print(f"{name:<3} {kind:<6} {variant:<9} not possible here: {reason}", flush=True)
+            continue
+        variants.append((variant, layer, None))
+        for block_m, warps, stages in args.sweep:  # the same kernels with other block sizes / launch options
+            tuning = {"BLOCK_M": block_m, "num_warps": warps, "num_stages": stages}
+            variants.append((f"triton/{block_m}/{warps}/{stages}", layer, tuning))
+    for variant, layer, tuning in variants:
+        if tuning is not None:
+            from disentbench.core import packed_triton
+
+            for kernel_kind in ("conv", "conv_transpose"):
+                packed_triton.TUNING[kernel_kind] = dict(tuning)
+            for kernel_kind in ("wgrad", "colsum"):  # their BLOCK_M is the reduction step: keep it
+                packed_triton.TUNING[kernel_kind] = {k: v for k, v in tuning.items() if k != "BLOCK_M"}
         setup = getattr(layer, "setup", lambda t: t)
         common = getattr(layer, "common", lambda out, p: out)
         activation = torch.relu if relu and not getattr(layer, "fused_relu", False) else (lambda t: t)
@@ -193,6 +211,10 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
             }  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing variant must not hide the others
             row = {"layer": name, "kind": kind, "variant": variant, "error": f"{type(exc).__name__}: {exc}"}
+        if tuning is not None:
+            from disentbench.core import packed_triton
+
+            packed_triton.TUNING.clear()
         rows.append(row)
         if "error" in row:
             print(f"{name:<3} {kind:<6} {variant:<9} FAILED: {row['error']}", flush=True)
@@ -213,16 +235,32 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="batch per model (study: 64)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as training.bf16")
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--only", nargs="*", default=None, help="layer names, e.g. e2 d3")
+    parser.add_argument("--only", nargs="*", default=None, help="layer names (e.g. e2 d3) and/or variants (e.g. triton)")
+    parser.add_argument(
+        "--sweep", default="",
+        help="extra triton rows with other launch settings: BLOCK_M:num_warps:num_stages,... "
+        "(e.g. 64:4:2,128:8:3); the default rows use packed_triton's heuristic",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    try:
+        args.sweep = [tuple(int(v) for v in item.split(":")) for item in args.sweep.split(",") if item.strip()]
+        if any(len(item) != 3 for item in args.sweep):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--sweep: use BLOCK_M:num_warps:num_stages,...; got {args.sweep!r}")
+    only = set(args.only or ())
+    args.layers = only & {layer[0] for layer in LAYERS}
+    args.variants = only & {variant for variants in VARIANTS.values() for variant in variants}
+    if only - args.layers - args.variants:
+        parser.error(f"--only: unknown layer or variant {sorted(only - args.layers - args.variants)}")
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# packed_layers  {name}, torch {torch.__version__}, {args.pack} models x batch {args.batch}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}")  # fmt: skip
     rows = []
     for layer in LAYERS:
-        if args.only and layer[0] not in args.only:
+        if args.layers and layer[0] not in args.layers:
             continue
         rows += measure(*layer, args, device)
     if args.json:
