@@ -343,10 +343,28 @@ def _dense(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
+def _accessors(params: dict[str, torch.Tensor], prefix: str):
+    """``(weight(name), bias(name))`` lookups of one network's stacked parameters."""
+    return (lambda name: params[prefix + name + ".weight"]), (lambda name: params[prefix + name + ".bias"])
+
+
+def encoder_head(params: dict[str, torch.Tensor], h: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's dense layers: ``h (P, N, 1024)`` (the module's NCHW flatten order) -> ``(mean, logvar)``."""
+    w, b = _accessors(params, prefix)
+    h = torch.relu(_dense(h, w(_ENCODER_DENSE), b(_ENCODER_DENSE)))
+    return _dense(h, w("mean"), b("mean")), _dense(h, w("logvar"), b("logvar"))
+
+
+def decoder_head(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str) -> torch.Tensor:
+    """The decoder's dense layers: ``z (P, N, d)`` -> ``(P, N, 1024)``, the module's ``(64, 4, 4)`` NCHW features."""
+    w, b = _accessors(params, prefix)
+    h = torch.relu(_dense(z, w(_DECODER_DENSE[0]), b(_DECODER_DENSE[0])))
+    return torch.relu(_dense(h, w(_DECODER_DENSE[1]), b(_DECODER_DENSE[1])))
+
+
 def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "encoder.") -> tuple[torch.Tensor, torch.Tensor]:
     """``ConvEncoder`` of P stacked models: ``x (P, N, C, 64, 64) -> (mean, logvar)``, each ``(P, N, d)``."""
-    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
-    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    w, b = _accessors(params, prefix)
     p, n = x.shape[:2]
     h = x.permute(0, 1, 3, 4, 2)  # (P, N, H, W, C)
     if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
@@ -357,18 +375,14 @@ def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "enco
     h = torch.relu(_conv2x2_s2(h, w(_ENCODER_CONVS[2]), b(_ENCODER_CONVS[2])))
     h = torch.relu(_conv2x2_s2(h, w(_ENCODER_CONVS[3]), b(_ENCODER_CONVS[3])))
     h = h.permute(0, 1, 4, 2, 3).reshape(p, n, -1)  # flatten in the module's NCHW order
-    h = torch.relu(_dense(h, w(_ENCODER_DENSE), b(_ENCODER_DENSE)))
-    return _dense(h, w("mean"), b("mean")), _dense(h, w("logvar"), b("logvar"))
+    return encoder_head(params, h, prefix)
 
 
 def decode(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str = "decoder.") -> torch.Tensor:
     """``DeconvDecoder`` of P stacked models: ``z (P, N, d) -> logits (P, N, C, 64, 64)`` (a channels-last view)."""
-    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
-    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    w, b = _accessors(params, prefix)
     p, n = z.shape[:2]
-    h = torch.relu(_dense(z, w(_DECODER_DENSE[0]), b(_DECODER_DENSE[0])))
-    h = torch.relu(_dense(h, w(_DECODER_DENSE[1]), b(_DECODER_DENSE[1])))
-    h = h.view(p, n, 64, 4, 4).permute(0, 1, 3, 4, 2)  # the module's (64, 4, 4) NCHW meaning, as NHWC
+    h = decoder_head(params, z, prefix).view(p, n, 64, 4, 4).permute(0, 1, 3, 4, 2)  # the module's (64, 4, 4) NCHW meaning, as NHWC
     for k, name in enumerate(_DECODER_DECONVS):
         weight = w(name)
         deconv = _deconv4x4_s2_fold if weight.shape[2] < weight.shape[1] else _deconv4x4_s2

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from disentbench.core.packed_conv import _DECODER_DECONVS, _DECODER_DENSE, _ENCODER_CONVS, _ENCODER_DENSE, _dense
+from disentbench.core.packed_conv import _DECODER_DECONVS, _ENCODER_CONVS, _accessors, decoder_head, encoder_head
 
 #: (kernel size, stride, padding) of the encoder's convolutions, in order
 _ENCODER_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))
@@ -64,8 +64,7 @@ def _grouped_deconv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
 
 def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "encoder.") -> tuple[torch.Tensor, torch.Tensor]:
     """``ConvEncoder`` of P stacked models: ``x (P, N, C, 64, 64) -> (mean, logvar)``, each ``(P, N, d)``."""
-    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
-    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    w, b = _accessors(params, prefix)
     p, n, c, height, width = x.shape
     if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))  # the first conv would cast it anyway: half the bytes moved
@@ -73,19 +72,14 @@ def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "enco
     for name, (_, stride, padding) in zip(_ENCODER_CONVS, _ENCODER_GEOMETRY):
         h = torch.relu(_grouped_conv(h, w(name), b(name), stride, padding))
     # (N, P*64, 4, 4) -> (P, N, 64*4*4) in each module's NCHW flatten order
-    h = h.unflatten(1, (p, -1)).transpose(0, 1).flatten(2)
-    h = torch.relu(_dense(h, w(_ENCODER_DENSE), b(_ENCODER_DENSE)))
-    return _dense(h, w("mean"), b("mean")), _dense(h, w("logvar"), b("logvar"))
+    return encoder_head(params, h.unflatten(1, (p, -1)).transpose(0, 1).flatten(2), prefix)
 
 
 def decode(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str = "decoder.") -> torch.Tensor:
     """``DeconvDecoder`` of P stacked models: ``z (P, N, d) -> logits (P, N, C, 64, 64)`` (a view)."""
-    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
-    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    w, b = _accessors(params, prefix)
     p, n = z.shape[:2]
-    h = torch.relu(_dense(z, w(_DECODER_DENSE[0]), b(_DECODER_DENSE[0])))
-    h = torch.relu(_dense(h, w(_DECODER_DENSE[1]), b(_DECODER_DENSE[1])))
-    h = _nhwc(h.transpose(0, 1).reshape(n, p * 64, 4, 4))  # each model's (64, 4, 4) NCHW meaning
+    h = _nhwc(decoder_head(params, z, prefix).transpose(0, 1).reshape(n, p * 64, 4, 4))  # each model's (64, 4, 4) NCHW meaning
     for k, name in enumerate(_DECODER_DECONVS):
         h = _grouped_deconv(h, w(name), b(name))
         if k < len(_DECODER_DECONVS) - 1:

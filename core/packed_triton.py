@@ -127,11 +127,11 @@ import torch
 
 from disentbench.core.packed_conv import (
     _DECODER_DECONVS,
-    _DECODER_DENSE,
     _ENCODER_CONVS,
-    _ENCODER_DENSE,
+    _accessors,
     _compute_dtype,
-    _dense,
+    decoder_head,
+    encoder_head,
 )
 
 try:  # Triton is optional: without it only available() works
@@ -698,6 +698,14 @@ def adam_step_(
     )
 
 
+def _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype) -> None:
+    """What a fused layer's backward needs: input, weight, the output as the ReLU mask, geometry and dtypes."""
+    ctx.save_for_backward(h, weight, out if relu else None)
+    ctx.geometry = (kernel, stride, padding, relu, dtype)
+    ctx.has_bias = bias is not None
+    ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+
+
 class _Conv2d(torch.autograd.Function):
     """Conv (+ bias, + ReLU) of P models on NHWC tensors; weight (P, O, C, k, k). See the module docstring."""
 
@@ -706,10 +714,7 @@ class _Conv2d(torch.autograd.Function):
         p, o, c = weight.shape[:3]
         weight_k = weight.to(dtype).permute(0, 3, 4, 2, 1).reshape(p, kernel * kernel * c, o).contiguous()  # rows (kh, kw, c)
         out = _conv_launch(h, weight_k, bias, kernel, stride, padding, relu, None, dtype, dtype)
-        ctx.save_for_backward(h, weight, out if relu else None)
-        ctx.geometry = (kernel, stride, padding, relu, dtype)
-        ctx.has_bias = bias is not None
-        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
         return out
 
     @staticmethod
@@ -744,10 +749,7 @@ class _ConvTranspose2d(torch.autograd.Function):
         out_size = tuple((s - 1) * stride - 2 * padding + kernel for s in h.shape[2:4])
         weight_t = weight.to(dtype).permute(0, 3, 4, 1, 2).reshape(p, kernel * kernel * c, o).contiguous()  # rows (kh, kw, c)
         out = _conv_transpose_launch(h, weight_t, bias, kernel, stride, padding, relu, None, out_size, dtype, dtype)
-        ctx.save_for_backward(h, weight, out if relu else None)
-        ctx.geometry = (kernel, stride, padding, relu, dtype)
-        ctx.has_bias = bias is not None
-        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
         return out
 
     @staticmethod
@@ -804,25 +806,19 @@ def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "enco
 
     The first convolution reads ``x`` through its strides (no NHWC copy, no cast copy).
     """
-    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
-    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    w, b = _accessors(params, prefix)
     p, n = x.shape[:2]
     h = x.permute(0, 1, 3, 4, 2)  # (P, N, H, W, C) view
     for name, (kernel, stride, padding) in zip(_ENCODER_CONVS, _ENCODER_GEOMETRY):
         h = conv2d(h, w(name), b(name), kernel, stride, padding, relu=True)
-    h = h.permute(0, 1, 4, 2, 3).reshape(p, n, -1)  # flatten in the module's NCHW order
-    h = torch.relu(_dense(h, w(_ENCODER_DENSE), b(_ENCODER_DENSE)))
-    return _dense(h, w("mean"), b("mean")), _dense(h, w("logvar"), b("logvar"))
+    return encoder_head(params, h.permute(0, 1, 4, 2, 3).reshape(p, n, -1), prefix)  # the module's NCHW flatten
 
 
 def decode(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str = "decoder.") -> torch.Tensor:
     """``DeconvDecoder`` of P stacked models: ``z (P, N, d) -> logits (P, N, C, 64, 64)`` (a channels-last view)."""
-    w = lambda name: params[prefix + name + ".weight"]  # noqa: E731
-    b = lambda name: params[prefix + name + ".bias"]  # noqa: E731
+    w, b = _accessors(params, prefix)
     p, n = z.shape[:2]
-    h = torch.relu(_dense(z, w(_DECODER_DENSE[0]), b(_DECODER_DENSE[0])))
-    h = torch.relu(_dense(h, w(_DECODER_DENSE[1]), b(_DECODER_DENSE[1])))
-    h = h.view(p, n, 64, 4, 4).permute(0, 1, 3, 4, 2)  # the module's (64, 4, 4) NCHW meaning, read as NHWC
+    h = decoder_head(params, z, prefix).view(p, n, 64, 4, 4).permute(0, 1, 3, 4, 2)  # the module's (64, 4, 4) NCHW meaning, read as NHWC
     kernel, stride, padding = _DECODER_GEOMETRY
     last = len(_DECODER_DECONVS) - 1
     for k, name in enumerate(_DECODER_DECONVS):

@@ -30,3 +30,19 @@ def registry_with_model(name, config, factory, description="test model"):
             register(name, config=config, factory=factory, description=description)
 
     return build_registry(load_entry_points=False, extra_plugins=[Plugin])
+
+
+def recorded_ops():
+    """A TorchDispatchMode whose ``ops`` collects the name of every aten op run under it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    return Record()

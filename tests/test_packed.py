@@ -469,32 +469,28 @@ def test_packed_conv_reference_values_and_autocast():
         assert p.grad is not None and p.grad.dtype == torch.float32 and p.grad.shape == p.shape
 
 
-def test_bmm_encoder_decoder_make_no_host_to_device_copies():
+@pytest.mark.parametrize("backend", ["packed_conv", "packed_grouped"])
+def test_batched_encoder_decoder_make_no_host_to_device_copies(backend):
     """No tensor is created from host data (``aten.lift_fresh``: e.g. indexing with a Python list),
-    which CUDA graph capture forbids, in the forward or backward pass."""
-    from torch.func import stack_module_state
-    from torch.utils._python_dispatch import TorchDispatchMode
+    which CUDA graph capture forbids, in the forward or backward pass (bmm and grouped; the triton
+    layers: tests/test_packed_triton.py)."""
+    import importlib
 
-    from disentbench.core import packed_conv
+    from conftest import recorded_ops
+    from torch.func import stack_module_state
+
     from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
 
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.add(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
+    formulation = importlib.import_module(f"disentbench.core.{backend}")
 
     shape = (3, 64, 64)
     params = {f"encoder.{k}": v for k, v in stack_module_state([ConvEncoder(shape, 4) for _ in range(2)])[0].items()}
     params |= {f"decoder.{k}": v for k, v in stack_module_state([DeconvDecoder(4, shape) for _ in range(2)])[0].items()}
     x = torch.rand(2, 2, *shape)
-    with Record() as record:
-        mean, logvar = packed_conv.encode(params, x)
-        logits = packed_conv.decode(params, mean + logvar)
+    with recorded_ops() as record:
+        mean, logvar = formulation.encode(params, x)
+        logits = formulation.decode(params, mean + logvar)
         logits.square().sum().backward()
-    assert "aten.bmm" in record.ops or "aten.baddbmm" in record.ops  # the mode saw the computation
+    assert "aten.baddbmm" in record.ops  # the mode saw the computation (the dense layers, at least)
     assert all(p.grad is not None for p in params.values())
     assert "aten.lift_fresh" not in record.ops, sorted(record.ops)

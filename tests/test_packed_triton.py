@@ -243,21 +243,12 @@ def test_available_and_module_api(monkeypatch):
 def test_layers_make_no_host_to_device_copies():
     """No tensor is created from host data (``aten.lift_fresh``), which CUDA graph capture forbids,
     in the torch code around the kernels, forward or backward."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.add(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
+    from conftest import recorded_ops
 
     generator = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE).requires_grad_()  # noqa: E731
     h, deconv_w, conv_w, bias = rand(2, 2, 4, 4, 16), rand(2, 16, 8, 4, 4), rand(2, 8, 8, 4, 4), rand(2, 8)
-    with Record() as record:
+    with recorded_ops() as record:
         out = packed_triton.conv_transpose2d(h, deconv_w, bias, 4, 2, 1, True)
         out = packed_triton.conv2d(out, conv_w, bias, 4, 2, 1, True)
         out.square().sum().backward()
