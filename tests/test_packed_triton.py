@@ -324,3 +324,28 @@ def test_fused_adam_equals_torch_adam_per_slice():
     # where the kernel cannot run (float64 here), fused=True quietly means torch's elementwise operations
     assert not StackedAdam([stacked.double()], lr=[1e-3] * 2, beta1=[0.9] * 2, beta2=[0.999] * 2, eps=[1e-8] * 2,
                            fused=True).fused  # fmt: skip
+
+
+def test_kernels_compile_for_h100_and_h200_without_a_gpu():
+    """Triton's GPU compiler (not the interpreter) accepts every kernel launch of a bf16 training step at the
+    study's shapes, with the trainer's block sizes, for sm_90, and within its shared memory
+    (benchmarks/triton_compile_check.py, in a process without TRITON_INTERPRET)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 3):
+        pytest.skip(f"the compile check needs Triton >= 3.3; found {triton.__version__}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_compile_check.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--arch", "90"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    import re
+
+    counts = re.search(r"(\d+) of (\d+) compiled", result.stdout)
+    # every distinct launch (forward, input and weight gradients of 8 layers, bias sums, Adam) compiled
+    assert counts and counts[1] == counts[2] and int(counts[2]) >= 20, result.stdout[-2000:]

@@ -1,0 +1,136 @@
+"""Compile every Triton kernel launch of a packed training step for a GPU architecture, without a GPU.
+
+``core/packed_triton.py``'s tests run the kernels in Triton's CPU interpreter,
+which checks what they compute but not that Triton's GPU compiler accepts
+them. This check records the launches of one study-shaped training step
+(encoder and decoder forward and backward at 64x64, batch 64, for 1- and
+3-channel images, fp32 and bf16 autocast, plus the fused Adam) without running
+them, then compiles each distinct one ahead of time to a cubin for
+``--arch`` (default 90: H100/H200) with the installed Triton's own compiler
+and ptxas, and prints its shared-memory use. A kernel that does not compile,
+or needs more shared memory than the architecture has, is a failure (exit 1).
+
+    python benchmarks/triton_compile_check.py              # every launch, sm_90 (about a minute on 2 cores)
+    python benchmarks/triton_compile_check.py --quick      # bf16, 1 channel: the study's training mode
+    python benchmarks/triton_compile_check.py --arch 80    # A100
+
+Checked with Triton 3.3.1, 3.6.0 and 3.9.0 for sm_90 (all 67 launches compile,
+at most 98 KiB of shared memory); it needs Triton >= 3.3 (its ASTSource API).
+
+Must run without ``TRITON_INTERPRET=1`` (the interpreter's kernels cannot be
+compiled); it sets nothing on a GPU and launches nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+#: Shared memory per block (bytes) by compute capability (opt-in maximum).
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
+
+
+def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict:
+    """The distinct kernel launches of one training step at the study's shapes: key -> (kernel, signature, constexprs, options)."""
+    import torch
+    from torch.func import stack_module_state
+
+    from disentbench.core import packed_triton as pt
+    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+
+    launches: dict = {}
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                signature, constexprs = {}, {}
+                for name, value in zip(self.kernel.arg_names, args):
+                    if isinstance(value, torch.Tensor):
+                        signature[name] = "*" + {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64"}[value.dtype]
+                    else:
+                        signature[name] = "i64" if abs(int(value)) >= 2**31 else "i32"
+                options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+                for name, value in kwargs.items():
+                    signature[name] = "constexpr"
+                    constexprs[name] = value
+                key = (self.kernel.__name__, repr(sorted(constexprs.items())), repr(sorted(signature.items())), repr(options))
+                launches[key] = (self.kernel, signature, constexprs, options)
+
+            return launch
+
+    kernels = ("_conv_kernel", "_conv_transpose_kernel", "_wgrad_kernel", "_colsum_kernel", "_adam_kernel")
+    saved = {name: getattr(pt, name) for name in kernels}
+    saved_available = pt.available
+    try:
+        for name in kernels:
+            setattr(pt, name, Recorder(saved[name]))
+        pt.available = lambda device=None: None  # record on CPU tensors: nothing is launched
+        for c in channels:
+            shape = (c, 64, 64)
+            params = {f"encoder.{k}": v for k, v in stack_module_state([ConvEncoder(shape, 10) for _ in range(2)])[0].items()}
+            params |= {f"decoder.{k}": v for k, v in stack_module_state([DeconvDecoder(10, shape) for _ in range(2)])[0].items()}
+            params = {k: v.detach().requires_grad_() for k, v in params.items()}
+            x = torch.rand(2, 64, *shape)
+            for bf16 in dtypes:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    mean, logvar = pt.encode(params, x)
+                    logits = pt.decode(params, mean + logvar)
+                (logits.float().sum() + mean.float().sum()).backward()
+        p = params["decoder.dense.0.weight"]
+        pt.adam_step_(p.detach(), p.grad, torch.zeros_like(p), torch.zeros_like(p), torch.zeros(2, 6))
+    finally:
+        for name in kernels:
+            setattr(pt, name, saved[name])
+        pt.available = saved_available
+    return launches
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200, 80: A100)")
+    parser.add_argument("--quick", action="store_true", help="bf16 and 1 channel only (the study's training mode)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("error: unset TRITON_INTERPRET (the interpreter's kernels cannot be compiled)", file=sys.stderr)
+        return 2
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:
+        print(f"error: Triton is not installed ({exc}); pip install triton", file=sys.stderr)
+        return 2
+    import inspect
+
+    if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
+        print(f"error: this check needs Triton >= 3.3 (its ASTSource API); found {triton.__version__}", file=sys.stderr)
+        return 2
+    launches = record_launches((1,) if args.quick else (1, 3), (True,) if args.quick else (False, True))
+    target = GPUTarget("cuda", args.arch, 32)
+    limit = SHARED_LIMIT.get(args.arch)
+    print(f"# triton {triton.__version__}, sm_{args.arch}: {len(launches)} distinct launches")
+    failures = 0
+    started = time.perf_counter()
+    for (name, *_), (kernel, signature, constexprs, options) in sorted(launches.items(), key=lambda item: item[0]):
+        shown = {k: v for k, v in constexprs.items() if k in ("C", "O", "KH", "S", "HAS_MASK", "RELU", "BLOCK_M", "BLOCK_N", "BLOCK_K")}
+        dtype = str(constexprs.get("IN_T", "fp32")).replace("triton.language.", "")
+        try:
+            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target, options=options)
+            shared = compiled.metadata.shared
+            status = "ok" if limit is None or shared <= limit else "FAIL"
+            failures += status == "FAIL"
+            print(f"{status:<4} {name:<24} {dtype:<9} shared {shared:>7,} B  {shown}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - report every kernel
+            failures += 1
+            print(f"FAIL {name:<24} {dtype:<9} {type(exc).__name__}: {str(exc).strip()[:400]}  {shown}", flush=True)
+    print(f"{len(launches) - failures} of {len(launches)} compiled in {time.perf_counter() - started:.0f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
