@@ -7,8 +7,10 @@ them. This check records the launches of one study-shaped training step
 3-channel images, fp32 and bf16 autocast, plus the fused Adam) without running
 them, then compiles each distinct one ahead of time to a cubin for
 ``--arch`` (default 90: H100/H200) with the installed Triton's own compiler
-and ptxas, and prints its shared-memory use. A kernel that does not compile,
-or needs more shared memory than the architecture has, is a failure (exit 1).
+and ptxas, and prints its shared-memory use and (with the cuobjdump Triton
+ships) its registers per thread and stack bytes (spills). A kernel that does
+not compile, or needs more shared memory than the architecture has, is a
+failure (exit 1).
 
     python benchmarks/triton_compile_check.py              # every launch, sm_90 (about a minute on 2 cores)
     python benchmarks/triton_compile_check.py --quick      # bf16, 1 channel: the study's training mode
@@ -90,10 +92,27 @@ def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict
     return launches
 
 
+def resource_usage(cubin: bytes, cuobjdump: str | None) -> str:
+    """``regs N, spills N B`` of a cubin from the cuobjdump that ships with Triton (empty if there is none)."""
+    import re
+    import subprocess
+    import tempfile
+
+    if cuobjdump is None:
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        out = subprocess.run([cuobjdump, "-res-usage", handle.name], capture_output=True, text=True).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"regs {usage[1]:>3}, stack {usage[2]:>3} B" if usage else ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200, 80: A100)")
     parser.add_argument("--quick", action="store_true", help="bf16 and 1 channel only (the study's training mode)")
+    parser.add_argument("--tf32", action="store_true", help="fp32 launches with TF32 dots (else IEEE fp32)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("error: unset TRITON_INTERPRET (the interpreter's kernels cannot be compiled)", file=sys.stderr)
@@ -110,6 +129,12 @@ def main(argv=None) -> int:
     if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
         print(f"error: this check needs Triton >= 3.3 (its ASTSource API); found {triton.__version__}", file=sys.stderr)
         return 2
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    cuobjdump = tools if os.access(tools, os.X_OK) else None
+    if args.tf32:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 launches as with --tf32 in train_throughput.py
     launches = record_launches((1,) if args.quick else (1, 3), (True,) if args.quick else (False, True))
     target = GPUTarget("cuda", args.arch, 32)
     limit = SHARED_LIMIT.get(args.arch)
@@ -124,7 +149,8 @@ def main(argv=None) -> int:
             shared = compiled.metadata.shared
             status = "ok" if limit is None or shared <= limit else "FAIL"
             failures += status == "FAIL"
-            print(f"{status:<4} {name:<24} {dtype:<9} shared {shared:>7,} B  {shown}", flush=True)
+            usage = resource_usage(compiled.asm["cubin"], cuobjdump)
+            print(f"{status:<4} {name:<24} {dtype:<9} shared {shared:>7,} B  {usage}  {shown}", flush=True)
         except Exception as exc:  # noqa: BLE001 - report every kernel
             failures += 1
             print(f"FAIL {name:<24} {dtype:<9} {type(exc).__name__}: {str(exc).strip()[:400]}  {shown}", flush=True)

@@ -101,7 +101,11 @@ Block sizes (:func:`_config`; override any of them through :data:`TUNING`):
 at most 128 (so a program computes all channels of its rows and each input
 tile is read by one program); ``BLOCK_K`` = 32 where 32 divides the gathered
 channels (chunks aligned with kernel taps), else 16; ``BLOCK_M`` = 128 when a
-model has at least 8192 output rows (per phase for kernel 2), else 64; weight gradients reduce chunks
+model has at least 8192 output rows (per phase for kernel 2) and the gathered
+operand is not masked, else 64 (compiled for sm_90, the masked 128-row input
+gradients of the 32-channel layers need 249-255 registers per thread in bf16
+and spill 64-80 bytes in TF32; ``benchmarks/triton_compile_check.py`` prints
+registers and spills); weight gradients reduce chunks
 of ``ROWS`` = 4096 rows (``BLOCK_M`` 64 per step, ``BLOCK_K`` as above,
 ``BLOCK_N`` as above but at most 64); 4 warps. float64 uses 32 x 16 tiles.
 These are a starting point for a GPU sweep, not measured choices.
@@ -505,11 +509,13 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
-def _config(kind: str, c: int, o: int, kernel: int, stride: int, rows: int, dtype: torch.dtype) -> dict:
+def _config(
+    kind: str, c: int, o: int, kernel: int, stride: int, rows: int, dtype: torch.dtype, masked: bool = False
+) -> dict:
     """Block sizes and launch options of one launch (see the module docstring); :data:`TUNING` overrides."""
     cap_n = 64 if kind == "wgrad" else 128
     cfg = {
-        "BLOCK_M": 64 if kind == "wgrad" or rows < 8192 else 128,
+        "BLOCK_M": 64 if kind == "wgrad" or rows < 8192 or masked else 128,
         "BLOCK_N": min(max(16, _next_pow2(o)), cap_n),
         "BLOCK_K": 32 if c % 32 == 0 else 16,
         "ROWS": 4096,
@@ -517,6 +523,8 @@ def _config(kind: str, c: int, o: int, kernel: int, stride: int, rows: int, dtyp
     }
     if dtype == torch.float64:  # broadcast multiply-and-sum: keep the (M, K, N) product small
         cfg.update(BLOCK_M=32, BLOCK_K=16)
+    elif kind == "wgrad" and dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        cfg.update(BLOCK_M=32)  # IEEE fp32 dots run on FMA units: 64-row tiles spill (sm_90, up to 608 B)
     cfg.update(TUNING.get(kind, {}))
     cfg.update(TUNING.get((kind, c, o, kernel, stride), {}))
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
@@ -576,7 +584,7 @@ def _conv_launch(x, weight_k, bias, kernel, stride, padding, relu, mask, out_dty
     m_t = mask if mask is not None else x
     _check_offsets(x, m_t, out)
     rows = n * oh * ow
-    cfg = _config("conv", c, o, kernel, stride, rows, dtype)
+    cfg = _config("conv", c, o, kernel, stride, rows, dtype, masked=mask is not None)
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(o, cfg["BLOCK_N"]), p)
     _conv_kernel[grid](
         x, m_t, weight_k, bias if bias is not None else weight_k, out, rows,
@@ -601,7 +609,7 @@ def _conv_transpose_launch(x, weight_t, bias, kernel, stride, padding, relu, mas
     m_t = mask if mask is not None else x
     _check_offsets(x, m_t, out)
     rows = n * (oh // stride) * (ow // stride)
-    cfg = _config("conv_transpose", c, o, kernel, stride, rows, dtype)
+    cfg = _config("conv_transpose", c, o, kernel, stride, rows, dtype, masked=mask is not None)
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), stride * stride * triton.cdiv(o, cfg["BLOCK_N"]), p)
     _conv_transpose_kernel[grid](
         x, m_t, weight_t, bias if bias is not None else weight_t, out, rows,
