@@ -17,7 +17,7 @@ failure (exit 1).
     python benchmarks/triton_compile_check.py --arch 80    # A100
 
 Checked with Triton 3.3.1, 3.6.0 and 3.9.0 for sm_90 (all 67 launches compile,
-at most 98 KiB of shared memory); it needs Triton >= 3.3 (its ASTSource API).
+at most 81 KiB of shared memory); it needs Triton >= 3.3 (its ASTSource API).
 
 Must run without ``TRITON_INTERPRET=1`` (the interpreter's kernels cannot be
 compiled); it sets nothing on a GPU and launches nothing.
