@@ -153,7 +153,8 @@ class SpeedOptions:
     """Opt-in speed options. ``formulation`` and ``compile`` act on every device, the others on CUDA only.
 
     * ``channels_last``: stacked conv weights and the input batch are laid out so
-      that vmap's grouped convolutions see NHWC tensors (cuDNN's tensor-core layout).
+      that the grouped convolutions of ``vmap`` and ``grouped`` see NHWC tensors
+      (cuDNN's tensor-core layout) as views, with no per-step copies.
       Changes layouts only.
     * ``autocast_bf16``: the forward pass under ``torch.autocast(bfloat16)``;
       parameters, Adam state and the loss reductions stay fp32. Not exact: runs
@@ -603,8 +604,12 @@ class PackedTrainer:
 
     @property
     def _channels_last(self) -> bool:
-        """Channels-last stacked layouts serve vmap's grouped convolutions only."""
-        return self.speed.channels_last and self.formulation == "vmap"
+        """Channels-last stacked layouts serve the grouped convolutions (of vmap and of ``grouped``) only.
+
+        With them the stacked weights *are* channels-last grouped weights and
+        the batch *is* the grouped formulation's NHWC image batch, as views.
+        """
+        return self.speed.channels_last and self.formulation in ("vmap", "grouped")
 
     # -- set-up -------------------------------------------------------------------
     def _record_dry_run(self) -> None:

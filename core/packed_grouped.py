@@ -10,7 +10,10 @@ layout), and every convolution is one ``groups=P`` convolution on it:
   convolutions) are *views* as the grouped weight ``(P*O, C, k, k)``
   (``(P*C, O, k, k)``), biases ``(P, O)`` as ``(P*O,)``, so the parameters,
   checkpoints and Adam state are the same tensors as in the other
-  formulations;
+  formulations. With ``channels_last`` (on by default on CUDA) the packed
+  trainer stores the stacked weights so that these views are channels-last
+  and the batch so that the grouped image batch is a view too; otherwise
+  :func:`_nhwc` copies them;
 * the activations stay in that layout from the first convolution to the
   last, with no per-layer permutation (vmap's batching rule for a
   convolution moves the model dimension into the channels and back at every

@@ -494,3 +494,34 @@ def test_batched_encoder_decoder_make_no_host_to_device_copies(backend):
     assert "aten.baddbmm" in record.ops  # the mode saw the computation (the dense layers, at least)
     assert all(p.grad is not None for p in params.values())
     assert "aten.lift_fresh" not in record.ops, sorted(record.ops)
+
+
+def test_grouped_channels_last_layouts_are_views_of_its_grouped_operands():
+    """With channels_last (a CUDA option, forced here on CPU) the grouped formulation's stacked weights and
+    batch are stored so that its grouped weights and NHWC image batch are views, and training is unchanged."""
+    from disentbench.core import packed_grouped
+
+    data = Squares()
+    factory, configs = _configs("beta_vae", adam_eps=1e-3)
+    seeds = [81, 82]
+    plain = _build(factory, configs[:2], seeds, data)
+    _packed(plain, data, seeds, formulation="grouped")
+
+    def channels_last_trainer(models):
+        trainer = PackedTrainer(models, data, seeds, steps=STEPS, batch_size=BATCH, device=CPU, log_every=LOG_EVERY,
+                                speed=SpeedOptions(formulation="grouped"))  # fmt: skip
+        trainer.speed = SpeedOptions(formulation="grouped", channels_last=True)  # bypass .on(cpu), which drops it
+        return trainer
+
+    probe = channels_last_trainer(_build(factory, configs[:2], seeds, data))
+    probe._start()
+    grouped = probe._pack.params["model.encoder.convs.2.weight"].flatten(0, 1)
+    assert grouped.is_contiguous(memory_format=torch.channels_last)
+    assert packed_grouped._nhwc(grouped).data_ptr() == grouped.data_ptr()  # no copy
+    x, _ = probe._sample_inputs()
+    images = x.transpose(0, 1).reshape(BATCH, -1, 64, 64)
+    assert images.is_contiguous(memory_format=torch.channels_last) and images.data_ptr() == x.data_ptr()
+    nhwc = _build(factory, configs[:2], seeds, data)
+    channels_last_trainer(nhwc).train()
+    for a, b in zip(plain, nhwc):
+        assert _max_diff(a, b) <= 1e-5
