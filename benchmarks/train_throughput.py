@@ -371,7 +371,16 @@ def main(argv=None) -> int:
 
     device_name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
     print(f"# train_throughput  {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
-    print(f"device: {device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    print(
+        f"device: {device} ({device_name}), torch {torch.__version__}, triton {triton_version}, "
+        f"threads {torch.get_num_threads()}"
+    )
     if cuda:
         tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         print(f"cudnn.allow_tf32={tf32[0]} matmul.allow_tf32={tf32[1]}")
@@ -508,6 +517,7 @@ def main(argv=None) -> int:
             json.dump(
                 {
                     "device": str(device), "device_name": device_name, "torch": torch.__version__,
+                    "triton": triton_version,
                     "model": args.model, "batch_size": args.batch_size, "gflop_per_model_step": flops / 1e9,
                     "exactness_max_param_diff": exactness,  # per formulation
                     "rows": rows, "best_model_steps_per_s": best["model_steps_per_s"], "study_days": days,
