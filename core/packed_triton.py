@@ -706,6 +706,20 @@ def adam_step_(
     )
 
 
+def _tap_rows(weight: torch.Tensor, dtype: torch.dtype, rows_dim: int) -> torch.Tensor:
+    """A stacked ``(P, A, B, k, k)`` kernel as ``(P, k*k*D, E)`` in ``dtype``: rows ``(kh, kw, d)`` over dim ``rows_dim``
+    (1 or 2) of the kernel, columns over the other one (a small contiguous copy per call)."""
+    p, k = weight.shape[0], weight.shape[3]
+    order = (0, 3, 4, 2, 1) if rows_dim == 2 else (0, 3, 4, 1, 2)
+    return weight.to(dtype).permute(order).reshape(p, k * k * weight.shape[rows_dim], -1).contiguous()
+
+
+def _recall(ctx):
+    """What :func:`_remember` kept: ``(h, weight, out, (kernel, stride, padding, relu, dtype), (h, weight, bias dtypes))``."""
+    h, weight, out = ctx.saved_tensors
+    return h, weight, out, ctx.geometry, ctx.dtypes
+
+
 def _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype) -> None:
     """What a fused layer's backward needs: input, weight, the output as the ReLU mask, geometry and dtypes."""
     ctx.save_for_backward(h, weight, out if relu else None)
@@ -719,22 +733,19 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
-        p, o, c = weight.shape[:3]
-        weight_k = weight.to(dtype).permute(0, 3, 4, 2, 1).reshape(p, kernel * kernel * c, o).contiguous()  # rows (kh, kw, c)
+        weight_k = _tap_rows(weight, dtype, rows_dim=2)  # rows (kh, kw, c), columns o
         out = _conv_launch(h, weight_k, bias, kernel, stride, padding, relu, None, dtype, dtype)
         _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        h, weight, out = ctx.saved_tensors
-        kernel, stride, padding, relu, dtype = ctx.geometry
-        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        h, weight, out, (kernel, stride, padding, relu, dtype), (h_dtype, w_dtype, b_dtype) = _recall(ctx)
         p, o, c = weight.shape[:3]
         grad_h = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # the transposed conv of the masked gradient: rows (kh, kw, o), columns c
-            weight_t = weight.to(dtype).permute(0, 3, 4, 1, 2).reshape(p, kernel * kernel * o, c).contiguous()
+            weight_t = _tap_rows(weight, dtype, rows_dim=1)
             grad_h = _conv_transpose_launch(
                 grad, weight_t, None, kernel, stride, padding, False, out, h.shape[2:4], h_dtype, dtype
             )
@@ -753,23 +764,20 @@ class _ConvTranspose2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
-        p, c, o = weight.shape[:3]
         out_size = tuple((s - 1) * stride - 2 * padding + kernel for s in h.shape[2:4])
-        weight_t = weight.to(dtype).permute(0, 3, 4, 1, 2).reshape(p, kernel * kernel * c, o).contiguous()  # rows (kh, kw, c)
+        weight_t = _tap_rows(weight, dtype, rows_dim=1)  # rows (kh, kw, c_in), columns c_out
         out = _conv_transpose_launch(h, weight_t, bias, kernel, stride, padding, relu, None, out_size, dtype, dtype)
         _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        h, weight, out = ctx.saved_tensors
-        kernel, stride, padding, relu, dtype = ctx.geometry
-        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        h, weight, out, (kernel, stride, padding, relu, dtype), (h_dtype, w_dtype, b_dtype) = _recall(ctx)
         p, c, o = weight.shape[:3]
         grad_h = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # the conv of the masked gradient: rows (kh, kw, c_out), columns c_in
-            weight_k = weight.to(dtype).permute(0, 3, 4, 2, 1).reshape(p, kernel * kernel * o, c).contiguous()
+            weight_k = _tap_rows(weight, dtype, rows_dim=2)
             grad_h = _conv_launch(grad, weight_k, None, kernel, stride, padding, False, out, h_dtype, dtype)
         if ctx.needs_input_grad[1]:
             dw, _ = _wgrad_launch(grad, out, h, None, kernel, stride, padding, False, dtype)  # (P, (kh,kw,o), c)
