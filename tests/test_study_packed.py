@@ -236,6 +236,11 @@ def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monke
     assert "error: training.formulation:" in result.output and "'grouped'" in result.output
     assert not (tmp_path / "mlflow.db").exists()
     # the config accepts exactly the trainer's formulations, and passes them on
+    from typing import get_args
+
+    from disentbench.core.config import TrainingConfig
+
+    assert set(get_args(TrainingConfig.model_fields["formulation"].annotation)) == set(FORMULATIONS)
     for formulation in FORMULATIONS:
         raw["training"].update(formulation=formulation, compile=True)
         speed = _speed_options(load_study_config(raw, registry))
