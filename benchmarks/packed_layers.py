@@ -151,6 +151,46 @@ def timed(fn, device, repeat: int) -> float:
     return statistics.median(times)
 
 
+def sweep_tuning(setting: dict) -> dict:
+    """``packed_triton.TUNING`` for one sweep setting (BLOCK_M, num_warps, num_stages) applied to every layer.
+
+    The conv and transposed-conv kernels take all three; the weight- and
+    bias-gradient reductions keep their own BLOCK_M (their reduction step).
+    """
+    tuning = {kind: dict(setting) for kind in ("conv", "conv_transpose")}
+    tuning.update({kind: {k: v for k, v in setting.items() if k != "BLOCK_M"} for kind in ("wgrad", "colsum")})
+    return tuning
+
+
+def best_sweep_setting(rows: list[dict], margin: float = 0.03) -> tuple[dict, list[str]]:
+    """The sweep setting with the least forward+backward time summed over the layers, and a printed summary.
+
+    Only settings that ran on every layer the heuristic ran on compete. The
+    returned ``TUNING`` is empty (keep the heuristic) unless a setting beats
+    the heuristic's total by more than ``margin``.
+    """
+    totals: dict[str, list[float]] = {}
+    for row in rows:
+        if row["variant"].startswith("triton") and "error" not in row:
+            totals.setdefault(row["variant"], []).append(row["forward_backward_ms"])
+    if "triton" not in totals:
+        return {}, ["sweep: the heuristic's triton rows did not run; keeping its block sizes"]
+    layers = len(totals["triton"])
+    sums = {variant: sum(times) for variant, times in totals.items() if len(times) == layers}
+    default = sums["triton"]
+    lines = [
+        f"sweep: {variant:<18} fwd+bwd summed over {layers} layers {total:9.3f} ms ({total / default:.2f}x heuristic)"
+        for variant, total in sorted(sums.items(), key=lambda item: item[1])
+    ]
+    best = min(sums, key=sums.get)
+    if best == "triton" or sums[best] > (1 - margin) * default:
+        lines.append("sweep: keeping the heuristic's block sizes")
+        return {}, lines
+    block_m, warps, stages = (int(v) for v in best.split("/")[1:])
+    lines.append(f"sweep: best {best}, {default / sums[best]:.2f}x faster than the heuristic")
+    return sweep_tuning({"BLOCK_M": block_m, "num_warps": warps, "num_stages": stages}), lines
+
+
 def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
     generator = torch.Generator(device=device).manual_seed(0)
     p, n = args.pack, args.batch
@@ -183,10 +223,7 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
         if tuning is not None:
             from disentbench.core import packed_triton
 
-            for kernel_kind in ("conv", "conv_transpose"):
-                packed_triton.TUNING[kernel_kind] = dict(tuning)
-            for kernel_kind in ("wgrad", "colsum"):  # their BLOCK_M is the reduction step: keep it
-                packed_triton.TUNING[kernel_kind] = {k: v for k, v in tuning.items() if k != "BLOCK_M"}
+            packed_triton.TUNING.update(sweep_tuning(tuning))
         setup = getattr(layer, "setup", lambda t: t)
         common = getattr(layer, "common", lambda out, p: out)
         activation = torch.relu if relu and not getattr(layer, "fused_relu", False) else (lambda t: t)
@@ -242,6 +279,11 @@ def main(argv=None) -> int:
         "(e.g. 64:4:2,128:8:3); the default rows use packed_triton's heuristic",
     )
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--write-tuning", default=None,
+        help="with --sweep: write the fastest setting as packed_triton.TUNING JSON here ({} = keep the heuristic); "
+        "train_throughput.py --triton-tuning reads it",
+    )
     args = parser.parse_args(argv)
     try:
         args.sweep = [tuple(int(v) for v in item.split(":")) for item in args.sweep.split(",") if item.strip()]
@@ -263,9 +305,16 @@ def main(argv=None) -> int:
         if args.layers and layer[0] not in args.layers:
             continue
         rows += measure(*layer, args, device)
+    if args.sweep:
+        tuning, lines = best_sweep_setting(rows)
+        print("\n".join(lines))
+        if args.write_tuning:
+            with open(args.write_tuning, "w") as handle:
+                json.dump(tuning, handle, indent=2)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"device": name, "torch": torch.__version__, **vars(args), "rows": rows}, handle, indent=2)
+            settings = {**vars(args), "layers": sorted(args.layers), "variants": sorted(args.variants)}
+            json.dump({"device": name, "torch": torch.__version__, **settings, "rows": rows}, handle, indent=2)
     return 1 if any("error" in row for row in rows) else 0
 
 

@@ -295,6 +295,20 @@ def profile_pack(registration, data, args, device, speed: SpeedOptions, pack: in
         print(f"profiling failed: {exc!r}")
 
 
+def load_triton_tuning(path: str) -> dict:
+    """Read a ``packed_triton.TUNING`` JSON file (kernel kind -> launch settings) and apply it."""
+    from disentbench.core import packed_triton
+
+    with open(path) as handle:
+        tuning = json.load(handle)
+    kinds = {"conv", "conv_transpose", "wgrad", "colsum"}
+    if not isinstance(tuning, dict) or set(tuning) - kinds:
+        sys.exit(f"--triton-tuning {path}: expected a JSON object with keys among {sorted(kinds)}; got {tuning!r}")
+    packed_triton.TUNING.clear()
+    packed_triton.TUNING.update(tuning)
+    return tuning
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -326,6 +340,10 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile the main formulation's rows")
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 for fp32 matmuls too")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--triton-tuning", default=None,
+        help="JSON file of packed_triton.TUNING block-size overrides (packed_layers.py --write-tuning writes one)",
+    )
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -361,6 +379,7 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     if cuda and args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
+    tuning = load_triton_tuning(args.triton_tuning) if args.triton_tuning else {}
     registry = build_registry(load_entry_points=False)
     registration = registry.get("model", args.model)
     data = SyntheticSprites()
@@ -381,6 +400,8 @@ def main(argv=None) -> int:
         f"device: {device} ({device_name}), torch {torch.__version__}, triton {triton_version}, "
         f"threads {torch.get_num_threads()}"
     )
+    if args.triton_tuning:
+        print(f"triton block sizes: {json.dumps(tuning) if tuning else 'the heuristic'} (from {args.triton_tuning})")
     if cuda:
         tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         print(f"cudnn.allow_tf32={tf32[0]} matmul.allow_tf32={tf32[1]}")
@@ -517,7 +538,7 @@ def main(argv=None) -> int:
             json.dump(
                 {
                     "device": str(device), "device_name": device_name, "torch": torch.__version__,
-                    "triton": triton_version,
+                    "triton": triton_version, "triton_tuning": tuning,
                     "model": args.model, "batch_size": args.batch_size, "gflop_per_model_step": flops / 1e9,
                     "exactness_max_param_diff": exactness,  # per formulation
                     "rows": rows, "best_model_steps_per_s": best["model_steps_per_s"], "study_days": days,
