@@ -23,7 +23,8 @@ x 2 FLOPs per MAC x 3 for forward + backward.
 
 Pack sizes default to 1, 8, 32, 128 (fp32) plus 128, 256 and 512 (bf16) on
 CUDA and to 1, 4 on CPU, in the main ``--formulation`` (default: the
-trainer's ``auto``, bmm on CUDA, grouped on CPU). ``--compare`` adds rows of
+trainer's ``auto``: triton on CUDA where Triton is installed, else bmm;
+grouped on CPU). ``--compare`` adds rows of
 other formulations at ``--compare-pack-sizes`` (bf16 on CUDA; default: every
 other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile),
 and every formulation measured gets its own exactness check against
@@ -51,7 +52,14 @@ import torch
 from torch import nn
 
 from disentbench.core.data import GroundTruthData
-from disentbench.core.packed import FORMULATIONS, PackedTrainer, SpeedOptions, UnpackableModel, choose_pack_size
+from disentbench.core.packed import (
+    FORMULATIONS,
+    PackedTrainer,
+    SpeedOptions,
+    UnpackableModel,
+    auto_formulation,
+    choose_pack_size,
+)
 from disentbench.core.plugins import build_registry
 from disentbench.core.trainer import Trainer, build_model, resolve_device
 
@@ -354,7 +362,7 @@ def parse_args(argv=None):
     if args.bf16_pack_sizes is None:
         args.bf16_pack_sizes = ("32" if args.quick else "128,256,512") if cuda else ""
     if args.formulation == "auto":
-        args.formulation = "bmm" if cuda else "grouped"  # PackedTrainer's auto for the study models
+        args.formulation = auto_formulation(device)  # PackedTrainer's auto for the study models
     if args.compare is None:
         args.compare = ",".join(f for f in FORMULATIONS if f not in ("auto", args.formulation)) if cuda else "vmap,bmm"
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]

@@ -152,7 +152,8 @@ else:
 #: ``"conv_transpose"``, ``"wgrad"``, ``"colsum"``) or, more specific,
 #: ``(kind, gathered channels, output channels, kernel size, stride)``; values:
 #: dicts with any of ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``ROWS`` (wgrad/colsum
-#: rows per program), ``num_warps``, ``num_stages``. For ``conv`` (used by conv
+#: rows per program), ``PHASE_INNER`` (conv_transpose: 1 launches a row block's
+#: phases next to each other), ``num_warps``, ``num_stages``. For ``conv`` (used by conv
 #: forward and transposed-conv dgrad) and ``conv_transpose`` (transposed-conv
 #: forward and conv dgrad) the gathered channels are the kernel's input
 #: channels; for ``wgrad`` they are A's channels and the output channels B's.
@@ -272,18 +273,24 @@ if triton is not None:
         KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
         HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PHASE_INNER: tl.constexpr,
     ):  # fmt: skip
         """Kernel 2: transposed conv in gather form, one output phase per program.
 
         x (P,N,IH,IW,C) strided, w (P, KH*KW*C, O) rows (kh,kw,c), y (P,N,OH,OW,O)
         contiguous. Grid: (cdiv(MQ, BLOCK_M), S*S*cdiv(O, BLOCK_N), P) with
-        MQ = N*(OH/S)*(OW/S) rows per phase.
+        MQ = N*(OH/S)*(OW/S) rows per phase; with PHASE_INNER, (cdiv(MQ, BLOCK_M)*S*S*cdiv(O, BLOCK_N), 1, P),
+        the phases (and channel blocks) of one row block adjacent in launch order, so the input rows they
+        share are read while still in L2.
         """
-        pid_m = tl.program_id(0)
-        pid_1 = tl.program_id(1)
-        p = tl.program_id(2).to(tl.int64)
         NB_N = (O + BLOCK_N - 1) // BLOCK_N
+        if PHASE_INNER:
+            pid_m = tl.program_id(0) // (S * S * NB_N)
+            pid_1 = tl.program_id(0) % (S * S * NB_N)
+        else:
+            pid_m = tl.program_id(0)
+            pid_1 = tl.program_id(1)
+        p = tl.program_id(2).to(tl.int64)
         QH = OH // S
         QW = OW // S
         RW = KW // S
@@ -520,6 +527,7 @@ def _config(
         "BLOCK_K": 32 if c % 32 == 0 else 16,
         "ROWS": 4096,
         "num_warps": 4,
+        "PHASE_INNER": 0,
     }
     if dtype == torch.float64:  # broadcast multiply-and-sum: keep the (M, K, N) product small
         cfg.update(BLOCK_M=32, BLOCK_K=16)
@@ -610,13 +618,16 @@ def _conv_transpose_launch(x, weight_t, bias, kernel, stride, padding, relu, mas
     _check_offsets(x, m_t, out)
     rows = n * (oh // stride) * (ow // stride)
     cfg = _config("conv_transpose", c, o, kernel, stride, rows, dtype, masked=mask is not None)
-    grid = (triton.cdiv(rows, cfg["BLOCK_M"]), stride * stride * triton.cdiv(o, cfg["BLOCK_N"]), p)
+    phases = stride * stride * triton.cdiv(o, cfg["BLOCK_N"])
+    row_blocks = triton.cdiv(rows, cfg["BLOCK_M"])
+    grid = (row_blocks * phases, 1, p) if cfg["PHASE_INNER"] else (row_blocks, phases, p)
     _conv_transpose_kernel[grid](
         x, m_t, weight_t, bias if bias is not None else weight_t, out, rows,
         *x.stride(), *m_t.stride(),
         IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
         HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **_launch_options(cfg),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PHASE_INNER=bool(cfg["PHASE_INNER"]),
+        **_launch_options(cfg),
     )  # fmt: skip
     return out
 

@@ -414,6 +414,18 @@ def test_formulation_falls_back_to_vmap_where_bmm_cannot_compute_the_model():
         SpeedOptions(formulation="cudnn")
 
 
+def test_auto_formulation_takes_the_fastest_runnable_one(monkeypatch):
+    """auto: triton on CUDA (fastest measured), bmm there when Triton cannot run, grouped on CPU."""
+    from disentbench.core import packed_triton
+    from disentbench.core.packed import auto_formulation
+
+    monkeypatch.setattr(packed_triton, "available", lambda device=None: None)
+    assert auto_formulation(torch.device("cuda")) == "triton"
+    assert auto_formulation("cpu") == "grouped"  # the interpreter is a correctness tool, not a fast path
+    monkeypatch.setattr(packed_triton, "available", lambda device=None: "triton is not installed")
+    assert auto_formulation("cuda:0") == "bmm"
+
+
 @pytest.mark.parametrize("layer", ["conv", "deconv"])
 @pytest.mark.parametrize("size", [4, 8])
 def test_packed_conv_functions_pass_gradcheck(layer, size):
