@@ -5,7 +5,7 @@
 # tool's limit of 8 files. Each step has its own time limit, so one slow or failing step cannot take the others.
 #   1. a sweep of the Triton kernels' launch settings, kernel kind by kernel kind (bf16, 512 models, per layer);
 #      the settings that beat packed_triton's heuristic are combined and written as TUNING JSON
-#   2. whole training steps: the naive loop, triton (auto) in fp32/TF32 and bf16, bmm in bf16, each
+#   2. whole training steps: the naive loop, triton (auto) in fp32/TF32 and bf16 (128: the bf16 effect on losses), bmm in bf16, each
 #      formulation with its exactness check against one-by-one training, and a kernel profile of the fastest
 #   3. triton again with the sweep's combined setting (its exactness checked too)
 #   4. tests/test_packed_triton.py on the card (the kernels compiled by this machine's Triton vs torch)
@@ -33,7 +33,7 @@ timeout 200 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf
 [ -s "$out/triton_tuning.json" ] || echo '{}' > "$out/triton_tuning.json"
 
 step "2. train_throughput: naive, triton (auto), bmm" | tee -a "$log"
-timeout 110 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --pack-sizes 128 --bf16-pack-sizes 512 \
+timeout 110 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --pack-sizes 128 --bf16-pack-sizes 128,512 \
   --compare bmm --compare-pack-sizes 512 --seconds 2.5 \
   --json "$out/train_throughput.json" --profile "$out/profile.txt" 2>&1 | tee -a "$log"
 
