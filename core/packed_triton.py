@@ -99,8 +99,13 @@ fast). Gradients are returned in the dtypes of the inputs, weights and biases.
 Block sizes (:func:`_config`; override any of them through :data:`TUNING`):
 ``BLOCK_N`` = the output channels rounded up to a power of two, at least 16 and
 at most 128 (so a program computes all channels of its rows and each input
-tile is read by one program); ``BLOCK_K`` = 32 where 32 divides the gathered
-channels (chunks aligned with kernel taps), else 16; ``BLOCK_M`` = 128 when a
+tile is read by one program); ``BLOCK_K``, where the dots run on tensor
+cores (16-bit floats, or float32 with TF32 allowed), = 64 for convolutions
+and weight gradients and 128 for transposed convolutions (chunks spanning
+several kernel taps), at most the reduction length rounded up to a power of
+two (16 for a 1-channel input); for IEEE float32 (FMA dots, where such tiles
+spill up to 17 KiB per thread on sm_90) 32 where 32 divides the gathered
+channels (one-tap chunks), else 16; ``BLOCK_M`` = 128 when a
 model has at least 8192 output rows (per phase for kernel 2) and the gathered
 operand is not masked, else 64 (compiled for sm_90, the masked 128-row input
 gradients of the 32-channel layers need 249-255 registers per thread in bf16
@@ -108,7 +113,13 @@ and spill 64-80 bytes in TF32; ``benchmarks/triton_compile_check.py`` prints
 registers and spills); weight gradients reduce chunks
 of ``ROWS`` = 4096 rows (``BLOCK_M`` 64 per step, ``BLOCK_K`` as above,
 ``BLOCK_N`` as above but at most 64); 4 warps. float64 uses 32 x 16 tiles.
-These are a starting point for a GPU sweep, not measured choices.
+The ``BLOCK_K`` values are measured choices: an H200 sweep of launch settings
+(``benchmarks/packed_layers.py --sweep``, bf16, 512 models) found that only
+the reduction chunk mattered (warps, stages, ``BLOCK_M``, ``ROWS`` and the
+transposed conv's launch order moved the layers' time by 0-7%), and training
+with these chunks ran at 8,625 model-steps/s against 5,207 with the earlier
+one-tap chunks of 32 channels (``benchmarks/README.md``). The other sizes are
+the heuristic's.
 
 Launches depend only on shapes and dtypes (no autotuning, no host
 synchronisation, no index tensors), so the computation can be captured in a
@@ -512,6 +523,11 @@ def _require(t: torch.Tensor) -> None:
 # =============================================================================
 
 
+#: Reduction chunk per kernel kind (capped at the reduction length): the 2026-11-28 H200 sweep's choice
+#: (bf16, 512 models: 8,625 model-steps/s against 5,207 with one-tap chunks of 32 channels).
+_BLOCK_K = {"conv": 64, "conv_transpose": 128, "wgrad": 64}
+
+
 def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
@@ -521,6 +537,8 @@ def _config(
 ) -> dict:
     """Block sizes and launch options of one launch (see the module docstring); :data:`TUNING` overrides."""
     cap_n = 64 if kind == "wgrad" else 128
+    # reduction length of one output: every tap for conv and wgrad, one phase's taps for conv_transpose
+    reduction = (kernel // stride) ** 2 * c if kind == "conv_transpose" else kernel * kernel * c
     cfg = {
         "BLOCK_M": 64 if kind == "wgrad" or rows < 8192 or masked else 128,
         "BLOCK_N": min(max(16, _next_pow2(o)), cap_n),
@@ -529,6 +547,11 @@ def _config(
         "num_warps": 4,
         "PHASE_INNER": 0,
     }
+    tensor_cores = dtype in (torch.bfloat16, torch.float16) or (
+        dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    )
+    if tensor_cores:  # measured on an H200 (benchmarks/README.md): chunks spanning several taps are faster
+        cfg["BLOCK_K"] = min(_BLOCK_K.get(kind, 32), max(16, _next_pow2(reduction)))
     if dtype == torch.float64:  # broadcast multiply-and-sum: keep the (M, K, N) product small
         cfg.update(BLOCK_M=32, BLOCK_K=16)
     elif kind == "wgrad" and dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
