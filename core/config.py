@@ -99,15 +99,15 @@ class TrainingConfig(_Strict):
     formulation: Literal["auto", "vmap", "bmm", "grouped", "triton"] = Field(
         "auto",
         description="Packed training: how the conv encoder/decoder of a pack is computed (core/packed.py "
-        "SpeedOptions). auto: the fastest measured for the device (bmm on CUDA, grouped elsewhere) where the "
-        "model uses the study's conv architecture, else vmap; vmap: the model's own loss under torch.func.vmap; "
+        "SpeedOptions). auto: the fastest measured for the device (triton on CUDA, bmm there without Triton, grouped "
+        "elsewhere) where the model uses the study's conv architecture, else vmap; vmap: the model's own loss under torch.func.vmap; "
         "bmm: batched GEMMs; grouped: grouped convolutions in one NHWC layout; triton: fused Triton kernels "
         "(CUDA). All compute the same function; benchmarks/train_throughput.py compares their speed.",
     )
     compile: bool = Field(
         False,
         description="Packed training, experimental: torch.compile the pack's encoder/decoder (62 s to "
-        "compile on 2 CPU cores, per pack shape; not yet timed on a GPU; falls back to eager code with a warning if compilation fails).",
+        "compile on 2 CPU cores, per pack shape; not yet measured on a GPU; falls back to eager code with a warning if compilation fails).",
     )
 
     @field_validator("pack_size", mode="before")

@@ -38,13 +38,13 @@ as one kernel per group, so for the study's own conv architecture the
 *batched* formulations compute the encoder and decoder of all runs at once
 and vmap only the rest of the loss (sampling, reconstruction, KL,
 regulariser, discriminator): ``"bmm"`` as batched GEMMs
-(:mod:`disentbench.core.packed_conv`, the CUDA default), ``"grouped"`` as
-grouped convolutions in one NHWC layout (:mod:`disentbench.core.packed_grouped`,
-the CPU default) and ``"triton"`` as fused Triton kernels
-(:mod:`disentbench.core.packed_triton`, with a fused Adam). Measured on an
-H200 (benchmarks/README.md): 2,666 model-steps/s for 512 beta-VAEs in bf16
-with bmm (1,966 for 128 in fp32/TF32), 11.4x the one-model loop; grouped
-and triton are not yet measured on a GPU.
+(:mod:`disentbench.core.packed_conv`), ``"grouped"`` as grouped convolutions
+in one NHWC layout (:mod:`disentbench.core.packed_grouped`, the CPU default)
+and ``"triton"`` as fused Triton kernels (:mod:`disentbench.core.packed_triton`,
+with a fused Adam; the CUDA default). Measured on an H200
+(benchmarks/README.md): 8,625 model-steps/s for 512 beta-VAEs in bf16 with
+triton, 49.5x the one-model loop in the same run (4,339 for 128 in
+fp32/TF32); bmm 2,847 and grouped 2,055 in bf16.
 
 Per-run hyperparameters. Config fields whose values differ inside a pack must
 be numbers; inside the vmapped call the model sees a copy of its config whose
@@ -183,8 +183,8 @@ class SpeedOptions:
     Triton's CPU interpreter). ``"auto"`` (default) takes the fastest
     formulation measured on the device kind where the model allows a batched
     one (the study's conv architecture, reached through
-    ``encode``/``sample_latent``/``decode``): ``"bmm"`` on CUDA (H200),
-    ``"grouped"`` elsewhere (2 CPU cores, 4 models at batch 64: 8.2
+    ``encode``/``sample_latent``/``decode``): ``"triton"`` on CUDA (H200;
+    ``"bmm"`` where Triton is missing), ``"grouped"`` elsewhere (2 CPU cores, 4 models at batch 64: 8.2
     model-steps/s against vmap's 6.9 and bmm's ~3x slower), and ``"vmap"`` for
     any other model. ``"auto"`` changes only on a measurement.
     """
