@@ -42,11 +42,14 @@ def runnable():
 
 
 @pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
+def ieee_fp32():
     """fp32 references without TF32: cuDNN's convolutions use TF32 by default on a GPU, which is ~1e-3
-    relative, not the 1e-5 the kernels' IEEE fp32 path is held to (seen on an H200)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    relative, not the 1e-5 the kernels' IEEE fp32 path is held to (seen on an H200). Saved and restored by
+    hand: monkeypatch's undo deletes torch.backends.cuda.matmul.allow_tf32 in some pytest versions."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture
