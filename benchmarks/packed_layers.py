@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from disentbench.core import packed_conv, packed_grouped
+from disentbench.core.packed_triton import TUNING_KEYS, TUNING_KINDS
 from disentbench.core.trainer import resolve_device
 
 #: (name, kind, C_in, C_out, input height, ReLU after) of the study architecture's strided layers (C = 1 images).
@@ -154,8 +155,6 @@ def timed(fn, device, repeat: int) -> float:
     return statistics.median(times)
 
 
-KERNEL_KINDS = ("conv", "conv_transpose", "wgrad", "colsum")
-TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "num_warps", "num_stages")
 
 
 def parse_sweep_item(item: str) -> dict:
@@ -164,8 +163,8 @@ def parse_sweep_item(item: str) -> dict:
     for part in item.split("+"):
         target, _, value = part.partition("=")
         kind, _, key = target.partition(".")
-        if kind not in KERNEL_KINDS or key not in TUNING_KEYS or not value.lstrip("-").isdigit():
-            raise ValueError(f"{part!r}: use KIND.KEY=INT with KIND in {KERNEL_KINDS} and KEY in {TUNING_KEYS}")
+        if kind not in TUNING_KINDS or key not in TUNING_KEYS or not value.lstrip("-").isdigit():
+            raise ValueError(f"{part!r}: use KIND.KEY=INT with KIND in {TUNING_KINDS} and KEY in {TUNING_KEYS}")
         tuning.setdefault(kind, {})[key] = int(value)
     return tuning
 

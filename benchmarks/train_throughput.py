@@ -309,9 +309,10 @@ def load_triton_tuning(path: str) -> dict:
 
     with open(path) as handle:
         tuning = json.load(handle)
-    kinds = {"conv", "conv_transpose", "wgrad", "colsum"}
-    if not isinstance(tuning, dict) or set(tuning) - kinds:
-        sys.exit(f"--triton-tuning {path}: expected a JSON object with keys among {sorted(kinds)}; got {tuning!r}")
+    if not isinstance(tuning, dict) or set(tuning) - set(packed_triton.TUNING_KINDS):
+        sys.exit(
+            f"--triton-tuning {path}: expected a JSON object with keys among {packed_triton.TUNING_KINDS}; got {tuning!r}"
+        )
     packed_triton.TUNING.clear()
     packed_triton.TUNING.update(tuning)
     return tuning

@@ -171,6 +171,9 @@ else:
 #: forward and conv dgrad) the gathered channels are the kernel's input
 #: channels; for ``wgrad`` they are A's channels and the output channels B's.
 TUNING: dict = {}
+#: The kernel kinds and settings TUNING takes (benchmarks check their inputs against these).
+TUNING_KINDS = ("conv", "conv_transpose", "wgrad", "colsum")
+TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "num_warps", "num_stages")
 
 #: The study's encoder convolutions: (kernel size, stride, padding).
 _ENCODER_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))

@@ -202,16 +202,17 @@ def test_encode_decode_match_the_modules():
 
 @pytest.mark.usefixtures("large_blocks")
 def test_bf16_autocast_matches_the_modules_under_autocast():
-    """Under bf16 autocast the layers compute in bf16 (fp32 accumulation) and return fp32 parameter gradients,
-    as accurate as torch's own modules under the same autocast.
+    """Under bf16 autocast the layers compute in bf16 (fp32 accumulation) and return fp32 parameter gradients
+    close to the modules' fp32 ones.
 
     Outputs are compared with the modules under autocast and in fp32. For
     the gradients, bf16 itself moves some entries by tens of percent (ReLU
     masks flip where a bf16-rounded pre-activation changes sign; with
     cuDNN/cuBLAS on an H200 the largest entry's difference reached 39% of the
     largest entry in the dense layer's weight gradient), so each parameter's
-    gradient must be as close to the fp32 gradient, in norm, as torch's bf16
-    gradient is, within a factor of 2.
+    gradient is held, in norm, within 10% of the fp32 gradient through the
+    whole network; test_bf16_layer_is_as_accurate_as_torch compares each
+    layer's bf16 error with torch's own.
     """
     encoders, decoders, params, x, z = _stacked_modules(1)
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
@@ -229,15 +230,13 @@ def test_bf16_autocast_matches_the_modules_under_autocast():
         for name, ours, ref, ref_fp32 in zip(("mean", "logvar", "logits"), (mean, logvar, logits), solo, solo_fp32):
             _assert_rel(ours[i].float(), ref.float(), 0.05, name)
             _assert_rel(ours[i].float(), ref_fp32.detach(), 0.05, name + " (fp32)")
-        grads_bf16 = torch.autograd.grad(_objective(*solo), weights)
         grads_fp32 = torch.autograd.grad(_objective(*solo_fp32), weights)
-        for name, torch_bf16, fp32 in zip(names, grads_bf16, grads_fp32):
+        for name, fp32 in zip(names, grads_fp32):
             ours = params[name].grad[i]
             assert ours.dtype == torch.float32
             scale = fp32.norm().item()
-            # through the whole network: within 10% of fp32 in norm (2 CPU cores: at most 6.1%; torch's bf16 5.6%)
+            # within 10% of fp32 in norm (on CPU: at most 6.1% here, 5.6% for torch's own bf16 modules)
             assert (ours - fp32).norm().item() <= 0.1 * scale, name
-            assert (torch_bf16 - fp32).norm().item() <= 0.1 * scale, name  # the bound is bf16's, not ours alone
 
 
 @pytest.mark.usefixtures("large_blocks")
