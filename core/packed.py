@@ -111,6 +111,7 @@ unchanged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import math
 import time
@@ -125,6 +126,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from disentbench.core import fused_losses
 from disentbench.core.data import GroundTruthData
 from disentbench.core.model import Model
 from disentbench.core.trainer import NonFiniteLoss, Trainer, TrainResult
@@ -170,6 +172,11 @@ class SpeedOptions:
       timed on a GPU); under vmap the
       whole packed loss. Falls back to eager, with a warning, if compilation
       fails.
+    * ``fused_loss`` (default on; ``"triton"`` formulation only, every device
+      it runs on): the Bernoulli reconstruction loss of the model's own loss
+      code is computed by a Triton kernel pair, one pass forward and one
+      backward, instead of torch's elementwise composite and autocast's
+      casts (:mod:`disentbench.core.fused_losses`). Equal to float32 rounding.
 
     ``formulation`` (every device) says how the encoder and decoder of the pack
     are computed: ``"vmap"`` runs each model's whole loss under
@@ -195,6 +202,7 @@ class SpeedOptions:
     compile: bool = False
     graph_warmup_steps: int = 3
     formulation: str = "auto"
+    fused_loss: bool = True
 
     def __post_init__(self):
         if self.formulation not in FORMULATIONS:
@@ -204,7 +212,10 @@ class SpeedOptions:
         """The options that take effect on ``device`` (only ``formulation`` and ``compile`` off CUDA)."""
         if torch.device(device).type == "cuda":
             return self
-        return SpeedOptions(graph_warmup_steps=self.graph_warmup_steps, formulation=self.formulation, compile=self.compile)
+        return SpeedOptions(
+            graph_warmup_steps=self.graph_warmup_steps, formulation=self.formulation, compile=self.compile,
+            fused_loss=self.fused_loss,
+        )  # fmt: skip
 
     @classmethod
     def fastest(cls) -> "SpeedOptions":
@@ -983,7 +994,7 @@ class PackedTrainer:
             if self.speed.autocast_bf16
             else contextlib.nullcontext()
         )
-        with autocast:
+        with autocast, fused_losses.enabled(self.formulation == "triton" and self.speed.fused_loss):
             terms = self._loss_fn(pack.params, pack.buffers, x, pack.step_tensor, pack.hyper, draws)
         last = len(pack.groups) - 1
         all_grads = []
@@ -1052,10 +1063,7 @@ class PackedTrainer:
                 self._compute(pack.x, pack.draws)  # captured, not executed
         except Exception as exc:  # pragma: no cover - CUDA only
             warnings.warn(f"CUDA graph capture failed ({exc!r}); continuing eagerly", stacklevel=2)
-            self.speed = SpeedOptions(
-                channels_last=self.speed.channels_last, autocast_bf16=self.speed.autocast_bf16,
-                compile=self.speed.compile, formulation=self.speed.formulation,
-            )  # fmt: skip
+            self.speed = dataclasses.replace(self.speed, cuda_graphs=False)
             return
         pack.graph = graph
 

@@ -53,12 +53,29 @@ Kernels (``M`` = output rows ``(n, y, x)`` of one model, tiles of
    programs of the first K block also sum the B tiles: the bias gradient.
 4. :func:`_colsum_kernel`: the bias gradient of a transposed convolution
    (per-channel sums of its masked output gradient), split over rows likewise.
+   With :data:`TUNING`'s ``WINDOW`` the transposed conv runs instead on kernel 1
+   in its *window form*: a program computes every output phase of its rows
+   ``(n, qy, qx)`` at once, as a stride-1 conv over the input window the
+   phases share (rows ``qy-1..qy+1`` and the same columns for 4x4, stride 2,
+   padding 1: 9 input pixels per 2x2 outputs, where the phase split reads
+   16) against a ``(window*window*C, S*S*O)`` weight that holds each tap
+   where a window cell meets it in a phase and 0 elsewhere
+   (:func:`_window_rows`), storing column ``(a, b, o)`` at output pixel
+   ``(S*qy + a, S*qx + b)``. It makes 9/4 the products, zeros included.
 5. :func:`_adam_kernel` (:func:`adam_step_`): one Adam step of a stacked
    float32 parameter, each model with its own lr, betas, eps and step count;
    torch.optim.Adam's operations in its order, IEEE-rounded, reading and
    writing each tensor once (torch's elementwise Adam makes about nine
    passes). The packed trainer's ``StackedAdam`` uses it in the ``triton``
    formulation.
+6. :func:`_bernoulli_nll_kernel` and 7. :func:`_bernoulli_nll_backward_kernel`
+   (:func:`bernoulli_nll_per_sample`): the models' Bernoulli reconstruction
+   loss, per-sample sums of the sigmoid cross-entropy in float32 (one program
+   per sample) and its gradient ``(sigmoid(l) - x) * g``, each one pass over
+   the logits, read and written in their own layout and dtype. An
+   ``autograd.Function`` with a vmap rule, so the packed trainer's vmapped
+   per-run loss launches each once for the whole pack; used only where
+   :mod:`disentbench.core.fused_losses` switches it on.
 
 Every kernel can *mask* a gathered operand (kernel 3 either one) by a
 tensor of the operand's shape: an element is replaced by 0 where the mask is
@@ -166,14 +183,58 @@ else:
 #: ``(kind, gathered channels, output channels, kernel size, stride)``; values:
 #: dicts with any of ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``ROWS`` (wgrad/colsum
 #: rows per program), ``PHASE_INNER`` (conv_transpose: 1 launches a row block's
-#: phases next to each other), ``num_warps``, ``num_stages``. For ``conv`` (used by conv
+#: phases next to each other), ``WINDOW`` (conv_transpose: 1 computes all output
+#: phases of a row block in one program from its input window, see
+#: :func:`_window_rows`), ``num_warps``, ``num_stages``. :func:`tuning_from_json`
+#: and :func:`tuning_to_json` convert it to and from JSON. For ``conv`` (used by conv
 #: forward and transposed-conv dgrad) and ``conv_transpose`` (transposed-conv
 #: forward and conv dgrad) the gathered channels are the kernel's input
 #: channels; for ``wgrad`` they are A's channels and the output channels B's.
 TUNING: dict = {}
 #: The kernel kinds and settings TUNING takes (benchmarks check their inputs against these).
 TUNING_KINDS = ("conv", "conv_transpose", "wgrad", "colsum")
-TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "num_warps", "num_stages")
+TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "WINDOW", "num_warps", "num_stages")
+
+
+
+def tuning_key(text: str) -> str | tuple[str, int, int, int, int]:
+    """A :data:`TUNING` key from its text: ``"conv"`` or ``"conv_transpose[32,1,4,2]"`` (kind[gathered channels,
+    output channels, kernel size, stride]) -> ``"conv"`` or ``("conv_transpose", 32, 1, 4, 2)``."""
+    kind, bracket, rest = text.partition("[")
+    numbers = rest[:-1].split(",") if bracket and rest.endswith("]") else []
+    if kind not in TUNING_KINDS or (bracket and (len(numbers) != 4 or not all(v.strip().isdigit() for v in numbers))):
+        raise ValueError(
+            f"{text!r} is not a kernel kind: use one of {', '.join(TUNING_KINDS)}, optionally with a layer shape "
+            "[gathered channels,output channels,kernel size,stride], e.g. conv_transpose[32,1,4,2]"
+        )
+    return (kind, *(int(v) for v in numbers)) if bracket else kind
+
+
+def tuning_key_text(key: str | tuple) -> str:
+    """The inverse of :func:`tuning_key`."""
+    return key if isinstance(key, str) else f"{key[0]}[{','.join(str(v) for v in key[1:])}]"
+
+
+def tuning_from_json(data: object) -> dict:
+    """A :data:`TUNING` dict from its JSON form (``{"kind" or "kind[c,o,k,s]": {SETTING: int}}``), checked."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object of kernel kinds; got {type(data).__name__}")
+    tuning: dict = {}
+    for text, settings in data.items():
+        key = tuning_key(text)
+        if not isinstance(settings, dict):
+            raise ValueError(f"{text}: expected an object of settings; got {settings!r}")
+        for name, value in settings.items():
+            if name not in TUNING_KEYS or not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{text}.{name}={value!r}: settings are integers, named one of {', '.join(TUNING_KEYS)}")
+        tuning[key] = dict(settings)
+    return tuning
+
+
+def tuning_to_json(tuning: dict) -> dict:
+    """The JSON form of a :data:`TUNING` dict (see :func:`tuning_from_json`)."""
+    return {tuning_key_text(key): dict(settings) for key, settings in tuning.items()}
+
 
 #: The study's encoder convolutions: (kernel size, stride, padding).
 _ENCODER_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))
@@ -224,9 +285,10 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _epilogue(acc, b_ptr, p, rn, O: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    def _epilogue(acc, b_ptr, p, rn, O: tl.constexpr, OC: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+        """Bias (``b[p, rn % OC]``, OC = O but in the window form) and ReLU on the float32 accumulator."""
         if HAS_BIAS:
-            acc += tl.load(b_ptr + p * O + rn, mask=rn < O, other=0.0).to(acc.dtype)[None, :]
+            acc += tl.load(b_ptr + p * OC + rn % OC, mask=rn < O, other=0.0).to(acc.dtype)[None, :]
         if RELU:
             acc = tl.where(acc < 0, 0.0, acc)  # keeps NaN, as torch.relu
         return acc
@@ -239,11 +301,15 @@ if triton is not None:
         KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
         HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PH: tl.constexpr, OC: tl.constexpr,
     ):  # fmt: skip
         """Kernel 1: implicit-GEMM conv. x (P,N,IH,IW,C) strided, w (P, KH*KW*C, O), y (P,N,OH,OW,O) contiguous.
 
-        Grid: (cdiv(M, BLOCK_M), cdiv(O, BLOCK_N), P), M = N*OH*OW.
+        Grid: (cdiv(M, BLOCK_M), cdiv(O, BLOCK_N), P), M = N*OH*OW. With ``PH > 1``
+        (the window form of a transposed conv) the O = PH*PH*OC columns are
+        ``(a, b, oc)`` and column ``(a, b, oc)`` of row ``(n, oy, ox)`` is stored
+        at ``y[n, PH*oy + a, PH*ox + b, oc]`` of a (P, N, PH*OH, PH*OW, OC) output,
+        the bias indexed by ``oc``.
         """
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -277,8 +343,16 @@ if triton is not None:
                         n[:, None], iy, ix, c, ok, HAS_MASK, IN_T, DOT_T)  # fmt: skip
             w = tl.load(w_base + rk[:, None] * O + rn[None, :], mask=(rk < K)[:, None] & (rn < O)[None, :], other=0.0)
             acc = _mma(acc, a, w.to(DOT_T), USE_DOT, PRECISION)
-        acc = _epilogue(acc, b_ptr, p, rn, O, HAS_BIAS, RELU)
-        y_offs = p * M * O + rm[:, None] * O + rn[None, :]
+        if PH == 1:
+            acc = _epilogue(acc, b_ptr, p, rn, O, O, HAS_BIAS, RELU)
+            y_offs = p * M * O + rm[:, None] * O + rn[None, :]
+        else:
+            acc = _epilogue(acc, b_ptr, p, rn, O, OC, HAS_BIAS, RELU)
+            ph_a = rn // (PH * OC)
+            ph_b = (rn // OC) % PH
+            y_row = (n * (OH * PH) + oy * PH)[:, None] + ph_a[None, :]
+            y_col = (ox * PH)[:, None] + ph_b[None, :]
+            y_offs = p * M * O + (y_row * (OW * PH) + y_col) * OC + (rn % OC)[None, :]
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < O)[None, :])
 
     @triton.jit
@@ -357,7 +431,7 @@ if triton is not None:
                          n[:, None], iy, ix, c, ok, HAS_MASK, IN_T, DOT_T)  # fmt: skip
             w = tl.load(w_base + w_row[:, None] * O + rn[None, :], mask=k_ok[:, None] & (rn < O)[None, :], other=0.0)
             acc = _mma(acc, xa, w.to(DOT_T), USE_DOT, PRECISION)
-        acc = _epilogue(acc, b_ptr, p, rn, O, HAS_BIAS, RELU)
+        acc = _epilogue(acc, b_ptr, p, rn, O, O, HAS_BIAS, RELU)
         out_row = (n * OH + qy * S + a) * OW + qx * S + b
         y_offs = p * (MQ * S * S * O) + out_row[:, None] * O + rn[None, :]
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < O)[None, :])
@@ -495,6 +569,49 @@ if triton is not None:
         tl.store(p_ptr + base + offs, p, mask=ok)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _bernoulli_nll_kernel(l_ptr, t_ptr, out_ptr, L, HW, slr, slc, slhw, str_, stc, sthw,
+                              L_T: tl.constexpr, T_T: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        """Kernel 6: one sample's ``sum_e max(l, 0) - l*t + log(1 + exp(-|l|))`` (sigmoid cross-entropy) in float32.
+
+        Logits and targets are ``(R, C, HW)`` through strides, L = C*HW elements per
+        sample. Grid: (R,); one program sums one sample (deterministic).
+        """
+        row = tl.program_id(0).to(tl.int64)
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for e0 in range(0, L, BLOCK):
+            e = e0 + tl.arange(0, BLOCK)
+            ok = e < L
+            c = e // HW
+            hw = e % HW
+            v = tl.load(l_ptr + row * slr + c * slc + hw * slhw, mask=ok, other=0.0).to(L_T).to(tl.float32)
+            t = tl.load(t_ptr + row * str_ + c * stc + hw * sthw, mask=ok, other=0.0).to(T_T).to(tl.float32)
+            term = tl.where(v > 0, v, 0.0) - v * t + tl.log(1.0 + tl.exp(-tl.abs(v)))
+            acc += tl.where(ok, term, 0.0)
+        tl.store(out_ptr + row, tl.sum(acc, axis=0))
+
+    @triton.jit
+    def _bernoulli_nll_backward_kernel(l_ptr, t_ptr, g_ptr, d_ptr, L, HW, slr, slc, slhw, str_, stc, sthw, sg,
+                                       L_T: tl.constexpr, T_T: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        """Kernel 7: ``d = (sigmoid(l) - t) * g[row]`` in float32, stored in the logits' dtype and layout.
+
+        Grid: (R, cdiv(L, BLOCK)).
+        """
+        row = tl.program_id(0).to(tl.int64)
+        e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = e < L
+        c = e // HW
+        hw = e % HW
+        offs = row * slr + c * slc + hw * slhw
+        v = tl.load(l_ptr + offs, mask=ok, other=0.0).to(L_T).to(tl.float32)
+        t = tl.load(t_ptr + row * str_ + c * stc + hw * sthw, mask=ok, other=0.0).to(T_T).to(tl.float32)
+        g = tl.load(g_ptr + row * sg).to(tl.float32)
+        d = (1.0 / (1.0 + tl.exp(-v)) - t) * g
+        tl.store(d_ptr + offs, d.to(d_ptr.dtype.element_ty), mask=ok)
+
+
 def _interpreted() -> bool:
     return triton is not None and type(_conv_kernel).__name__ == "InterpretedFunction"
 
@@ -537,32 +654,62 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def _window_geometry(kernel: int, stride: int, padding: int) -> tuple[int, int]:
+    """``(first, width)``: a transposed conv's output pixels ``S*q + a`` (every phase ``a``) read input rows
+    ``q + first .. q + first + width - 1`` (see :func:`_window_rows`)."""
+    shifts = [(a + padding) // stride for a in range(stride)]  # input row of tap r = 0 in phase a: q + shift
+    first = shifts[0] - (kernel // stride - 1)
+    return first, shifts[-1] - first + 1
+
+
+def _tuned(kind: str, c: int, o: int, kernel: int, stride: int) -> dict:
+    """:data:`TUNING`'s settings for one launch: the kind's, then the more specific shape's."""
+    return {**TUNING.get(kind, {}), **TUNING.get((kind, c, o, kernel, stride), {})}
+
+
 def _config(
-    kind: str, c: int, o: int, kernel: int, stride: int, rows: int, dtype: torch.dtype, masked: bool = False
-) -> dict:
+    kind: str, c: int, o: int, kernel: int, stride: int, rows: int, dtype: torch.dtype, masked: bool = False,
+    padding: int = 0,
+) -> dict:  # fmt: skip
     """Block sizes and launch options of one launch (see the module docstring); :data:`TUNING` overrides."""
+    tuned = _tuned(kind, c, o, kernel, stride)
+    window = kind == "conv_transpose" and bool(tuned.get("WINDOW", 0))
     cap_n = 64 if kind == "wgrad" else 128
-    # reduction length of one output: every tap for conv and wgrad, one phase's taps for conv_transpose
+    # reduction length of one output: every tap for conv and wgrad, one phase's taps for conv_transpose,
+    # the whole input window in the window form (whose columns are every phase's output channels)
     reduction = (kernel // stride) ** 2 * c if kind == "conv_transpose" else kernel * kernel * c
+    cols = o
+    if window:
+        reduction = _window_geometry(kernel, stride, padding)[1] ** 2 * c
+        cols = stride * stride * o
     cfg = {
         "BLOCK_M": 64 if kind == "wgrad" or rows < 8192 or masked else 128,
-        "BLOCK_N": min(max(16, _next_pow2(o)), cap_n),
+        "BLOCK_N": min(max(16, _next_pow2(cols)), cap_n),
         "BLOCK_K": 32 if c % 32 == 0 else 16,
         "ROWS": 4096,
         "num_warps": 4,
         "PHASE_INNER": 0,
+        "WINDOW": int(window),
     }
     tensor_cores = dtype in (torch.bfloat16, torch.float16) or (
         dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     )
     if tensor_cores:  # measured on an H200 (benchmarks/README.md): chunks spanning several taps are faster
         cfg["BLOCK_K"] = min(_BLOCK_K.get(kind, 32), max(16, _next_pow2(reduction)))
+    if window:  # not yet measured on a GPU: the largest tiles that compile for sm_90 without spilling
+        cfg["num_warps"] = 8
+        if tensor_cores:
+            cfg["BLOCK_K"] = min(64, cfg["BLOCK_K"])
+        if cfg["BLOCK_N"] >= 128:
+            cfg["BLOCK_M"] = 64
     if dtype == torch.float64:  # broadcast multiply-and-sum: keep the (M, K, N) product small
         cfg.update(BLOCK_M=32, BLOCK_K=16)
     elif kind == "wgrad" and dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         cfg.update(BLOCK_M=32)  # IEEE fp32 dots run on FMA units: 64-row tiles spill (sm_90, up to 608 B)
-    cfg.update(TUNING.get(kind, {}))
-    cfg.update(TUNING.get((kind, c, o, kernel, stride), {}))
+    cfg.update(tuned)
+    # an override larger than the reduction or the columns would only add masked lanes
+    cfg["BLOCK_K"] = min(cfg["BLOCK_K"], max(16, _next_pow2(reduction)))
+    cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(16, _next_pow2(cols)))
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
         if cfg[key] < 16 or cfg[key] & (cfg[key] - 1):
             raise ValueError(f"{key} must be a power of two >= 16 (tl.dot's minimum); got {cfg[key]}")
@@ -627,15 +774,19 @@ def _conv_launch(x, weight_k, bias, kernel, stride, padding, relu, mask, out_dty
         *x.stride(), *m_t.stride(),
         IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
         HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **_launch_options(cfg),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PH=1, OC=o, **_launch_options(cfg),
     )  # fmt: skip
     return out
 
 
-def _conv_transpose_launch(x, weight_t, bias, kernel, stride, padding, relu, mask, out_size, out_dtype, dtype):
-    """Kernel 2: ``x (P,N,H,W,C)`` (strided), ``weight_t (P, k*k*C, O)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``."""
+def _conv_transpose_launch(x, weight, bias, kernel, stride, padding, relu, mask, out_size, out_dtype, dtype):
+    """A transposed conv of ``x (P,N,H,W,C)`` (strided) by ``weight (P, C, O, k, k)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``.
+
+    Kernel 2 (one output phase per program), or with TUNING's ``WINDOW`` kernel 1
+    over each output block's input window, all phases at once (:func:`_window_rows`).
+    """
     p, n, ih, iw, c = x.shape
-    o = weight_t.shape[2]
+    o = weight.shape[2]
     oh, ow = out_size
     if kernel % stride or oh % stride or ow % stride:
         raise NotImplementedError("the phase-split transposed conv needs the stride to divide the kernel and output sizes")
@@ -645,7 +796,22 @@ def _conv_transpose_launch(x, weight_t, bias, kernel, stride, padding, relu, mas
     m_t = mask if mask is not None else x
     _check_offsets(x, m_t, out)
     rows = n * (oh // stride) * (ow // stride)
-    cfg = _config("conv_transpose", c, o, kernel, stride, rows, dtype, masked=mask is not None)
+    cfg = _config("conv_transpose", c, o, kernel, stride, rows, dtype, masked=mask is not None, padding=padding)
+    if cfg["WINDOW"]:
+        first, width = _window_geometry(kernel, stride, padding)
+        weight_w = _window_rows(weight, dtype, kernel, stride, padding)
+        cols = stride * stride * o
+        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(cols, cfg["BLOCK_N"]), p)
+        _conv_kernel[grid](
+            x, m_t, weight_w, bias if bias is not None else weight_w, out, rows,
+            *x.stride(), *m_t.stride(),
+            IH=ih, IW=iw, C=c, OH=oh // stride, OW=ow // stride, O=cols, KH=width, KW=width, S=1, PAD=-first,
+            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PH=stride, OC=o,
+            **_launch_options(cfg),
+        )  # fmt: skip
+        return out
+    weight_t = _tap_rows(weight, dtype, rows_dim=1)  # rows (kh, kw, c), columns o
     phases = stride * stride * triton.cdiv(o, cfg["BLOCK_N"])
     row_blocks = triton.cdiv(rows, cfg["BLOCK_M"])
     grid = (row_blocks * phases, 1, p) if cfg["PHASE_INNER"] else (row_blocks, phases, p)
@@ -753,6 +919,47 @@ def _tap_rows(weight: torch.Tensor, dtype: torch.dtype, rows_dim: int) -> torch.
     return weight.to(dtype).permute(order).reshape(p, k * k * weight.shape[rows_dim], -1).contiguous()
 
 
+_WINDOW_TAPS: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def _window_taps(kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """``(width, width, S, S)`` int64: the kernel tap ``kh*k + kw`` that input window cell ``(wy, wx)`` meets in
+    output phase ``(a, b)``, or ``k*k`` (a zero tap) where none does."""
+    key = (kernel, stride, padding)
+    if key not in _WINDOW_TAPS:
+        first, width = _window_geometry(kernel, stride, padding)
+        taps = torch.full((width, width, stride, stride), kernel * kernel, dtype=torch.int64)
+        for a in range(stride):
+            for r in range(kernel // stride):  # phase a, tap kh = (a+PAD)%S + S*r reads row q + (a+PAD)//S - r
+                wy, kh = (a + padding) // stride - r - first, (a + padding) % stride + stride * r
+                for b in range(stride):
+                    for s in range(kernel // stride):
+                        wx, kw = (b + padding) // stride - s - first, (b + padding) % stride + stride * s
+                        taps[wy, wx, a, b] = kh * kernel + kw
+        _WINDOW_TAPS[key] = taps
+    return _WINDOW_TAPS[key]
+
+
+def _window_rows(weight: torch.Tensor, dtype: torch.dtype, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """A stacked transposed-conv kernel ``(P, C, O, k, k)`` as the window form's ``(P, width*width*C, S*S*O)`` in ``dtype``.
+
+    The window form computes output pixels ``(S*qy + a, S*qx + b)`` of every phase
+    ``(a, b)`` and channel ``o`` at once, as a stride-1 conv over the input window
+    rows ``qy + first .. qy + first + width - 1`` (same for x; for the study's
+    4x4, stride 2, padding 1: the 3x3 neighbours): row ``(wy, wx, c)``, column
+    ``(a, b, o)`` holds the tap that window cell meets in that phase, or 0.
+    Each output block reads its input window once (9 pixels per 2x2 outputs
+    for the study's layers, against 16 when the phases are separate programs),
+    for 9/4 the products of the phase split (zeros included).
+    """
+    p, c, o = weight.shape[:3]
+    taps = _window_taps(kernel, stride, padding).to(weight.device)
+    width = taps.shape[0]
+    flat = torch.cat((weight.to(dtype).flatten(3), weight.new_zeros((p, c, o, 1), dtype=dtype)), dim=3)
+    cells = flat[..., taps.flatten()].view(p, c, o, width, width, stride, stride)
+    return cells.permute(0, 3, 4, 1, 5, 6, 2).reshape(p, width * width * c, stride * stride * o)
+
+
 def _recall(ctx):
     """What :func:`_remember` kept: ``(h, weight, out, (kernel, stride, padding, relu, dtype), (h, weight, bias dtypes))``."""
     h, weight, out = ctx.saved_tensors
@@ -783,10 +990,9 @@ class _Conv2d(torch.autograd.Function):
         p, o, c = weight.shape[:3]
         grad_h = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # the transposed conv of the masked gradient: rows (kh, kw, o), columns c
-            weight_t = _tap_rows(weight, dtype, rows_dim=1)
+            # the transposed conv of the masked gradient: (P, O, C, k, k) read as (P, C_in, C_out, k, k)
             grad_h = _conv_transpose_launch(
-                grad, weight_t, None, kernel, stride, padding, False, out, h.shape[2:4], h_dtype, dtype
+                grad, weight, None, kernel, stride, padding, False, out, h.shape[2:4], h_dtype, dtype
             )
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] or want_bias:
@@ -804,8 +1010,7 @@ class _ConvTranspose2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
         out_size = tuple((s - 1) * stride - 2 * padding + kernel for s in h.shape[2:4])
-        weight_t = _tap_rows(weight, dtype, rows_dim=1)  # rows (kh, kw, c_in), columns c_out
-        out = _conv_transpose_launch(h, weight_t, bias, kernel, stride, padding, relu, None, out_size, dtype, dtype)
+        out = _conv_transpose_launch(h, weight, bias, kernel, stride, padding, relu, None, out_size, dtype, dtype)
         _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
         return out
 
@@ -824,6 +1029,122 @@ class _ConvTranspose2d(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = _colsum_launch(grad, out, dtype).to(b_dtype)
         return grad_h, grad_weight, grad_bias, None, None, None, None, None
+
+
+#: Elements per step of the reconstruction-loss kernels.
+NLL_BLOCK = 1024
+_NLL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _samples_view(t: torch.Tensor, lead: int) -> tuple[torch.Tensor, tuple[int, int, int], int]:
+    """``t`` as ``(R, C, HW)`` samples through strides: ``(tensor, (row, channel, pixel) strides, HW)``.
+
+    R is the product of the ``lead`` leading dims; the rest must be ``(C, H, W)``.
+    Where the leading dims or H and W do not merge into one stride, a contiguous
+    copy is read instead.
+    """
+    rows = t.shape[:lead]
+    if t.dim() == lead + 3:
+        stride = t.stride()
+        lead_ok = all(stride[i] == stride[i + 1] * t.shape[i + 1] for i in range(lead - 1))
+        c, h, w = t.shape[lead:]
+        positive = all(st > 0 or size == 1 for st, size in zip(stride, t.shape))  # no expanded (overlapping) dims
+        if lead_ok and positive and (h == 1 or stride[lead + 1] == w * stride[lead + 2]):
+            return t, (stride[lead - 1], stride[lead], stride[lead + 2]), h * w
+    flat = t.reshape(*rows, -1).contiguous()
+    return flat, (flat.shape[-1], 0, 1), flat.shape[-1]
+
+
+def _nll_check(logits: torch.Tensor, x: torch.Tensor, lead: int) -> None:
+    if logits.shape != x.shape or logits.dim() != lead + 3:
+        raise ValueError(f"expected logits and targets of one (..., C, H, W) shape; got {tuple(logits.shape)}, {tuple(x.shape)}")
+
+
+def _bernoulli_nll(logits: torch.Tensor, x: torch.Tensor, lead: int) -> torch.Tensor:
+    """Per-sample sigmoid cross-entropy sums ``(logits.shape[:lead])`` in float32 (kernel 6)."""
+    _nll_check(logits, x, lead)
+    lt, (slr, slc, slhw), hw = _samples_view(logits, lead)
+    tt, (str_, stc, sthw), _ = _samples_view(x, lead)
+    rows = int(torch.Size(logits.shape[:lead]).numel())
+    out = torch.empty(logits.shape[:lead], dtype=torch.float32, device=logits.device)
+    per_sample = logits[(0,) * lead].numel() if rows else 0
+    if rows:
+        dot = _types(logits.dtype)["IN_T"], _types(x.dtype)["IN_T"]
+        _bernoulli_nll_kernel[(rows,)](
+            lt, tt, out, per_sample, hw, slr, slc, slhw, str_, stc, sthw, L_T=dot[0], T_T=dot[1], BLOCK=NLL_BLOCK
+        )
+    return out
+
+
+def _bernoulli_nll_backward(logits: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, lead: int) -> torch.Tensor:
+    """The logits' gradient ``(sigmoid(l) - x) * grad[sample]`` in the logits' dtype and layout (kernel 7)."""
+    lt, (slr, slc, slhw), hw = _samples_view(logits, lead)
+    tt, (str_, stc, sthw), _ = _samples_view(x, lead)
+    rows = int(torch.Size(logits.shape[:lead]).numel())
+    d = torch.empty_strided(lt.shape, lt.stride(), dtype=lt.dtype, device=lt.device)  # one offset addresses both
+    g = grad.reshape(-1)
+    if rows:
+        per_sample = logits[(0,) * lead].numel()
+        dot = _types(logits.dtype)["IN_T"], _types(x.dtype)["IN_T"]
+        _bernoulli_nll_backward_kernel[(rows, triton.cdiv(per_sample, NLL_BLOCK))](
+            lt, tt, g, d, per_sample, hw, slr, slc, slhw, str_, stc, sthw, g.stride(0),
+            L_T=dot[0], T_T=dot[1], BLOCK=NLL_BLOCK,
+        )  # fmt: skip
+    return d if d.shape == logits.shape else d.view(logits.shape)
+
+
+class _BernoulliNLL(torch.autograd.Function):
+    """Per-sample Bernoulli negative log-likelihood sums (kernels 6 and 7), vmappable.
+
+    Under ``torch.func.vmap`` (the packed trainer's per-run loss) the rule below
+    runs the kernels once on the physical ``(P, N, C, H, W)`` tensors.
+    """
+
+    @staticmethod
+    def forward(logits, x, lead):
+        return _bernoulli_nll(logits, x, lead)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, x, lead = inputs
+        ctx.save_for_backward(logits, x)
+        ctx.lead = lead
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, x = ctx.saved_tensors
+        return _bernoulli_nll_backward(logits, x, grad, ctx.lead), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, logits, x, lead):
+        def front(t, dim):
+            return t.movedim(dim, 0) if dim is not None else t.expand(info.batch_size, *t.shape)
+
+        return _BernoulliNLL.apply(front(logits, in_dims[0]), front(x, in_dims[1]), lead + 1), 0
+
+
+def bernoulli_nll_per_sample(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """``binary_cross_entropy_with_logits(logits, x)`` summed per sample, ``(N, C, H, W) -> (N,)`` float32, in one
+    kernel pass forward and one backward (torch's composite makes about ten passes, plus autocast's casts);
+    None where the kernels do not apply (then the caller uses torch's).
+
+    Applies to float32, or to bfloat16/float16 logits under CUDA autocast
+    (which computes torch's version in float32 too), with float targets that need no
+    gradient, on a device the kernels run on. Per element: ``max(l, 0) - l*x +
+    log(1 + exp(-|l|))`` in float32 (torch's formula rearranged: the same
+    value to float32 rounding); the gradient ``(sigmoid(l) - x) * g`` is
+    rounded once to the logits' dtype, as torch's through autocast's cast.
+    NaN logits give NaN, as in torch.
+    """
+    if logits.dim() != 4 or logits.shape != x.shape or x.requires_grad:
+        return None
+    if logits.dtype != torch.float32 and not (  # CUDA's autocast computes this loss in float32 (CPU's does not)
+        logits.dtype in _NLL_DTYPES and logits.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+    ):
+        return None
+    if x.dtype not in _NLL_DTYPES or available(logits.device) is not None:
+        return None
+    return _BernoulliNLL.apply(logits, x, 1)
 
 
 def conv2d(h, weight, bias, kernel_size, stride, padding, relu):

@@ -153,6 +153,68 @@ def test_many_tiles_and_row_splits(monkeypatch, kind, c, o, phase_inner):
     _check_layer(kind, c, o, 4, 2, 1, 8 if kind == "conv" else 4, True, torch.float32, 1e-5)
 
 
+def test_window_taps_of_the_study_geometry():
+    """The window form's tap table for 4x4, stride 2, padding 1, by hand: output pixel (2q + a) reads input rows
+    q - 1, q, q + 1 (window cells 0, 1, 2); phase 0 meets them with taps kh = 3, 1 and none, phase 1 with none, 2, 0."""
+    assert packed_triton._window_geometry(4, 2, 1) == (-1, 3)
+    assert packed_triton._window_geometry(2, 2, 0) == (0, 1)  # e3, e4: one input pixel per 2x2 outputs
+    taps = packed_triton._window_taps(4, 2, 1)
+    none = 16
+    kh = {0: [3, 1, none], 1: [none, 2, 0]}  # phase -> tap of window cells 0, 1, 2
+    for a in range(2):
+        for b in range(2):
+            for wy in range(3):
+                for wx in range(3):
+                    expected = none if none in (kh[a][wy], kh[b][wx]) else kh[a][wy] * 4 + kh[b][wx]
+                    assert taps[wy, wx, a, b] == expected, (wy, wx, a, b)
+    assert packed_triton._window_taps(2, 2, 0).flatten().tolist() == [0, 1, 2, 3]
+
+
+#: Transposed convs in the window form (TUNING's WINDOW): the decoder's shapes (d4's single output channel:
+#: 4 of 16 columns used) and the convs whose input gradient it computes (masked; e3's 1-pixel window).
+WINDOW_LAYERS = [LAYERS[0], LAYERS[2], LAYERS[3], LAYERS[5], LAYERS[7], LAYERS[8], LAYERS[9]]
+
+
+@pytest.mark.parametrize("kind, c, o, kernel, stride, padding, size, relu, strided", WINDOW_LAYERS)
+def test_window_form_matches_torch(monkeypatch, kind, c, o, kernel, stride, padding, size, relu, strided):
+    monkeypatch.setattr(packed_triton, "TUNING", {"conv_transpose": {"WINDOW": 1}})
+    if DEVICE.type == "cpu":
+        packed_triton.TUNING["conv_transpose"].update(BLOCK_M=512)
+    _check_layer(kind, c, o, kernel, stride, padding, size, relu, torch.float32, 1e-5, strided)
+
+
+def test_window_form_in_small_tiles_and_float64(monkeypatch):
+    """Several M, N and K blocks of the window form (64 columns = 4 phases x 16 channels in 16-column blocks,
+    chunks within and across taps), selected for one layer shape only; float64's multiply-and-sum path."""
+    small = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": 1}
+    monkeypatch.setattr(packed_triton, "TUNING", {("conv_transpose", 16, 16, 4, 2): small})
+    window_rows = packed_triton._window_rows
+    calls = []
+    monkeypatch.setattr(packed_triton, "_window_rows", lambda w, *a: calls.append(tuple(w.shape[1:3])) or window_rows(w, *a))
+    _check_layer("conv_transpose", 16, 16, 4, 2, 1, 4, True, torch.float32, 1e-5)
+    assert calls == [(16, 16)]  # the forward took the window form
+    _check_layer("conv_transpose", 16, 8, 4, 2, 1, 4, True, torch.float32, 1e-5)
+    assert calls == [(16, 16)]  # another shape: the phase form
+    packed_triton.TUNING[("conv_transpose", 32, 3, 4, 2)] = {"WINDOW": 1}
+    _check_layer("conv_transpose", 32, 3, 4, 2, 1, 4, True, torch.float64, 1e-12)
+    assert calls[-1] == (32, 3)
+
+
+def test_tuning_json_round_trip_and_errors():
+    tuning = {"wgrad": {"BLOCK_K": 128}, ("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1, "BLOCK_M": 64}}
+    text = packed_triton.tuning_to_json(tuning)
+    assert text == {"wgrad": {"BLOCK_K": 128}, "conv_transpose[32,1,4,2]": {"WINDOW": 1, "BLOCK_M": 64}}
+    assert packed_triton.tuning_from_json(text) == tuning
+    with pytest.raises(ValueError, match="'deconv' is not a kernel kind: use one of conv, conv_transpose"):
+        packed_triton.tuning_from_json({"deconv": {"BLOCK_K": 64}})
+    with pytest.raises(ValueError, match=r"not a kernel kind.*\[gathered channels"):
+        packed_triton.tuning_from_json({"conv[32,32]": {"BLOCK_K": 64}})
+    with pytest.raises(ValueError, match="conv.BLOCK=64: settings are integers, named one of BLOCK_M"):
+        packed_triton.tuning_from_json({"conv": {"BLOCK": 64}})
+    with pytest.raises(ValueError, match="expected an object of settings"):
+        packed_triton.tuning_from_json({"conv": 64})
+
+
 def _stacked_modules(channels, dtype=torch.float32, p=2, latent=6):
     from torch.func import stack_module_state
 
@@ -334,14 +396,83 @@ def test_packed_trainer_with_triton_equals_one_by_one(name, large_blocks, monkey
         speed=SpeedOptions(formulation="triton"),
     )  # fmt: skip
     assert trainer.formulation == "triton"
-    fused_calls = []
-    adam_step_ = packed_triton.adam_step_
+    fused_calls, nll_calls = [], []
+    adam_step_, nll = packed_triton.adam_step_, packed_triton._bernoulli_nll
     monkeypatch.setattr(packed_triton, "adam_step_", lambda *args: fused_calls.append(1) or adam_step_(*args))
+    monkeypatch.setattr(packed_triton, "_bernoulli_nll", lambda *args: nll_calls.append(args[2]) or nll(*args))
     trainer.train(on_log=lambda index, step, terms: logs.setdefault(index, []).append((step, terms)))
     assert len(fused_calls) == 2 * len(list(packed_models[0].parameters()))  # 2 steps x every stacked parameter
+    assert nll_calls == [2, 2]  # the reconstruction loss: one fused kernel per step for the whole pack (under vmap)
     for i, (solo, packed) in enumerate(zip(solo_models, packed_models)):
         assert _max_diff(solo, packed) <= 1e-5, f"run {i}"
         _assert_same_logs(solo_logs[i], logs[i])
+
+
+def _torch_nll(logits, x):
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-3).sum(-1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fused_bernoulli_loss_equals_torch_under_vmap(monkeypatch, channels):
+    """The models' Bernoulli reconstruction loss with the fused kernels switched on (as the packed trainer does),
+    vmapped over runs: one kernel call for the whole pack, equal to torch's loss per run in value and gradient.
+    Logits are the decoder's channels-last output read as (C, H, W), targets continuous in [0, 1]."""
+    from torch.func import vmap
+
+    from disentbench.core import fused_losses
+    from disentbench.plugins.models.architectures import bernoulli_reconstruction_loss
+
+    generator = torch.Generator().manual_seed(channels)
+    base = (torch.randn(3, 4, 16, 16, channels, generator=generator) * 4).to(DEVICE)
+    logits = base.permute(0, 1, 4, 2, 3).requires_grad_()
+    x = torch.rand(3, 4, channels, 16, 16, generator=generator).to(DEVICE)
+    calls = []
+    nll = packed_triton._bernoulli_nll
+    monkeypatch.setattr(packed_triton, "_bernoulli_nll", lambda *args: calls.append(args[2]) or nll(*args))
+    with fused_losses.enabled():
+        fused = vmap(bernoulli_reconstruction_loss)(logits, x)
+    assert calls == [2]
+    reference = torch.stack([_torch_nll(logits[i], x[i]).mean() for i in range(3)])
+    _assert_rel(fused, reference, 1e-6, "loss")
+    grad = torch.autograd.grad(fused.sum(), logits)[0]
+    assert grad.stride() == logits.stride()  # written in the logits' own (channels-last) layout
+    _assert_rel(grad, torch.autograd.grad(reference.sum(), logits)[0], 1e-6, "gradient")
+    # switched off (one-by-one training, evaluation): torch's, not the kernel
+    bernoulli_reconstruction_loss(logits[0], x[0])
+    assert calls == [2]
+
+
+def test_fused_bernoulli_loss_layouts_dtypes_and_nan():
+    """Layouts the kernels cannot address by strides are copied; bfloat16 logits are computed in float32 and
+    their gradient rounded once; NaN propagates; where the kernels do not apply, None (torch's loss instead)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 10, generator=generator).to(DEVICE)
+    wide = (torch.randn(2, 3, 8, 20, generator=generator) * 3).to(DEVICE)
+    logits = wide[..., ::2].requires_grad_()  # W stride 2: H and W do not merge
+    out = packed_triton._BernoulliNLL.apply(logits, x, 1)
+    _assert_rel(out, _torch_nll(logits, x), 1e-6, "strided loss")
+    grad = torch.autograd.grad(out.sum() * 2, logits)[0]
+    _assert_rel(grad, torch.autograd.grad(_torch_nll(logits, x).sum() * 2, logits)[0], 1e-6, "strided gradient")
+
+    half = logits.detach().bfloat16().requires_grad_()
+    out = packed_triton._BernoulliNLL.apply(half, x, 1)
+    assert out.dtype == torch.float32
+    exact = half.detach().float().requires_grad_()
+    _assert_rel(out, _torch_nll(exact, x), 1e-6, "bf16 loss (float32 arithmetic)")
+    grad = torch.autograd.grad(out.sum(), half)[0]
+    assert grad.dtype == torch.bfloat16
+    # within one bf16 ulp of the float32 gradient's largest entries (2^-7 of [0.5, 1): the interpreter's cast may truncate)
+    _assert_rel(grad.float(), torch.autograd.grad(_torch_nll(exact, x).sum(), exact)[0], 2**-7, "bf16 gradient")
+
+    broken = logits.detach().clone()
+    broken[1, 0, 3, 3] = float("nan")
+    out = packed_triton._BernoulliNLL.apply(broken, x, 1)
+    assert out[0].isfinite() and out[1].isnan()
+
+    assert packed_triton.bernoulli_nll_per_sample(logits, x) is not None
+    assert packed_triton.bernoulli_nll_per_sample(logits.double(), x.double()) is None
+    assert packed_triton.bernoulli_nll_per_sample(half, x) is None  # bf16 outside CUDA autocast: torch's dtype rules
+    assert packed_triton.bernoulli_nll_per_sample(logits, x.clone().requires_grad_()) is None
 
 
 def test_fused_adam_equals_torch_adam_per_slice():

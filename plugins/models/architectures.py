@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from disentbench.core import fused_losses
+
 #: Spatial size the conv architecture is built for (spec §1.1: 64x64 inputs).
 CONV_IMAGE_SIZE = 64
 
@@ -158,8 +160,11 @@ def bernoulli_reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torc
     """
     if logits.shape != x.shape:
         raise ValueError(f"logits shape {tuple(logits.shape)} != observation shape {tuple(x.shape)}")
-    per_element = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
-    return per_element.flatten(start_dim=1).sum(dim=1).mean()
+    per_sample = fused_losses.bernoulli_nll_per_sample(logits, x)  # None unless the packed trainer switched it on
+    if per_sample is None:
+        per_element = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
+        per_sample = per_element.flatten(start_dim=1).sum(dim=1)
+    return per_sample.mean()
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
