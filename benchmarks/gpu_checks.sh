@@ -5,12 +5,13 @@
 # tool's limit of 8 files. Each step has its own time limit, so one slow or failing step cannot take the others.
 #   1. a sweep of the Triton kernels' launch settings, kernel kind by kernel kind (bf16, 512 models, per layer);
 #      the settings that beat packed_triton's heuristic are combined and written as TUNING JSON
-#   2. whole training steps: the naive loop, triton (auto) in fp32/TF32 and bf16 (128: the bf16 effect on losses), bmm in bf16, each
-#      formulation with its exactness check against one-by-one training, and a kernel profile of the fastest
+#   2. whole training steps: the naive loop, triton (auto) in fp32/TF32 and bf16 (128: the bf16 effect on losses), triton
+#      in bf16 with torch's reconstruction loss instead of the fused kernels (their A/B), the exactness check against
+#      one-by-one training, and a kernel profile of the fastest
 #   3. triton again with the sweep's combined setting (its exactness checked too)
 #   4. tests/test_packed_triton.py on the card (the kernels compiled by this machine's Triton vs torch)
-# The first session with a GPU (2026-11-28) ran the per-layer comparison of every formulation and the first
-# throughput comparison: benchmarks/README.md.
+# Earlier sessions' calls (2026-11-28: per-layer comparison of every formulation, throughput, the first sweep):
+# benchmarks/README.md.
 set -uo pipefail
 out=${OUT:-gpu-results}
 mkdir -p "$out"
@@ -22,19 +23,24 @@ step() { echo; echo "=== $* ($(date -u +%T))"; }
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$log"
 
-sweep=conv_transpose.PHASE_INNER=1,wgrad.BLOCK_K=128,wgrad.BLOCK_K=64,conv.BLOCK_K=64,conv.BLOCK_K=128
-sweep=$sweep,conv_transpose.BLOCK_K=64,conv_transpose.BLOCK_K=128,wgrad.BLOCK_M=128,wgrad.BLOCK_M=32
-sweep=$sweep,wgrad.ROWS=1024,wgrad.ROWS=16384,wgrad.num_warps=8,wgrad.BLOCK_K=128+wgrad.num_warps=8
-sweep=$sweep,conv.BLOCK_M=128,conv.num_warps=8,conv.num_stages=4,conv.num_stages=2
-sweep=$sweep,conv_transpose.BLOCK_M=128,conv_transpose.num_warps=8,conv_transpose.num_stages=4
+# The 2026-11-28 sweep settled BLOCK_K per kind (warps, stages, BLOCK_M, ROWS and PHASE_INNER moved layer times
+# by 0-7%); this one tries the window form of the transposed convs (all layers, then one shape at a time: d4's
+# single output channel, d3 and e2's input gradient, d1), its tiles, and the reduction chunks around the defaults.
+sweep=conv_transpose.WINDOW=1,conv_transpose.WINDOW=1+conv_transpose.BLOCK_K=32
+sweep=$sweep,conv_transpose.WINDOW=1+conv_transpose.num_warps=4,conv_transpose.WINDOW=1+conv_transpose.BLOCK_M=128
+sweep=$sweep,"conv_transpose[32,1,4,2].WINDOW=1","conv_transpose[32,32,4,2].WINDOW=1","conv_transpose[64,64,4,2].WINDOW=1"
+sweep=$sweep,conv.BLOCK_K=128,conv.BLOCK_K=32,conv.BLOCK_M=64,conv.num_warps=8
+sweep=$sweep,conv_transpose.BLOCK_K=64,conv_transpose.BLOCK_K=256,conv_transpose.BLOCK_M=64
+sweep=$sweep,wgrad.BLOCK_K=128,wgrad.BLOCK_K=32,wgrad.BLOCK_K=128+wgrad.num_warps=8,wgrad.BLOCK_K=256+wgrad.num_warps=8
+sweep=$sweep,wgrad.ROWS=2048,wgrad.ROWS=8192,wgrad.BLOCK_M=128
 step "1. packed_layers: the Triton launch-settings sweep (bf16, 512 models)" | tee -a "$log"
 timeout 200 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --repeat 5 --only triton \
   --sweep "$sweep" --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 | tee -a "$log"
 [ -s "$out/triton_tuning.json" ] || echo '{}' > "$out/triton_tuning.json"
 
-step "2. train_throughput: naive, triton (auto), bmm" | tee -a "$log"
+step "2. train_throughput: naive, triton (auto), triton with torch's reconstruction loss" | tee -a "$log"
 timeout 110 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --pack-sizes 128 --bf16-pack-sizes 128,512 \
-  --compare bmm --compare-pack-sizes 512 --seconds 2.5 \
+  --compare triton+unfused --compare-pack-sizes 512 --seconds 2.5 \
   --json "$out/train_throughput.json" --profile "$out/profile.txt" 2>&1 | tee -a "$log"
 
 step "3. train_throughput: triton with the sweep's settings" | tee -a "$log"

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -48,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from disentbench.core import packed_conv, packed_grouped
-from disentbench.core.packed_triton import TUNING_KEYS, TUNING_KINDS
+from disentbench.core.packed_triton import TUNING_KEYS, tuning_from_json, tuning_key, tuning_to_json
 from disentbench.core.trainer import resolve_device
 
 #: (name, kind, C_in, C_out, input height, ReLU after) of the study architecture's strided layers (C = 1 images).
@@ -158,15 +159,28 @@ def timed(fn, device, repeat: int) -> float:
 
 
 def parse_sweep_item(item: str) -> dict:
-    """``"wgrad.BLOCK_K=128+wgrad.ROWS=2048"`` -> ``{"wgrad": {"BLOCK_K": 128, "ROWS": 2048}}`` (a TUNING dict)."""
+    """``"wgrad.BLOCK_K=128+conv_transpose[32,1,4,2].WINDOW=1"`` -> ``{"wgrad": {"BLOCK_K": 128},
+    ("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}}`` (a TUNING dict; a bracketed shape limits the
+    setting to the layers of that shape, see ``packed_triton.TUNING``)."""
     tuning: dict = {}
     for part in item.split("+"):
         target, _, value = part.partition("=")
-        kind, _, key = target.partition(".")
-        if kind not in TUNING_KINDS or key not in TUNING_KEYS or not value.lstrip("-").isdigit():
-            raise ValueError(f"{part!r}: use KIND.KEY=INT with KIND in {TUNING_KINDS} and KEY in {TUNING_KEYS}")
+        kind, _, key = target.rpartition(".")
+        try:
+            kind = tuning_key(kind)
+        except ValueError as exc:
+            raise ValueError(f"{part!r}: {exc}") from None
+        if key not in TUNING_KEYS or not value.lstrip("-").isdigit():
+            raise ValueError(f"{part!r}: use KIND.KEY=INT or KIND[C,O,K,S].KEY=INT with KEY in {TUNING_KEYS}")
         tuning.setdefault(kind, {})[key] = int(value)
     return tuning
+
+
+def _touches(tuning: dict, chosen: dict) -> bool:
+    """Whether ``tuning`` sets a setting of a kernel kind that ``chosen`` already sets (for any shape)."""
+    kind = lambda key: key if isinstance(key, str) else key[0]  # noqa: E731
+    taken = {(kind(key), name) for key, settings in chosen.items() for name in settings}
+    return any((kind(key), name) in taken for key, settings in tuning.items() for name in settings)
 
 
 def best_sweep_setting(rows: list[dict], margin: float = 0.03) -> tuple[dict, list[str]]:
@@ -175,8 +189,9 @@ def best_sweep_setting(rows: list[dict], margin: float = 0.03) -> tuple[dict, li
     Each sweep item's forward+backward time is summed over the layers (only
     items that ran on every layer the heuristic ran on compete). Items that
     beat the heuristic's total by more than ``margin`` are merged greedily,
-    largest gain first, skipping any that touches a kernel kind already set;
-    the result is a ``packed_triton.TUNING`` (empty: keep the heuristic).
+    largest gain first, skipping any that sets a setting of a kernel kind already
+    set (for any layer shape); the result is a ``packed_triton.TUNING`` (empty:
+    keep the heuristic).
     Items of different kinds change different kernels, so their gains mostly
     add up; ``train_throughput.py --triton-tuning`` checks the combination in
     whole training steps.
@@ -193,7 +208,7 @@ def best_sweep_setting(rows: list[dict], margin: float = 0.03) -> tuple[dict, li
     for row in rows:
         if row["variant"].startswith("triton") and "error" not in row:
             totals.setdefault(row["variant"], []).append(row["forward_backward_ms"])
-            tunings[row["variant"]] = row.get("tuning") or {}
+            tunings[row["variant"]] = tuning_from_json(row.get("tuning") or {})
     if "triton" not in totals:
         return {}, ["sweep: the heuristic's triton rows did not run; keeping its block sizes"]
     layers = len(totals["triton"])
@@ -207,9 +222,10 @@ def best_sweep_setting(rows: list[dict], margin: float = 0.03) -> tuple[dict, li
     for variant in sorted(sums, key=sums.get):
         if variant == "triton" or sums[variant] > (1 - margin) * default:
             continue
-        if set(tunings[variant]) & set(chosen):
+        if _touches(tunings[variant], chosen):
             continue
-        chosen.update(tunings[variant])
+        for key, settings in tunings[variant].items():
+            chosen.setdefault(key, {}).update(settings)
         lines.append(f"sweep: taking {variant} ({default / sums[variant]:.3f}x faster than the heuristic alone)")
     if not chosen:
         lines.append("sweep: keeping the heuristic's block sizes")
@@ -249,7 +265,7 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
         if tuning is not None:
             from disentbench.core import packed_triton
 
-            packed_triton.TUNING.update({kind: dict(settings) for kind, settings in tuning.items()})
+            packed_triton.TUNING.update({key: dict(settings) for key, settings in tuning.items()})
         setup = getattr(layer, "setup", lambda t: t)
         common = getattr(layer, "common", lambda out, p: out)
         activation = torch.relu if relu and not getattr(layer, "fused_relu", False) else (lambda t: t)
@@ -268,7 +284,8 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
             difference = (common(forward(), p).float() - reference).abs().max().item()
             row = {
                 "layer": name, "kind": kind, "variant": variant, "c_in": c_in, "c_out": c_out, "size": size,
-                "max_abs_diff_vs_grouped": difference, "tuning": tuning,
+                "max_abs_diff_vs_grouped": difference,
+                "tuning": tuning_to_json(tuning) if tuning is not None else None,
                 # sweep rows: forward+backward only (what the choice between settings uses)
                 "forward_ms": timed(forward, device, args.repeat) if tuning is None else float("nan"),
                 "forward_backward_ms": timed(forward_backward, device, args.repeat),
@@ -302,8 +319,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="layer names (e.g. e2 d3) and/or variants (e.g. triton)")
     parser.add_argument(
         "--sweep", default="",
-        help="extra triton rows, each with packed_triton.TUNING overrides KIND.KEY=INT joined by '+', comma-separated "
-        "(e.g. wgrad.BLOCK_K=128,conv.num_warps=8+conv.BLOCK_M=128); the plain triton rows use the heuristic",
+        help="extra triton rows, each with packed_triton.TUNING overrides KIND.KEY=INT (or KIND[C,O,K,S].KEY=INT: "
+        "only layers of that shape) joined by '+', comma-separated (e.g. wgrad.BLOCK_K=128,conv.num_warps=8+conv.BLOCK_M=128,"
+        "conv_transpose[32,1,4,2].WINDOW=1); the plain triton rows use the heuristic",
     )
     parser.add_argument("--json", default=None)
     parser.add_argument(
@@ -312,7 +330,8 @@ def main(argv=None) -> int:
         "train_throughput.py --triton-tuning reads it",
     )
     args = parser.parse_args(argv)
-    args.sweep = [item.strip() for item in args.sweep.split(",") if item.strip()]
+    # items are comma-separated; commas inside a layer shape's brackets belong to the item
+    args.sweep = [item.strip() for item in re.split(r",(?![^\[]*\])", args.sweep) if item.strip()]
     for item in args.sweep:
         try:
             parse_sweep_item(item)
@@ -337,7 +356,7 @@ def main(argv=None) -> int:
         print("\n".join(lines))
         if args.write_tuning:
             with open(args.write_tuning, "w") as handle:
-                json.dump(tuning, handle, indent=2)
+                json.dump(tuning_to_json(tuning), handle, indent=2)
     if args.json:
         with open(args.json, "w") as handle:
             settings = {**vars(args), "layers": sorted(args.layers), "variants": sorted(args.variants)}

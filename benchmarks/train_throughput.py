@@ -26,7 +26,9 @@ CUDA and to 1, 4 on CPU, in the main ``--formulation`` (default: the
 trainer's ``auto``: triton on CUDA where Triton is installed, else bmm;
 grouped on CPU). ``--compare`` adds rows of
 other formulations at ``--compare-pack-sizes`` (bf16 on CUDA; default: every
-other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile),
+other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile,
+``triton+unfused`` for triton with torch's reconstruction loss instead of the
+fused loss kernels),
 and every formulation measured gets its own exactness check against
 one-by-one training first (a formulation that cannot run here, such as
 ``triton`` without Triton, is reported in one line). On CUDA the packed rows
@@ -304,18 +306,19 @@ def profile_pack(registration, data, args, device, speed: SpeedOptions, pack: in
 
 
 def load_triton_tuning(path: str) -> dict:
-    """Read a ``packed_triton.TUNING`` JSON file (kernel kind -> launch settings) and apply it."""
+    """Read a ``packed_triton.TUNING`` JSON file (kernel kind or layer shape -> launch settings) and apply it.
+
+    Returns the JSON form (what the results record)."""
     from disentbench.core import packed_triton
 
-    with open(path) as handle:
-        tuning = json.load(handle)
-    if not isinstance(tuning, dict) or set(tuning) - set(packed_triton.TUNING_KINDS):
-        sys.exit(
-            f"--triton-tuning {path}: expected a JSON object with keys among {packed_triton.TUNING_KINDS}; got {tuning!r}"
-        )
+    try:
+        with open(path) as handle:
+            tuning = packed_triton.tuning_from_json(json.load(handle))
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        sys.exit(f"--triton-tuning {path}: {exc}")
     packed_triton.TUNING.clear()
     packed_triton.TUNING.update(tuning)
-    return tuning
+    return packed_triton.tuning_to_json(tuning)
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -337,7 +340,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compare", default=None,
         help="other formulations to measure (bf16 on CUDA, fp32 elsewhere), comma-separated; NAME+compile adds "
-        "torch.compile (default on CUDA: every other formulation; on CPU: vmap,bmm)",
+        "torch.compile, triton+unfused computes the reconstruction loss with torch instead of the fused kernels "
+        "(default on CUDA: every other formulation; on CPU: vmap,bmm)",
     )
     parser.add_argument(
         "--compare-pack-sizes", default=None, help="pack sizes of the --compare rows, comma-separated"
@@ -368,8 +372,12 @@ def parse_args(argv=None):
         args.compare = ",".join(f for f in FORMULATIONS if f not in ("auto", args.formulation)) if cuda else "vmap,bmm"
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
     for entry in args.compare:
-        if entry.removesuffix("+compile") not in FORMULATIONS[1:]:
-            parser.error(f"--compare: unknown formulation {entry!r}; use {', '.join(FORMULATIONS[1:])}, optionally +compile")
+        name, *flags = entry.split("+")
+        if name not in FORMULATIONS[1:] or set(flags) - {"compile", "unfused"}:
+            parser.error(
+                f"--compare: unknown formulation {entry!r}; use {', '.join(FORMULATIONS[1:])}, optionally +compile "
+                "and/or +unfused"
+            )
     if args.compare_pack_sizes is None:
         args.compare_pack_sizes = ("32" if args.quick else "128,512") if cuda else "4"
     if args.seconds is None:
@@ -424,7 +432,10 @@ def main(argv=None) -> int:
         formulation=args.formulation,
     )
     compared = [
-        dataclasses.replace(speed, formulation=entry.removesuffix("+compile"), compile=entry.endswith("+compile"))
+        dataclasses.replace(
+            speed, formulation=entry.split("+")[0], compile="compile" in entry.split("+")[1:],
+            fused_loss="unfused" not in entry.split("+")[1:],
+        )  # fmt: skip
         for entry in args.compare
     ]
     # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests)
@@ -457,6 +468,7 @@ def main(argv=None) -> int:
     for options in compared:
         options = dataclasses.replace(options, autocast_bf16=cuda)
         mode = f"packed {'bf16' if cuda else 'fp32'}{' compiled' if options.compile else ''}"
+        mode += "" if options.fused_loss or options.formulation != "triton" else " unfused loss"
         plan += [(p, options, mode) for p in args.compare_pack_sizes]
     skipped = []
     for pack, options, mode in plan:

@@ -4,7 +4,7 @@
 which checks what they compute but not that Triton's GPU compiler accepts
 them. This check records the launches of one study-shaped training step
 (encoder and decoder forward and backward at 64x64, batch 64, for 1- and
-3-channel images, fp32 and bf16 autocast, plus the fused Adam) without running
+3-channel images, fp32 and bf16 autocast, plus the fused Adam and reconstruction loss) without running
 them, then compiles each distinct one ahead of time to a cubin for
 ``--arch`` (default 90: H100/H200) with the installed Triton's own compiler
 and ptxas, and prints its shared-memory use and (with the cuobjdump Triton
@@ -15,6 +15,7 @@ failure (exit 1).
     python benchmarks/triton_compile_check.py              # every launch, sm_90 (about a minute on 2 cores)
     python benchmarks/triton_compile_check.py --quick      # bf16, 1 channel: the study's training mode
     python benchmarks/triton_compile_check.py --arch 80    # A100
+    python benchmarks/triton_compile_check.py --quick --tuning t.json   # with TUNING overrides (JSON)
 
 Checked with Triton 3.3.1, 3.6.0 and 3.9.0 for sm_90 (all 67 launches compile,
 at most 81 KiB of shared memory); it needs Triton >= 3.3 (its ASTSource API).
@@ -65,7 +66,8 @@ def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict
 
             return launch
 
-    kernels = ("_conv_kernel", "_conv_transpose_kernel", "_wgrad_kernel", "_colsum_kernel", "_adam_kernel")
+    kernels = ("_conv_kernel", "_conv_transpose_kernel", "_wgrad_kernel", "_colsum_kernel", "_adam_kernel",
+               "_bernoulli_nll_kernel", "_bernoulli_nll_backward_kernel")  # fmt: skip
     saved = {name: getattr(pt, name) for name in kernels}
     saved_available = pt.available
     try:
@@ -83,6 +85,9 @@ def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict
                     mean, logvar = pt.encode(params, x)
                     logits = pt.decode(params, mean + logvar)
                 (logits.float().sum() + mean.float().sum()).backward()
+                # the fused reconstruction loss on the pack's (P, N, C, 64, 64) logits, forward and backward
+                pt._bernoulli_nll(logits.detach(), x, 2)
+                pt._bernoulli_nll_backward(logits.detach(), x, torch.ones(logits.shape[:2]), 2)
         p = params["decoder.dense.0.weight"]
         pt.adam_step_(p.detach(), p.grad, torch.zeros_like(p), torch.zeros_like(p), torch.zeros(2, 6))
     finally:
@@ -113,6 +118,11 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200, 80: A100)")
     parser.add_argument("--quick", action="store_true", help="bf16 and 1 channel only (the study's training mode)")
     parser.add_argument("--tf32", action="store_true", help="fp32 launches with TF32 dots (else IEEE fp32)")
+    parser.add_argument(
+        "--tuning", default=None, metavar="FILE",
+        help="packed_triton.TUNING JSON to compile the launches with (packed_layers.py --write-tuning writes one; "
+        'e.g. {"conv_transpose": {"WINDOW": 1}}); default: the heuristic',
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("error: unset TRITON_INTERPRET (the interpreter's kernels cannot be compiled)", file=sys.stderr)
@@ -135,6 +145,17 @@ def main(argv=None) -> int:
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 launches as with --tf32 in train_throughput.py
+    if args.tuning:
+        import json
+
+        from disentbench.core import packed_triton
+
+        try:
+            with open(args.tuning) as handle:
+                packed_triton.TUNING.update(packed_triton.tuning_from_json(json.load(handle)))
+        except (OSError, ValueError) as exc:
+            print(f"error: --tuning {args.tuning}: {exc}", file=sys.stderr)
+            return 2
     launches = record_launches((1,) if args.quick else (1, 3), (True,) if args.quick else (False, True))
     target = GPUTarget("cuda", args.arch, 32)
     limit = SHARED_LIMIT.get(args.arch)
@@ -142,8 +163,8 @@ def main(argv=None) -> int:
     failures = 0
     started = time.perf_counter()
     for (name, *_), (kernel, signature, constexprs, options) in sorted(launches.items(), key=lambda item: item[0]):
-        shown = {k: v for k, v in constexprs.items() if k in ("C", "O", "KH", "S", "HAS_MASK", "RELU", "BLOCK_M", "BLOCK_N", "BLOCK_K")}
-        dtype = str(constexprs.get("IN_T", "fp32")).replace("triton.language.", "")
+        shown = {k: v for k, v in constexprs.items() if k in ("C", "O", "KH", "S", "PH", "HAS_MASK", "RELU", "BLOCK_M", "BLOCK_N", "BLOCK_K")}
+        dtype = str(constexprs.get("IN_T", constexprs.get("L_T", "fp32"))).replace("triton.language.", "")
         try:
             compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target, options=options)
             shared = compiled.metadata.shared

@@ -1,0 +1,96 @@
+"""The benchmark scripts' own logic: sweep parsing and combination (packed_layers.py), TUNING files
+(train_throughput.py). The measurements themselves run on a GPU (benchmarks/gpu_checks.sh)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # as tests/test_packed_triton.py: packed_triton's kernels in the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def layers():
+    return _script("packed_layers")
+
+
+def test_sweep_items_take_kinds_and_layer_shapes(layers):
+    assert layers.parse_sweep_item("wgrad.BLOCK_K=128+conv_transpose[32,1,4,2].WINDOW=1") == {
+        "wgrad": {"BLOCK_K": 128},
+        ("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1},
+    }
+    with pytest.raises(ValueError, match="'deconv' is not a kernel kind"):
+        layers.parse_sweep_item("deconv.BLOCK_K=64")
+    with pytest.raises(ValueError, match="KEY in"):
+        layers.parse_sweep_item("conv.BLOCKK=64")
+    with pytest.raises(ValueError, match="KEY in"):
+        layers.parse_sweep_item("conv.BLOCK_K=big")
+
+
+def _row(layer, variant, ms, tuning=None, diff=1e-3):
+    return {"layer": layer, "variant": variant, "forward_backward_ms": ms, "max_abs_diff_vs_grouped": diff, "tuning": tuning}
+
+
+def test_best_sweep_setting_combines_winners_of_different_kinds_and_shapes(layers):
+    window_d4 = {"conv_transpose[32,1,4,2]": {"WINDOW": 1}}
+    rows = [
+        _row("e2", "triton", 10.0), _row("d4", "triton", 10.0),
+        # wgrad 128: 20% faster in sum -> taken first
+        _row("e2", "triton[wgrad.BLOCK_K=128]", 6.0, {"wgrad": {"BLOCK_K": 128}}),
+        _row("d4", "triton[wgrad.BLOCK_K=128]", 10.0, {"wgrad": {"BLOCK_K": 128}}),
+        # another wgrad BLOCK_K: a setting already taken -> skipped
+        _row("e2", "triton[wgrad.BLOCK_K=32]", 7.0, {"wgrad": {"BLOCK_K": 32}}),
+        _row("d4", "triton[wgrad.BLOCK_K=32]", 10.0, {"wgrad": {"BLOCK_K": 32}}),
+        # d4's window form: 10% faster, another kind -> combined
+        _row("e2", "triton[conv_transpose[32,1,4,2].WINDOW=1]", 10.0, window_d4),
+        _row("d4", "triton[conv_transpose[32,1,4,2].WINDOW=1]", 8.0, window_d4),
+        # fast but wrong: rejected
+        _row("e2", "triton[conv.BLOCK_K=16]", 1.0, {"conv": {"BLOCK_K": 16}}, diff=1.0),
+        _row("d4", "triton[conv.BLOCK_K=16]", 1.0, {"conv": {"BLOCK_K": 16}}),
+    ]
+    tuning, lines = layers.best_sweep_setting(rows)
+    assert tuning == {"wgrad": {"BLOCK_K": 128}, ("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}}
+    assert any("rejected triton[conv.BLOCK_K=16] on e2" in line for line in lines)
+    assert not any("taking triton[wgrad.BLOCK_K=32]" in line for line in lines)
+
+
+def test_best_sweep_setting_keeps_the_heuristic_when_nothing_wins(layers):
+    rows = [_row("e2", "triton", 10.0), _row("e2", "triton[conv.num_warps=8]", 9.9, {"conv": {"num_warps": 8}})]
+    tuning, lines = layers.best_sweep_setting(rows)
+    assert tuning == {} and lines[-1] == "sweep: keeping the heuristic's block sizes"
+
+
+def test_train_throughput_reads_tuning_files(tmp_path):
+    from disentbench.core import packed_triton
+
+    throughput = _script("train_throughput")
+    good = tmp_path / "t.json"
+    good.write_text(json.dumps({"conv_transpose[32,1,4,2]": {"WINDOW": 1}, "wgrad": {"BLOCK_K": 128}}))
+    saved = dict(packed_triton.TUNING)
+    try:
+        assert throughput.load_triton_tuning(str(good)) == json.loads(good.read_text())
+        assert packed_triton.TUNING == {("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}, "wgrad": {"BLOCK_K": 128}}
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"conv": {"BLOCK_K": "64"}}))
+        with pytest.raises(SystemExit, match=r"--triton-tuning .*bad.json: conv.BLOCK_K='64': settings are integers"):
+            throughput.load_triton_tuning(str(bad))
+    finally:
+        packed_triton.TUNING.clear()
+        packed_triton.TUNING.update(saved)
