@@ -123,15 +123,15 @@ cores (16-bit floats, or float32 with TF32 allowed), = 64 for convolutions
 and weight gradients and 128 for transposed convolutions (chunks spanning
 several kernel taps), at most the reduction length rounded up to a power of
 two (16 for a 1-channel input); for IEEE float32 (FMA dots, where such tiles
-spill up to 17 KiB per thread on sm_90) 32 where 32 divides the gathered
+spill up to 12 KiB per thread on sm_90) 32 where 32 divides the gathered
 channels (one-tap chunks), else 16; ``BLOCK_M`` = 128 when a
 model has at least 8192 output rows (per phase for kernel 2) and the gathered
-operand is not masked, else 64 (compiled for sm_90, the masked 128-row input
-gradients of the 32-channel layers need 249-255 registers per thread in bf16
-and spill 64-80 bytes in TF32; ``benchmarks/triton_compile_check.py`` prints
-registers and spills); weight gradients reduce chunks
-of ``ROWS`` = 4096 rows (``BLOCK_M`` 64 per step, ``BLOCK_K`` as above,
-``BLOCK_N`` as above but at most 64); 4 warps. float64 uses 32 x 16 tiles.
+operand is not masked, else 64; weight gradients reduce chunks
+of ``ROWS`` = 4096 rows (``BLOCK_M`` 64 per step, 32 for IEEE float32, whose
+64-row tiles spill 600 B; ``BLOCK_K`` as above, ``BLOCK_N`` as above but at
+most 64); 4 warps. float64 uses 32 x 16 tiles. (``benchmarks/triton_compile_check.py``
+prints registers and spills of every launch as Triton's launcher specializes
+it; with these sizes none spills.)
 The ``BLOCK_K`` values are measured choices: an H200 sweep of launch settings
 (``benchmarks/packed_layers.py --sweep``, bf16, 512 models) found that only
 the reduction chunk mattered (warps, stages, ``BLOCK_M``, ``ROWS`` and the
@@ -191,6 +191,10 @@ else:
 #: forward and conv dgrad) the gathered channels are the kernel's input
 #: channels; for ``wgrad`` they are A's channels and the output channels B's.
 TUNING: dict = {}
+#: :func:`encode` and :func:`decode` apply each ReLU backward where the gradient is written, not where it is read
+#: (``mask_input_grad``/``grad_premasked`` of :func:`conv2d`); False restores the masked loads (an A/B switch for
+#: benchmarks: the same numbers either way).
+CHAIN_MASKS = True
 #: The kernel kinds and settings TUNING takes (benchmarks check their inputs against these).
 TUNING_KINDS = ("conv", "conv_transpose", "wgrad", "colsum")
 TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "WINDOW", "num_warps", "num_stages")
@@ -294,12 +298,22 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _output_mask(acc, om_ptr, offs, ok, OUT_MASK: tl.constexpr):
+        """With OUT_MASK, 0 where the (output-shaped, contiguous) mask is ``<= 0``: the ReLU backward of the
+        layer below, applied where this input gradient is written instead of where it is read (see
+        :func:`conv2d`'s ``mask_input_grad``)."""
+        if OUT_MASK:
+            r = tl.load(om_ptr + offs, mask=ok, other=0.0)
+            acc = tl.where(r.to(tl.float32) <= 0, 0.0, acc)
+        return acc
+
+    @triton.jit
     def _conv_kernel(
-        x_ptr, m_ptr, w_ptr, b_ptr, y_ptr, M,
+        x_ptr, m_ptr, w_ptr, b_ptr, y_ptr, om_ptr, M,
         sxp, sxn, sxh, sxw, sxc, smp, smn, smh, smw, smc,
         IH: tl.constexpr, IW: tl.constexpr, C: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, O: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
-        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, OUT_MASK: tl.constexpr,
         IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PH: tl.constexpr, OC: tl.constexpr,
     ):  # fmt: skip
@@ -353,15 +367,17 @@ if triton is not None:
             y_row = (n * (OH * PH) + oy * PH)[:, None] + ph_a[None, :]
             y_col = (ox * PH)[:, None] + ph_b[None, :]
             y_offs = p * M * O + (y_row * (OW * PH) + y_col) * OC + (rn % OC)[None, :]
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < O)[None, :])
+        y_ok = row_ok[:, None] & (rn < O)[None, :]
+        acc = _output_mask(acc, om_ptr, y_offs, y_ok, OUT_MASK)
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
     @triton.jit
     def _conv_transpose_kernel(
-        x_ptr, m_ptr, w_ptr, b_ptr, y_ptr, MQ,
+        x_ptr, m_ptr, w_ptr, b_ptr, y_ptr, om_ptr, MQ,
         sxp, sxn, sxh, sxw, sxc, smp, smn, smh, smw, smc,
         IH: tl.constexpr, IW: tl.constexpr, C: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, O: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
-        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, OUT_MASK: tl.constexpr,
         IN_T: tl.constexpr, DOT_T: tl.constexpr, ACC_T: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PHASE_INNER: tl.constexpr,
     ):  # fmt: skip
@@ -434,7 +450,9 @@ if triton is not None:
         acc = _epilogue(acc, b_ptr, p, rn, O, O, HAS_BIAS, RELU)
         out_row = (n * OH + qy * S + a) * OW + qx * S + b
         y_offs = p * (MQ * S * S * O) + out_row[:, None] * O + rn[None, :]
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < O)[None, :])
+        y_ok = row_ok[:, None] & (rn < O)[None, :]
+        acc = _output_mask(acc, om_ptr, y_offs, y_ok, OUT_MASK)
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
     @triton.jit
     def _wgrad_kernel(
@@ -696,7 +714,7 @@ def _config(
     )
     if tensor_cores:  # measured on an H200 (benchmarks/README.md): chunks spanning several taps are faster
         cfg["BLOCK_K"] = min(_BLOCK_K.get(kind, 32), max(16, _next_pow2(reduction)))
-    if window:  # not yet measured on a GPU: the largest tiles that compile for sm_90 without spilling
+    if window:  # not yet measured on a GPU (48-80 registers on sm_90; the sweep tries larger tiles)
         cfg["num_warps"] = 8
         if tensor_cores:
             cfg["BLOCK_K"] = min(64, cfg["BLOCK_K"])
@@ -705,7 +723,7 @@ def _config(
     if dtype == torch.float64:  # broadcast multiply-and-sum: keep the (M, K, N) product small
         cfg.update(BLOCK_M=32, BLOCK_K=16)
     elif kind == "wgrad" and dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        cfg.update(BLOCK_M=32)  # IEEE fp32 dots run on FMA units: 64-row tiles spill (sm_90, up to 608 B)
+        cfg.update(BLOCK_M=32)  # IEEE fp32 dots run on FMA units: 64-row tiles spill (sm_90, 600 B)
     cfg.update(tuned)
     # an override larger than the reduction or the columns would only add masked lanes
     cfg["BLOCK_K"] = min(cfg["BLOCK_K"], max(16, _next_pow2(reduction)))
@@ -758,32 +776,47 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _conv_launch(x, weight_k, bias, kernel, stride, padding, relu, mask, out_dtype, dtype):
-    """Kernel 1: ``x (P,N,H,W,C)`` (strided), ``weight_k (P, k*k*C, O)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``."""
+def _out_mask(out_mask: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """The output mask tensor to pass (``out`` itself as a placeholder without one); it must match ``out``."""
+    if out_mask is None:
+        return out
+    if out_mask.shape != out.shape or not out_mask.is_contiguous():
+        raise ValueError(f"the output mask must be a contiguous {tuple(out.shape)} tensor; got {tuple(out_mask.shape)}")
+    return out_mask
+
+
+def _conv_launch(x, weight_k, bias, kernel, stride, padding, relu, mask, out_dtype, dtype, out_mask=None):
+    """Kernel 1: ``x (P,N,H,W,C)`` (strided), ``weight_k (P, k*k*C, O)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``.
+
+    ``out_mask`` (contiguous, the output's shape): outputs where it is ``<= 0`` are 0."""
     p, n, ih, iw, c = x.shape
     o = weight_k.shape[2]
     oh, ow = _out_size(ih, kernel, stride, padding), _out_size(iw, kernel, stride, padding)
     out = torch.empty((p, n, oh, ow, o), dtype=out_dtype, device=x.device)
+    om_t = _out_mask(out_mask, out)
     m_t = mask if mask is not None else x
     _check_offsets(x, m_t, out)
     rows = n * oh * ow
     cfg = _config("conv", c, o, kernel, stride, rows, dtype, masked=mask is not None)
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(o, cfg["BLOCK_N"]), p)
     _conv_kernel[grid](
-        x, m_t, weight_k, bias if bias is not None else weight_k, out, rows,
+        x, m_t, weight_k, bias if bias is not None else weight_k, out, om_t, rows,
         *x.stride(), *m_t.stride(),
         IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
-        HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
+        HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, OUT_MASK=out_mask is not None, **_types(dtype),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PH=1, OC=o, **_launch_options(cfg),
     )  # fmt: skip
     return out
 
 
-def _conv_transpose_launch(x, weight, bias, kernel, stride, padding, relu, mask, out_size, out_dtype, dtype):
+def _conv_transpose_launch(
+    x, weight, bias, kernel, stride, padding, relu, mask, out_size, out_dtype, dtype, out_mask=None
+):  # fmt: skip
     """A transposed conv of ``x (P,N,H,W,C)`` (strided) by ``weight (P, C, O, k, k)`` -> ``(P,N,OH,OW,O)`` of ``out_dtype``.
 
     Kernel 2 (one output phase per program), or with TUNING's ``WINDOW`` kernel 1
     over each output block's input window, all phases at once (:func:`_window_rows`).
+    ``out_mask`` as in :func:`_conv_launch`.
     """
     p, n, ih, iw, c = x.shape
     o = weight.shape[2]
@@ -793,6 +826,7 @@ def _conv_transpose_launch(x, weight, bias, kernel, stride, padding, relu, mask,
     if _out_size(oh, kernel, stride, padding) != ih or _out_size(ow, kernel, stride, padding) != iw:
         raise ValueError(f"output size {out_size} does not match input {ih}x{iw} for kernel {kernel}, stride {stride}")
     out = torch.empty((p, n, oh, ow, o), dtype=out_dtype, device=x.device)
+    om_t = _out_mask(out_mask, out)
     m_t = mask if mask is not None else x
     _check_offsets(x, m_t, out)
     rows = n * (oh // stride) * (ow // stride)
@@ -803,10 +837,11 @@ def _conv_transpose_launch(x, weight, bias, kernel, stride, padding, relu, mask,
         cols = stride * stride * o
         grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(cols, cfg["BLOCK_N"]), p)
         _conv_kernel[grid](
-            x, m_t, weight_w, bias if bias is not None else weight_w, out, rows,
+            x, m_t, weight_w, bias if bias is not None else weight_w, out, om_t, rows,
             *x.stride(), *m_t.stride(),
             IH=ih, IW=iw, C=c, OH=oh // stride, OW=ow // stride, O=cols, KH=width, KW=width, S=1, PAD=-first,
-            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
+            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, OUT_MASK=out_mask is not None,
+            **_types(dtype),
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PH=stride, OC=o,
             **_launch_options(cfg),
         )  # fmt: skip
@@ -816,10 +851,11 @@ def _conv_transpose_launch(x, weight, bias, kernel, stride, padding, relu, mask,
     row_blocks = triton.cdiv(rows, cfg["BLOCK_M"])
     grid = (row_blocks * phases, 1, p) if cfg["PHASE_INNER"] else (row_blocks, phases, p)
     _conv_transpose_kernel[grid](
-        x, m_t, weight_t, bias if bias is not None else weight_t, out, rows,
+        x, m_t, weight_t, bias if bias is not None else weight_t, out, om_t, rows,
         *x.stride(), *m_t.stride(),
         IH=ih, IW=iw, C=c, OH=oh, OW=ow, O=o, KH=kernel, KW=kernel, S=stride, PAD=padding,
-        HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, **_types(dtype),
+        HAS_MASK=mask is not None, HAS_BIAS=bias is not None, RELU=relu, OUT_MASK=out_mask is not None,
+        **_types(dtype),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PHASE_INNER=bool(cfg["PHASE_INNER"]),
         **_launch_options(cfg),
     )  # fmt: skip
@@ -966,22 +1002,39 @@ def _recall(ctx):
     return h, weight, out, ctx.geometry, ctx.dtypes
 
 
-def _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype) -> None:
-    """What a fused layer's backward needs: input, weight, the output as the ReLU mask, geometry and dtypes."""
-    ctx.save_for_backward(h, weight, out if relu else None)
+def _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype, chain) -> None:
+    """What a fused layer's backward needs: input, weight, the output as the ReLU mask (unless the gradient
+    arrives masked), geometry, dtypes and the chain flags ``(mask_input_grad, grad_premasked)``."""
+    mask_input_grad, grad_premasked = chain
+    if grad_premasked and not relu:
+        raise ValueError("grad_premasked needs relu: only a ReLU output's gradient can arrive masked")
+    ctx.save_for_backward(h, weight, out if relu and not grad_premasked else None)
     ctx.geometry = (kernel, stride, padding, relu, dtype)
     ctx.has_bias = bias is not None
     ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+    ctx.mask_input_grad = mask_input_grad
+
+
+def _input_grad_mask(ctx, h: torch.Tensor) -> torch.Tensor | None:
+    """The layer input as the mask of its gradient (``mask_input_grad``), where the kernels can apply it."""
+    return h if ctx.mask_input_grad and h.is_contiguous() else None
+
+
+def _masked_late(ctx, h: torch.Tensor, grad_h: torch.Tensor) -> torch.Tensor:
+    """``mask_input_grad`` for an input the kernels could not use as a mask (not contiguous): in torch."""
+    if ctx.mask_input_grad and not h.is_contiguous():
+        return grad_h.masked_fill(h <= 0, 0)
+    return grad_h
 
 
 class _Conv2d(torch.autograd.Function):
     """Conv (+ bias, + ReLU) of P models on NHWC tensors; weight (P, O, C, k, k). See the module docstring."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
+    def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype, chain=(False, False)):
         weight_k = _tap_rows(weight, dtype, rows_dim=2)  # rows (kh, kw, c), columns o
         out = _conv_launch(h, weight_k, bias, kernel, stride, padding, relu, None, dtype, dtype)
-        _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
+        _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype, chain)
         return out
 
     @staticmethod
@@ -992,8 +1045,10 @@ class _Conv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # the transposed conv of the masked gradient: (P, O, C, k, k) read as (P, C_in, C_out, k, k)
             grad_h = _conv_transpose_launch(
-                grad, weight, None, kernel, stride, padding, False, out, h.shape[2:4], h_dtype, dtype
-            )
+                grad, weight, None, kernel, stride, padding, False, out, h.shape[2:4], h_dtype, dtype,
+                out_mask=_input_grad_mask(ctx, h),
+            )  # fmt: skip
+            grad_h = _masked_late(ctx, h, grad_h)
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] or want_bias:
             dw, db = _wgrad_launch(h, None, grad, out, kernel, stride, padding, want_bias, dtype)
@@ -1001,17 +1056,17 @@ class _Conv2d(torch.autograd.Function):
                 grad_weight = dw.view(p, kernel, kernel, c, o).permute(0, 4, 3, 1, 2).to(w_dtype)
             if want_bias:
                 grad_bias = db.to(b_dtype)
-        return grad_h, grad_weight, grad_bias, None, None, None, None, None
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 class _ConvTranspose2d(torch.autograd.Function):
     """Transposed conv (+ bias, + ReLU) of P models on NHWC tensors; weight (P, C_in, C_out, k, k)."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype):
+    def forward(ctx, h, weight, bias, kernel, stride, padding, relu, dtype, chain=(False, False)):
         out_size = tuple((s - 1) * stride - 2 * padding + kernel for s in h.shape[2:4])
         out = _conv_transpose_launch(h, weight, bias, kernel, stride, padding, relu, None, out_size, dtype, dtype)
-        _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype)
+        _remember(ctx, h, weight, bias, out, kernel, stride, padding, relu, dtype, chain)
         return out
 
     @staticmethod
@@ -1022,13 +1077,17 @@ class _ConvTranspose2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # the conv of the masked gradient: rows (kh, kw, c_out), columns c_in
             weight_k = _tap_rows(weight, dtype, rows_dim=2)
-            grad_h = _conv_launch(grad, weight_k, None, kernel, stride, padding, False, out, h_dtype, dtype)
+            grad_h = _conv_launch(
+                grad, weight_k, None, kernel, stride, padding, False, out, h_dtype, dtype,
+                out_mask=_input_grad_mask(ctx, h),
+            )  # fmt: skip
+            grad_h = _masked_late(ctx, h, grad_h)
         if ctx.needs_input_grad[1]:
             dw, _ = _wgrad_launch(grad, out, h, None, kernel, stride, padding, False, dtype)  # (P, (kh,kw,o), c)
             grad_weight = dw.view(p, kernel, kernel, o, c).permute(0, 4, 3, 1, 2).to(w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = _colsum_launch(grad, out, dtype).to(b_dtype)
-        return grad_h, grad_weight, grad_bias, None, None, None, None, None
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 #: Elements per step of the reconstruction-loss kernels.
@@ -1147,7 +1206,21 @@ def bernoulli_nll_per_sample(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return _BernoulliNLL.apply(logits, x, 1)
 
 
-def conv2d(h, weight, bias, kernel_size, stride, padding, relu):
+_CHAIN_DOC = """
+    Chains of fused layers (:func:`encode`, :func:`decode`) move each ReLU
+    backward from where the gradient is read to where it is written:
+    ``mask_input_grad`` says ``h`` is the ReLU output of the fused layer below,
+    whose gradient this layer's input-gradient kernel then writes already
+    multiplied by ``h > 0`` (the gradient of that layer's pre-activation,
+    not of ``h``); ``grad_premasked`` says this layer's own output gradient
+    arrives so (its output feeds only a layer with ``mask_input_grad``), so
+    its backward kernels load it without the mask. Set them in pairs on
+    adjacent layers whose intermediate output has no other use: one masked
+    write replaces the masked loads of up to three backward kernels.
+"""
+
+
+def conv2d(h, weight, bias, kernel_size, stride, padding, relu, *, mask_input_grad=False, grad_premasked=False):
     """Every model's ``Conv2d`` (+ ReLU if ``relu``): ``h (P,N,H,W,C)`` (any strides) -> ``(P,N,OH,OW,O)``.
 
     ``weight (P, O, C, k, k)``, ``bias (P, O)`` or None. The output is contiguous,
@@ -1162,10 +1235,11 @@ def conv2d(h, weight, bias, kernel_size, stride, padding, relu):
         raise NotImplementedError(
             f"stride {stride} must divide the kernel size {kernel_size} and the padded input size minus it"
         )
-    return _Conv2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h))
+    chain = (bool(mask_input_grad), bool(grad_premasked))
+    return _Conv2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h), chain)
 
 
-def conv_transpose2d(h, weight, bias, kernel_size, stride, padding, relu):
+def conv_transpose2d(h, weight, bias, kernel_size, stride, padding, relu, *, mask_input_grad=False, grad_premasked=False):
     """Every model's ``ConvTranspose2d`` (+ ReLU if ``relu``): ``h (P,N,H,W,C)`` -> ``(P,N,OH,OW,O)``.
 
     ``weight (P, C, O, k, k)``, ``bias (P, O)`` or None; ``OH = (H-1)*stride - 2*padding + k``.
@@ -1174,7 +1248,12 @@ def conv_transpose2d(h, weight, bias, kernel_size, stride, padding, relu):
     _require(h)
     if weight.shape[3] != kernel_size or weight.shape[4] != kernel_size:
         raise ValueError(f"weight {tuple(weight.shape)} is not a {kernel_size}x{kernel_size} kernel")
-    return _ConvTranspose2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h))
+    chain = (bool(mask_input_grad), bool(grad_premasked))
+    return _ConvTranspose2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h), chain)
+
+
+conv2d.__doc__ += _CHAIN_DOC
+conv_transpose2d.__doc__ += _CHAIN_DOC
 
 
 def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "encoder.") -> tuple[torch.Tensor, torch.Tensor]:
@@ -1185,8 +1264,13 @@ def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "enco
     w, b = _accessors(params, prefix)
     p, n = x.shape[:2]
     h = x.permute(0, 1, 3, 4, 2)  # (P, N, H, W, C) view
-    for name, (kernel, stride, padding) in zip(_ENCODER_CONVS, _ENCODER_GEOMETRY):
-        h = conv2d(h, w(name), b(name), kernel, stride, padding, relu=True)
+    last = len(_ENCODER_CONVS) - 1
+    for k, (name, (kernel, stride, padding)) in enumerate(zip(_ENCODER_CONVS, _ENCODER_GEOMETRY)):
+        # inside the chain each ReLU backward is applied where the gradient is written (see conv2d)
+        h = conv2d(
+            h, w(name), b(name), kernel, stride, padding, relu=True,
+            mask_input_grad=CHAIN_MASKS and k > 0, grad_premasked=CHAIN_MASKS and k < last,
+        )  # fmt: skip
     return encoder_head(params, h.permute(0, 1, 4, 2, 3).reshape(p, n, -1), prefix)  # the module's NCHW flatten
 
 
@@ -1198,5 +1282,8 @@ def decode(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str = "deco
     kernel, stride, padding = _DECODER_GEOMETRY
     last = len(_DECODER_DECONVS) - 1
     for k, name in enumerate(_DECODER_DECONVS):
-        h = conv_transpose2d(h, w(name), b(name), kernel, stride, padding, relu=k < last)
+        h = conv_transpose2d(
+            h, w(name), b(name), kernel, stride, padding, relu=k < last,
+            mask_input_grad=CHAIN_MASKS and k > 0, grad_premasked=CHAIN_MASKS and k < last,
+        )  # fmt: skip
     return h.permute(0, 1, 4, 2, 3)

@@ -263,6 +263,51 @@ def test_encode_decode_match_the_modules():
 
 
 @pytest.mark.usefixtures("large_blocks")
+def test_chains_apply_each_relu_backward_once_where_the_gradient_is_written(monkeypatch):
+    """Inside encode/decode each ReLU backward is applied by the input-gradient kernel of the layer above
+    (its output mask), so the backward kernels of e1-e3 and d1-d3 load their output gradient unmasked: of the
+    8 weight-gradient launches only e4's (whose gradient comes from torch's dense layer) masks. The values
+    are test_encode_decode_match_the_modules'."""
+    masked_wgrads, output_masks = [], []
+    wgrad, conv_t, conv = packed_triton._wgrad_launch, packed_triton._conv_transpose_launch, packed_triton._conv_launch
+
+    def record_wgrad(a, a_mask, b, b_mask, *args):
+        masked_wgrads.append(a_mask is not None or b_mask is not None)
+        return wgrad(a, a_mask, b, b_mask, *args)
+
+    def record(launch):
+        def run(*args, out_mask=None):
+            output_masks.append(out_mask is not None)
+            return launch(*args, out_mask=out_mask)
+
+        return run
+
+    monkeypatch.setattr(packed_triton, "_wgrad_launch", record_wgrad)
+    monkeypatch.setattr(packed_triton, "_conv_transpose_launch", record(conv_t))
+    monkeypatch.setattr(packed_triton, "_conv_launch", record(conv))
+    _, _, params, x, z = _stacked_modules(1)
+    mean, logvar = packed_triton.encode(params, x)
+    logits = packed_triton.decode(params, z)
+    output_masks.clear()
+    _objective(mean, logvar, logits).backward()
+    assert len(masked_wgrads) == 8 and masked_wgrads.count(True) == 1  # e4's
+    # input gradients of d4, d3, d2, e4, e3, e2 write masked; d1's (torch's dense layer below) does not; e1 has none
+    assert len(output_masks) == 7 and output_masks.count(False) == 1
+    grads = {name: param.grad.clone() for name, param in params.items()}
+    monkeypatch.setattr(packed_triton, "CHAIN_MASKS", False)  # the A/B switch: masked loads, the same gradients
+    masked_wgrads.clear()
+    for param in params.values():
+        param.grad = None
+    _objective(*packed_triton.encode(params, x), packed_triton.decode(params, z)).backward()
+    assert masked_wgrads.count(True) == 7  # all but d4's (no ReLU)
+    for name, param in params.items():
+        torch.testing.assert_close(param.grad, grads[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="grad_premasked needs relu"):
+        packed_triton.conv2d(x[:, :, :1].permute(0, 1, 3, 4, 2), params["encoder.convs.0.weight"],
+                             None, 4, 2, 1, relu=False, grad_premasked=True)  # fmt: skip
+
+
+@pytest.mark.usefixtures("large_blocks")
 def test_bf16_autocast_matches_the_modules_under_autocast():
     """Under bf16 autocast the layers compute in bf16 (fp32 accumulation) and return fp32 parameter gradients
     close to the modules' fp32 ones.
