@@ -6,8 +6,9 @@
 #   1. a sweep of the Triton kernels' launch settings, kernel kind by kernel kind (bf16, 512 models, per layer);
 #      the settings that beat packed_triton's heuristic are combined and written as TUNING JSON
 #   2. whole training steps: the naive loop, triton (auto) in fp32/TF32 and bf16 (128: the bf16 effect on losses), triton
-#      in bf16 with torch's reconstruction loss instead of the fused kernels (their A/B), the exactness check against
-#      one-by-one training, and a kernel profile of the fastest
+#      in bf16 with torch's reconstruction loss instead of the fused kernels and with the ReLU masks applied where
+#      gradients are read (the A/B rows of those two), the exactness check against one-by-one training, and a kernel
+#      profile of the fastest
 #   3. triton again with the sweep's combined setting (its exactness checked too)
 #   4. tests/test_packed_triton.py on the card (the kernels compiled by this machine's Triton vs torch)
 # Earlier sessions' calls (2026-11-28: per-layer comparison of every formulation, throughput, the first sweep):
@@ -38,9 +39,9 @@ timeout 200 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf
   --sweep "$sweep" --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 | tee -a "$log"
 [ -s "$out/triton_tuning.json" ] || echo '{}' > "$out/triton_tuning.json"
 
-step "2. train_throughput: naive, triton (auto), triton with torch's reconstruction loss" | tee -a "$log"
+step "2. train_throughput: naive, triton (auto), its unfused-loss and unchained A/B rows" | tee -a "$log"
 timeout 110 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --pack-sizes 128 --bf16-pack-sizes 128,512 \
-  --compare triton+unfused --compare-pack-sizes 512 --seconds 2.5 \
+  --compare triton+unfused,triton+unchained --compare-pack-sizes 512 --seconds 2.5 \
   --json "$out/train_throughput.json" --profile "$out/profile.txt" 2>&1 | tee -a "$log"
 
 step "3. train_throughput: triton with the sweep's settings" | tee -a "$log"

@@ -28,7 +28,8 @@ grouped on CPU). ``--compare`` adds rows of
 other formulations at ``--compare-pack-sizes`` (bf16 on CUDA; default: every
 other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile,
 ``triton+unfused`` for triton with torch's reconstruction loss instead of the
-fused loss kernels),
+fused loss kernels, ``triton+unchained`` with each ReLU backward applied where
+the gradient is read instead of where it is written),
 and every formulation measured gets its own exactness check against
 one-by-one training first (a formulation that cannot run here, such as
 ``triton`` without Triton, is reported in one line). On CUDA the packed rows
@@ -41,6 +42,7 @@ the naive loop and the packed trainer alike).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -305,6 +307,22 @@ def profile_pack(registration, data, args, device, speed: SpeedOptions, pack: in
         print(f"profiling failed: {exc!r}")
 
 
+@contextlib.contextmanager
+def triton_chain_masks(on: bool):
+    """``packed_triton.CHAIN_MASKS`` inside the block (``+unchained`` rows: off), restored after."""
+    try:
+        from disentbench.core import packed_triton
+    except ImportError:  # pragma: no cover - the package always has the module
+        yield
+        return
+    saved = packed_triton.CHAIN_MASKS
+    packed_triton.CHAIN_MASKS = on
+    try:
+        yield
+    finally:
+        packed_triton.CHAIN_MASKS = saved
+
+
 def load_triton_tuning(path: str) -> dict:
     """Read a ``packed_triton.TUNING`` JSON file (kernel kind or layer shape -> launch settings) and apply it.
 
@@ -340,7 +358,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compare", default=None,
         help="other formulations to measure (bf16 on CUDA, fp32 elsewhere), comma-separated; NAME+compile adds "
-        "torch.compile, triton+unfused computes the reconstruction loss with torch instead of the fused kernels "
+        "torch.compile, triton+unfused computes the reconstruction loss with torch instead of the fused kernels, "
+        "triton+unchained masks the ReLU gradients where they are read (packed_triton.CHAIN_MASKS off) "
         "(default on CUDA: every other formulation; on CPU: vmap,bmm)",
     )
     parser.add_argument(
@@ -373,10 +392,10 @@ def parse_args(argv=None):
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
     for entry in args.compare:
         name, *flags = entry.split("+")
-        if name not in FORMULATIONS[1:] or set(flags) - {"compile", "unfused"}:
+        if name not in FORMULATIONS[1:] or set(flags) - {"compile", "unfused", "unchained"}:
             parser.error(
                 f"--compare: unknown formulation {entry!r}; use {', '.join(FORMULATIONS[1:])}, optionally +compile "
-                "and/or +unfused"
+                "(any), +unfused and +unchained (triton)"
             )
     if args.compare_pack_sizes is None:
         args.compare_pack_sizes = ("32" if args.quick else "128,512") if cuda else "4"
@@ -438,6 +457,7 @@ def main(argv=None) -> int:
         )  # fmt: skip
         for entry in args.compare
     ]
+    unchained = ["unchained" in entry.split("+")[1:] for entry in args.compare]
     # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests)
     exactness = {}
     for form in dict.fromkeys([speed.formulation] + [c.formulation for c in compared]):
@@ -462,16 +482,17 @@ def main(argv=None) -> int:
         )
     rows = [measure_naive(registration, data, args, device)]
     naive_rate = rows[0]["model_steps_per_s"]
-    plan = [(p, speed, "packed fp32") for p in args.pack_sizes]
+    plan = [(p, speed, "packed fp32", True) for p in args.pack_sizes]
     bf16 = dataclasses.replace(speed, autocast_bf16=True)
-    plan += [(p, bf16, "packed bf16 autocast") for p in args.bf16_pack_sizes]
-    for options in compared:
+    plan += [(p, bf16, "packed bf16 autocast", True) for p in args.bf16_pack_sizes]
+    for options, no_chain in zip(compared, unchained):
         options = dataclasses.replace(options, autocast_bf16=cuda)
         mode = f"packed {'bf16' if cuda else 'fp32'}{' compiled' if options.compile else ''}"
-        mode += "" if options.fused_loss or options.formulation != "triton" else " unfused loss"
-        plan += [(p, options, mode) for p in args.compare_pack_sizes]
+        if options.formulation == "triton":  # the ablations of the triton formulation
+            mode += ("" if options.fused_loss else " unfused loss") + (" unchained" if no_chain else "")
+        plan += [(p, options, mode, not no_chain) for p in args.compare_pack_sizes]
     skipped = []
-    for pack, options, mode in plan:
+    for pack, options, mode, chain_masks in plan:
         if time.perf_counter() - began > TIME_GUARD_S:
             skipped.append(f"{mode} x{pack}")
             continue
@@ -482,7 +503,8 @@ def main(argv=None) -> int:
         ]
         iterations = same[0]["iterations"] if (options.autocast_bf16 and same) else None
         try:
-            rows.append(measure_packed(registration, data, args, device, pack, options, mode, iterations))
+            with triton_chain_masks(chain_masks):
+                rows.append(measure_packed(registration, data, args, device, pack, options, mode, iterations))
             row = rows[-1]
             row["options"] = options
             print(

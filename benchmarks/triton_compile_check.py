@@ -51,18 +51,29 @@ def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                signature, constexprs = {}, {}
-                for name, value in zip(self.kernel.arg_names, args):
+                # as Triton's launcher specializes: an integer 1 becomes a constant, pointers aligned to 16 bytes
+                # and integers divisible by 16 carry that divisibility (what lets the compiler vectorize loads)
+                signature, constexprs, attrs = {}, {}, {}
+                for index, (name, value) in enumerate(zip(self.kernel.arg_names, args)):
                     if isinstance(value, torch.Tensor):
                         signature[name] = "*" + {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64"}[value.dtype]
+                        divisible = value.data_ptr() % 16 == 0
+                    elif int(value) == 1:
+                        signature[name] = "constexpr"
+                        constexprs[name] = 1
+                        continue
                     else:
                         signature[name] = "i64" if abs(int(value)) >= 2**31 else "i32"
+                        divisible = int(value) % 16 == 0
+                    if divisible:
+                        attrs[(index,)] = [["tt.divisibility", 16]]
                 options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
                 for name, value in kwargs.items():
                     signature[name] = "constexpr"
                     constexprs[name] = value
-                key = (self.kernel.__name__, repr(sorted(constexprs.items())), repr(sorted(signature.items())), repr(options))
-                launches[key] = (self.kernel, signature, constexprs, options)
+                key = (self.kernel.__name__, repr(sorted(constexprs.items())), repr(sorted(signature.items())),
+                       repr(sorted(attrs)), repr(options))  # fmt: skip
+                launches[key] = (self.kernel, signature, constexprs, attrs, options)
 
             return launch
 
@@ -162,11 +173,12 @@ def main(argv=None) -> int:
     print(f"# triton {triton.__version__}, sm_{args.arch}: {len(launches)} distinct launches")
     failures = 0
     started = time.perf_counter()
-    for (name, *_), (kernel, signature, constexprs, options) in sorted(launches.items(), key=lambda item: item[0]):
+    for (name, *_), (kernel, signature, constexprs, attrs, options) in sorted(launches.items(), key=lambda item: item[0]):
         shown = {k: v for k, v in constexprs.items() if k in ("C", "O", "KH", "S", "PH", "HAS_MASK", "RELU", "BLOCK_M", "BLOCK_N", "BLOCK_K")}
         dtype = str(constexprs.get("IN_T", constexprs.get("L_T", "fp32"))).replace("triton.language.", "")
         try:
-            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target, options=options)
+            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+            compiled = triton.compile(source, target=target, options=options)
             shared = compiled.metadata.shared
             status = "ok" if limit is None or shared <= limit else "FAIL"
             failures += status == "FAIL"
