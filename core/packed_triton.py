@@ -16,7 +16,9 @@ Status: tested against torch in Triton's CPU interpreter (values and
 gradients, tests/test_packed_triton.py, in CI) and on an H200 with Triton
 3.6 (2026-11-28: packed training equal to one-by-one training to 1.6e-6 in
 fp32; 8,625 model-steps/s for 512 beta-VAEs in bf16, the fastest
-formulation measured; benchmarks/README.md).
+formulation measured; benchmarks/README.md). The fused loss, the chain
+masks and the window form came after that measurement and have run only in
+the interpreter and through the sm_90 compiler.
 
 Layout. Every model's activations are NHWC, ``(P, N, H, W, C)``; the model
 index is a grid axis of every kernel. Inputs are read through their strides
@@ -97,6 +99,11 @@ weight and output (the output is the ReLU mask), and has a hand-written backward
   with A = ``grad`` (masked) gathered in conv geometry and B = the layer input
   (its rows are the input pixels), giving ``dW`` as ``(kh, kw, c_out) x c_in``,
   permuted to ``(C_in, C_out, kh, kw)``; bias gradient = kernel 4.
+* inside :func:`encode` and :func:`decode` (:data:`CHAIN_MASKS`) a layer whose
+  input is the ReLU output of the fused layer below writes its input gradient
+  already masked (an output mask in kernel 1's or 2's epilogue), and that layer's
+  backward kernels then load their output gradient without the mask: one
+  masked write instead of up to three masked reads.
 * dense layers stay torch (``baddbmm`` + ``torch.relu``), as in ``bmm``.
 
 Weights are rearranged (and cast to the compute dtype) by a small torch copy
