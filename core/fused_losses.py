@@ -22,11 +22,6 @@ import torch
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("disentbench_fused_losses", default=False)
 
 
-def active() -> bool:
-    """Whether fused loss kernels are switched on here."""
-    return _ENABLED.get()
-
-
 @contextlib.contextmanager
 def enabled(on: bool = True) -> Iterator[None]:
     """Switch the fused loss kernels on (or off) inside the block."""
