@@ -29,7 +29,8 @@ other formulations at ``--compare-pack-sizes`` (bf16 on CUDA; default: every
 other formulation at 128 and 512 models; ``NAME+compile`` for torch.compile,
 ``triton+unfused`` for triton with torch's reconstruction loss instead of the
 fused loss kernels, ``triton+unchained`` with each ReLU backward applied where
-the gradient is read instead of where it is written),
+the gradient is read instead of where it is written, ``NAME+overlap`` with
+the per-run draws made on a side stream),
 and every formulation measured gets its own exactness check against
 one-by-one training first (a formulation that cannot run here, such as
 ``triton`` without Triton, is reported in one line). On CUDA the packed rows
@@ -359,7 +360,8 @@ def parse_args(argv=None):
         "--compare", default=None,
         help="other formulations to measure (bf16 on CUDA, fp32 elsewhere), comma-separated; NAME+compile adds "
         "torch.compile, triton+unfused computes the reconstruction loss with torch instead of the fused kernels, "
-        "triton+unchained masks the ReLU gradients where they are read (packed_triton.CHAIN_MASKS off) "
+        "triton+unchained masks the ReLU gradients where they are read (packed_triton.CHAIN_MASKS off), "
+        "NAME+overlap makes the per-run draws on a side stream (SpeedOptions.overlap_sampling) "
         "(default on CUDA: every other formulation; on CPU: vmap,bmm)",
     )
     parser.add_argument(
@@ -392,10 +394,10 @@ def parse_args(argv=None):
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
     for entry in args.compare:
         name, *flags = entry.split("+")
-        if name not in FORMULATIONS[1:] or set(flags) - {"compile", "unfused", "unchained"}:
+        if name not in FORMULATIONS[1:] or set(flags) - {"compile", "overlap", "unfused", "unchained"}:
             parser.error(
                 f"--compare: unknown formulation {entry!r}; use {', '.join(FORMULATIONS[1:])}, optionally +compile "
-                "(any), +unfused and +unchained (triton)"
+                "and +overlap (any), +unfused and +unchained (triton)"
             )
     if args.compare_pack_sizes is None:
         args.compare_pack_sizes = ("32" if args.quick else "128,512") if cuda else "4"
@@ -453,31 +455,35 @@ def main(argv=None) -> int:
     compared = [
         dataclasses.replace(
             speed, formulation=entry.split("+")[0], compile="compile" in entry.split("+")[1:],
-            fused_loss="unfused" not in entry.split("+")[1:],
+            fused_loss="unfused" not in entry.split("+")[1:], overlap_sampling="overlap" in entry.split("+")[1:],
         )  # fmt: skip
         for entry in args.compare
     ]
     unchained = ["unchained" in entry.split("+")[1:] for entry in args.compare]
-    # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests)
+    # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests),
+    # and of the side-stream sampling where a row uses it (an ordering mistake there would change the numbers)
     exactness = {}
-    for form in dict.fromkeys([speed.formulation] + [c.formulation for c in compared]):
+    checks = [(speed.formulation, False)] + [(c.formulation, c.overlap_sampling) for c in compared]
+    for form, overlap in dict.fromkeys(checks):
+        label = form + ("+overlap" if overlap else "")
         try:
-            exactness[form] = exactness_check(
-                registration, data, args, device, dataclasses.replace(speed, formulation=form, compile=False)
-            )
+            exactness[label] = exactness_check(
+                registration, data, args, device,
+                dataclasses.replace(speed, formulation=form, compile=False, overlap_sampling=overlap),
+            )  # fmt: skip
         except UnpackableModel as exc:  # e.g. triton without Triton: say so in one line
             print(f"exactness: formulation {form} not possible here ({exc})")
-            exactness[form] = float("nan")
+            exactness[label] = float("nan")
             continue
         except Exception:  # noqa: BLE001 - report it, still measure speed
             import traceback
 
-            print(f"exactness check of {form} FAILED\n{traceback.format_exc()}", flush=True)
-            exactness[form] = float("nan")
+            print(f"exactness check of {label} FAILED\n{traceback.format_exc()}", flush=True)
+            exactness[label] = float("nan")
         print(
-            f"exactness: packed ({'graphs' if speed.cuda_graphs else 'eager'}, formulation {form}) vs one-by-one "
-            f"Trainer, 3 runs x 6 steps, fp32 without TF32, adam_eps 1e-3: max |param diff| = {exactness[form]:.2e} "
-            f"({'ok' if exactness[form] <= 1e-5 else 'FAIL'}: the bound is 1e-5)",
+            f"exactness: packed ({'graphs' if speed.cuda_graphs else 'eager'}, formulation {label}) vs one-by-one "
+            f"Trainer, 3 runs x 6 steps, fp32 without TF32, adam_eps 1e-3: max |param diff| = {exactness[label]:.2e} "
+            f"({'ok' if exactness[label] <= 1e-5 else 'FAIL'}: the bound is 1e-5)",
             flush=True,
         )
     rows = [measure_naive(registration, data, args, device)]
@@ -488,6 +494,7 @@ def main(argv=None) -> int:
     for options, no_chain in zip(compared, unchained):
         options = dataclasses.replace(options, autocast_bf16=cuda)
         mode = f"packed {'bf16' if cuda else 'fp32'}{' compiled' if options.compile else ''}"
+        mode += " overlapped sampling" if options.overlap_sampling else ""
         if options.formulation == "triton":  # the ablations of the triton formulation
             mode += ("" if options.fused_loss else " unfused loss") + (" unchained" if no_chain else "")
         plan += [(p, options, mode, not no_chain) for p in args.compare_pack_sizes]

@@ -172,6 +172,13 @@ class SpeedOptions:
       timed on a GPU); under vmap the
       whole packed loss. Falls back to eager, with a warning, if compilation
       fails.
+    * ``overlap_sampling`` (default off until measured on a GPU; with
+      ``cuda_graphs``): each run's draws for the next step (its batch indices
+      and latent noise, about two small kernels per run) are made on a side
+      stream, so the GPU can run them next to the replay of the previous step's
+      graph instead of between replays; the main stream waits for them and
+      copies them into the graph's input buffers. The same generators in the
+      same order: the same numbers.
     * ``fused_loss`` (default on; ``"triton"`` formulation only, every device
       it runs on): the Bernoulli reconstruction loss of the model's own loss
       code is computed by a Triton kernel pair, one pass forward and one
@@ -203,6 +210,7 @@ class SpeedOptions:
     graph_warmup_steps: int = 3
     formulation: str = "auto"
     fused_loss: bool = True
+    overlap_sampling: bool = False
 
     def __post_init__(self):
         if self.formulation not in FORMULATIONS:
@@ -524,6 +532,7 @@ class _Pack:
     draws: list[torch.Tensor] = field(default_factory=list)
     graph: object | None = None
     eager_iterations: int = 0
+    sampled: list = field(default_factory=list)  # overlap_sampling: events of the last steps' input copies
 
 
 class PackedTrainer:
@@ -569,6 +578,7 @@ class PackedTrainer:
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.speed = (speed or SpeedOptions()).on(self.device)
+        self._side_stream = None  # overlap_sampling's stream, made on first use
         _check_same_architecture(models)
         # Each run keeps a solo Trainer: its generators, checkpoint I/O and
         # state-dict format are the Trainer's own, so formats cannot drift.
@@ -965,6 +975,35 @@ class PackedTrainer:
             x = _batch_layout(x)
         return x, [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
 
+    def _sample_inputs_aside(self) -> None:
+        """``_sample_inputs`` into the graph's buffers, the draws made on a side stream (``overlap_sampling``).
+
+        The draws depend on nothing the graph computes (the generators' states
+        live on the host), so they may run while the previous replay does; the
+        current stream waits for them before copying them into the static
+        buffers, and ``record_stream`` keeps their memory from being reused
+        before that copy. The host runs at most two steps ahead of the copies
+        (an event per step), which bounds the memory of pending draws.
+        """
+        pack = self._pack
+        trainers = [self.trainers[i] for i in pack.runs]
+        main = torch.cuda.current_stream(self.device)
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=self.device)
+        if len(pack.sampled) >= 2:
+            pack.sampled.pop(0).synchronize()
+        with torch.cuda.stream(self._side_stream):
+            x = self._sample_batches(trainers)
+            per_run = [[spec.draw(t.latent_generator) for spec in self._draw_specs] for t in trainers]
+            stacked = [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
+        main.wait_stream(self._side_stream)
+        for t in (x, *stacked):
+            t.record_stream(main)
+        pack.x.copy_(x)
+        for buffer, drawn in zip(pack.draws, stacked):
+            buffer.copy_(drawn)
+        pack.sampled.append(main.record_event())
+
     def _sample_batches(self, trainers: list[Trainer]) -> torch.Tensor:
         """Every run's batch ``(P, N, C, H, W)``, each drawn with the run's own data generator.
 
@@ -1041,7 +1080,10 @@ class PackedTrainer:
     def _graph_iteration(self) -> None:
         pack = self._pack
         if pack.graph is not None:
-            self._sample_inputs()
+            if self.speed.overlap_sampling:
+                self._sample_inputs_aside()
+            else:
+                self._sample_inputs()
             pack.graph.replay()
             return
         if pack.x is None:

@@ -257,9 +257,11 @@ def test_speed_options_are_no_ops_on_cpu():
     plain = _build(factory, configs[:2], seeds, data)
     _packed(plain, data, seeds, steps=2)
     fast = _build(factory, configs[:2], seeds, data)
-    everything = SpeedOptions(channels_last=True, autocast_bf16=True, cuda_graphs=True)
+    everything = SpeedOptions(channels_last=True, autocast_bf16=True, cuda_graphs=True, overlap_sampling=True)
     _packed(fast, data, seeds, steps=2, speed=everything)
     assert SpeedOptions.fastest().on(CPU) == SpeedOptions()
+    assert everything.on(CPU) == SpeedOptions()
+    assert SpeedOptions(fused_loss=False).on(CPU) == SpeedOptions(fused_loss=False)  # a formulation detail: kept
     assert SpeedOptions(compile=True, formulation="bmm").on(CPU) == SpeedOptions(compile=True, formulation="bmm")
     for a, b in zip(plain, fast):
         assert _max_diff(a, b) == 0.0

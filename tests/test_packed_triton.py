@@ -453,6 +453,30 @@ def test_packed_trainer_with_triton_equals_one_by_one(name, large_blocks, monkey
         _assert_same_logs(solo_logs[i], logs[i])
 
 
+def test_overlapped_sampling_replays_the_same_training_on_cuda():
+    """CUDA only (gpu_checks.sh runs this file on the card): SpeedOptions.overlap_sampling makes each step's
+    draws on a side stream; through graph capture and replays the runs end bitwise where the default ends."""
+    if DEVICE.type != "cuda":
+        pytest.skip("side-stream sampling is CUDA-only")
+    from test_packed import BATCH, _build, _configs
+    from test_trainer import Squares
+
+    from disentbench.core.packed import PackedTrainer, SpeedOptions
+
+    data = Squares()
+    factory, configs = _configs("beta_vae", adam_eps=1e-3)
+    seeds = [71, 72]
+    finals = []
+    for overlap in (False, True):
+        models = [m.to(DEVICE) for m in _build(factory, configs[:2], seeds, data)]
+        speed = SpeedOptions(cuda_graphs=True, formulation="triton", overlap_sampling=overlap)
+        PackedTrainer(models, data, seeds, steps=8, batch_size=BATCH, device=DEVICE, log_every=8, speed=speed).train()
+        finals.append(models)
+    for a, b in zip(*finals):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p.detach(), q.detach())
+
+
 def _torch_nll(logits, x):
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-3).sum(-1)
 
