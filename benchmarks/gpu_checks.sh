@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 6's device checks in one call, for a session's short GPU lease (at most 8.5 minutes: the steps
-# time out at 190 + 140 + 100 + 80 s). Run from the repository root after installing the project; results go to
+# time out at 180 + 140 + 120 + 80 s). Run from the repository root after installing the project; results go to
 # $OUT (default ./gpu-results): gpu_checks.log (everything printed) and JSON/text files, within the device
 # tool's limit of 8 files. Each step has its own time limit, so one slow or failing step cannot take the others.
 #   1. a sweep of the Triton kernels' launch settings, kernel kind by kernel kind (bf16, 512 models, per layer);
@@ -10,7 +10,7 @@
 #      with torch's reconstruction loss instead of the fused kernels and with the ReLU masks applied where
 #      gradients are read (the A/B rows of those two) and with the per-run draws on a side stream (overlap_sampling's
 #      A/B), the exactness check against one-by-one training, and a kernel profile of the fastest
-#   3. triton again with the sweep's combined setting (its exactness checked too)
+#   3. triton again with the sweep's combined setting, without and with side-stream sampling (exactness checked too)
 #   4. tests/test_packed_triton.py on the card (the kernels compiled by this machine's Triton vs torch)
 # Earlier sessions' calls (2026-11-28: per-layer comparison of every formulation, throughput, the first sweep):
 # benchmarks/README.md.
@@ -37,7 +37,7 @@ sweep=$sweep,wgrad.BLOCK_K=128,wgrad.BLOCK_K=32,wgrad.BLOCK_K=128+wgrad.num_warp
 sweep=$sweep,wgrad.ROWS=2048,wgrad.ROWS=8192,wgrad.BLOCK_M=128
 sweep=$sweep,wgrad.BLOCK_K=256+wgrad.num_warps=8+wgrad.BLOCK_M=32,wgrad.BLOCK_K=512+wgrad.num_warps=8+wgrad.BLOCK_M=32
 step "1. packed_layers: the Triton launch-settings sweep (bf16, 512 models)" | tee -a "$log"
-timeout 190 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --repeat 5 --only triton \
+timeout 180 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --repeat 5 --only triton \
   --sweep "$sweep" --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 | tee -a "$log"
 [ -s "$out/triton_tuning.json" ] || echo '{}' > "$out/triton_tuning.json"
 
@@ -46,9 +46,10 @@ timeout 140 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --pac
   --compare triton+unfused,triton+unchained,triton+overlap --compare-pack-sizes 512 --seconds 2.5 \
   --json "$out/train_throughput.json" --profile "$out/profile.txt" 2>&1 | tee -a "$log"
 
-step "3. train_throughput: triton with the sweep's settings" | tee -a "$log"
-timeout 100 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --formulation triton --pack-sizes '' \
-  --bf16-pack-sizes 512 --compare '' --seconds 2.5 --triton-tuning "$out/triton_tuning.json" \
+step "3. train_throughput: triton with the sweep's settings, without and with side-stream sampling" | tee -a "$log"
+timeout 120 python3 -u benchmarks/train_throughput.py --device cuda --tf32 --formulation triton --pack-sizes '' \
+  --bf16-pack-sizes 512 --compare triton+overlap --compare-pack-sizes 512 --seconds 2.5 \
+  --triton-tuning "$out/triton_tuning.json" \
   --json "$out/train_throughput_tuned.json" 2>&1 | tee -a "$log"
 
 step "4. Triton kernel tests on the card" | tee -a "$log"
