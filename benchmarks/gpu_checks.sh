@@ -26,19 +26,21 @@ step() { echo; echo "=== $* ($(date -u +%T))"; }
 } 2>&1 | tee "$log"
 
 # The 2026-11-28 sweep settled BLOCK_K per kind (warps, stages, BLOCK_M, ROWS and PHASE_INNER moved layer times
-# by 0-7%); this one tries the window form of the transposed convs (all layers, then one shape at a time: d4's
-# single output channel, d3 and e2's input gradient, d1), its tiles, and the reduction chunks around the defaults.
+# by 0-7%). This one tries, most promising first (--budget drops the tail evenly on every layer if time runs short):
+# the window form of the transposed convs (all layers, its tiles, then one shape at a time: d4's single output
+# channel, d3 and e2's input gradient, d1), whole-K weight-gradient tiles, the reduction chunks around the defaults,
+# then row tiles, warps and row splits.
 sweep=conv_transpose.WINDOW=1,conv_transpose.WINDOW=1+conv_transpose.BLOCK_K=32
 sweep=$sweep,conv_transpose.WINDOW=1+conv_transpose.num_warps=4,conv_transpose.WINDOW=1+conv_transpose.BLOCK_M=128
 sweep=$sweep,"conv_transpose[32,1,4,2].WINDOW=1","conv_transpose[32,32,4,2].WINDOW=1","conv_transpose[64,64,4,2].WINDOW=1"
-sweep=$sweep,conv.BLOCK_K=128,conv.BLOCK_K=32,conv.BLOCK_M=64,conv.num_warps=8
-sweep=$sweep,conv_transpose.BLOCK_K=64,conv_transpose.BLOCK_K=256,conv_transpose.BLOCK_M=64
-sweep=$sweep,wgrad.BLOCK_K=128,wgrad.BLOCK_K=32,wgrad.BLOCK_K=128+wgrad.num_warps=8,wgrad.BLOCK_K=256+wgrad.num_warps=8
-sweep=$sweep,wgrad.ROWS=2048,wgrad.ROWS=8192,wgrad.BLOCK_M=128
 sweep=$sweep,wgrad.BLOCK_K=256+wgrad.num_warps=8+wgrad.BLOCK_M=32,wgrad.BLOCK_K=512+wgrad.num_warps=8+wgrad.BLOCK_M=32
+sweep=$sweep,wgrad.BLOCK_K=128,wgrad.BLOCK_K=32,wgrad.BLOCK_K=128+wgrad.num_warps=8,wgrad.BLOCK_K=256+wgrad.num_warps=8
+sweep=$sweep,conv.BLOCK_K=128,conv.BLOCK_K=32,conv_transpose.BLOCK_K=64,conv_transpose.BLOCK_K=256
+sweep=$sweep,conv.BLOCK_M=64,conv.num_warps=8,conv_transpose.BLOCK_M=64,wgrad.ROWS=2048,wgrad.ROWS=8192,wgrad.BLOCK_M=128
 step "1. packed_layers: the Triton launch-settings sweep (bf16, 512 models)" | tee -a "$log"
 timeout 180 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --repeat 5 --only triton \
-  --sweep "$sweep" --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 | tee -a "$log"
+  --sweep "$sweep" --budget 140 --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 \
+  | tee -a "$log"
 [ -s "$out/triton_tuning.json" ] || echo '{}' > "$out/triton_tuning.json"
 
 step "2. train_throughput: naive, triton (auto), its unfused-loss, unchained and overlapped-sampling A/B rows" | tee -a "$log"

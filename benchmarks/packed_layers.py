@@ -261,7 +261,12 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
         variants.append((variant, layer, None))
         for item in args.sweep:  # the same kernels with other block sizes / launch options
             variants.append((f"triton[{item}]", layer, parse_sweep_item(item)))
+    started = time.perf_counter()
     for variant, layer, tuning in variants:
+        if tuning is not None and args.layer_budget is not None and time.perf_counter() - started > args.layer_budget:
+            # out of this layer's share of --budget: the sweep's later items are left out on every layer alike
+            print(f"{name:<3} {kind:<6} {variant:<9} skipped (--budget)", flush=True)
+            continue
         if tuning is not None:
             from disentbench.core import packed_triton
 
@@ -323,6 +328,11 @@ def main(argv=None) -> int:
         "only layers of that shape) joined by '+', comma-separated (e.g. wgrad.BLOCK_K=128,conv.num_warps=8+conv.BLOCK_M=128,"
         "conv_transpose[32,1,4,2].WINDOW=1); the plain triton rows use the heuristic",
     )
+    parser.add_argument(
+        "--budget", type=float, default=None, metavar="SECONDS",
+        help="with --sweep: stop timing sweep items on a layer once it has used its share of SECONDS (the items "
+        "are tried in the order given, so list the important ones first); the summary and files are still written",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     parser.add_argument(
         "--write-tuning", default=None,
@@ -337,6 +347,8 @@ def main(argv=None) -> int:
             parse_sweep_item(item)
         except ValueError as exc:
             parser.error(f"--sweep: {exc}")
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget: give a positive number of seconds")
     only = set(args.only or ())
     args.layers = only & {layer[0] for layer in LAYERS}
     args.variants = only & {variant for variants in VARIANTS.values() for variant in variants}
@@ -347,9 +359,9 @@ def main(argv=None) -> int:
     print(f"# packed_layers  {name}, torch {torch.__version__}, {args.pack} models x batch {args.batch}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}")  # fmt: skip
     rows = []
-    for layer in LAYERS:
-        if args.layers and layer[0] not in args.layers:
-            continue
+    chosen = [layer for layer in LAYERS if not args.layers or layer[0] in args.layers]
+    args.layer_budget = args.budget / len(chosen) if args.budget is not None else None
+    for layer in chosen:
         rows += measure(*layer, args, device)
     if args.sweep:
         tuning, lines = best_sweep_setting(rows)
