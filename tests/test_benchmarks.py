@@ -94,3 +94,21 @@ def test_train_throughput_reads_tuning_files(tmp_path):
     finally:
         packed_triton.TUNING.clear()
         packed_triton.TUNING.update(saved)
+
+
+def test_sweep_budget_skips_items_alike_and_still_writes_the_tuning(layers, tmp_path, capsys):
+    """--budget: past a layer's share of the time the remaining sweep items are skipped on that layer; the
+    summary and the TUNING file are still written (here nothing beat the heuristic: {})."""
+    from disentbench.core import packed_triton
+
+    if packed_triton.available("cpu" if not torch.cuda.is_available() else "cuda") is not None:
+        pytest.skip("the triton layers cannot run here")
+    out = tmp_path / "t.json"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    argv = ["--device", device, "--pack", "2", "--batch", "2", "--repeat", "1", "--only", "triton", "d1",
+            "--sweep", "conv_transpose.WINDOW=1,wgrad.BLOCK_K=32", "--budget", "1e-6", "--write-tuning", str(out)]
+    assert layers.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "triton[conv_transpose.WINDOW=1] skipped (--budget)" in printed
+    assert "triton[wgrad.BLOCK_K=32] skipped (--budget)" in printed
+    assert json.loads(out.read_text()) == {}
