@@ -463,7 +463,7 @@ def main(argv=None) -> int:
     # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests),
     # and of the side-stream sampling where a row uses it (an ordering mistake there would change the numbers)
     exactness = {}
-    checks = [(speed.formulation, False)] + [(c.formulation, c.overlap_sampling) for c in compared]
+    checks = [(speed.formulation, False)] + [(c.formulation, c.overlap_sampling and cuda) for c in compared]
     for form, overlap in dict.fromkeys(checks):
         label = form + ("+overlap" if overlap else "")
         try:
@@ -494,7 +494,7 @@ def main(argv=None) -> int:
     for options, no_chain in zip(compared, unchained):
         options = dataclasses.replace(options, autocast_bf16=cuda)
         mode = f"packed {'bf16' if cuda else 'fp32'}{' compiled' if options.compile else ''}"
-        mode += " overlapped sampling" if options.overlap_sampling else ""
+        mode += " overlapped sampling" if options.overlap_sampling and cuda else ""  # CUDA-only: dropped elsewhere
         if options.formulation == "triton":  # the ablations of the triton formulation
             mode += ("" if options.fused_loss else " unfused loss") + (" unchained" if no_chain else "")
         plan += [(p, options, mode, not no_chain) for p in args.compare_pack_sizes]

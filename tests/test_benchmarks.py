@@ -112,3 +112,21 @@ def test_sweep_budget_skips_items_alike_and_still_writes_the_tuning(layers, tmp_
     assert "triton[conv_transpose.WINDOW=1] skipped (--budget)" in printed
     assert "triton[wgrad.BLOCK_K=32] skipped (--budget)" in printed
     assert json.loads(out.read_text()) == {}
+
+
+def test_train_throughput_runs_on_cpu_and_reports_every_row(tmp_path):
+    """The benchmark's CPU path (tiny): the naive loop, a packed row and a --compare row, each formulation's
+    exactness check, ratios and the study projection in the JSON."""
+    throughput = _script("train_throughput")
+    out = tmp_path / "t.json"
+    argv = ["--device", "cpu", "--quick", "--batch-size", "4", "--pack-sizes", "2", "--compare", "vmap",
+            "--compare-pack-sizes", "2", "--seconds", "0.2", "--json", str(out)]
+    assert throughput.main(argv) == 0
+    result = json.loads(out.read_text())
+    modes = [(row["mode"], row.get("formulation"), row["pack"]) for row in result["rows"]]
+    assert modes == [("naive eager (1 model, Trainer)", None, 1), ("packed fp32", "grouped", 2), ("packed fp32", "vmap", 2)]
+    assert result["rows"][0]["ratio_to_naive"] == 1.0
+    assert all(row["model_steps_per_s"] > 0 and row["ratio_to_naive"] > 0 for row in result["rows"])
+    assert set(result["exactness_max_param_diff"]) == {"grouped", "vmap"}
+    assert all(diff <= 1e-5 for diff in result["exactness_max_param_diff"].values())
+    assert result["study_days"] > 0
