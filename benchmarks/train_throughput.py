@@ -311,11 +311,8 @@ def profile_pack(registration, data, args, device, speed: SpeedOptions, pack: in
 @contextlib.contextmanager
 def triton_chain_masks(on: bool):
     """``packed_triton.CHAIN_MASKS`` inside the block (``+unchained`` rows: off), restored after."""
-    try:
-        from disentbench.core import packed_triton
-    except ImportError:  # pragma: no cover - the package always has the module
-        yield
-        return
+    from disentbench.core import packed_triton
+
     saved = packed_triton.CHAIN_MASKS
     packed_triton.CHAIN_MASKS = on
     try:
@@ -452,14 +449,16 @@ def main(argv=None) -> int:
         channels_last=cuda and not args.no_channels_last, cuda_graphs=cuda and not args.no_graphs, compile=args.compile,
         formulation=args.formulation,
     )
-    compared = [
-        dataclasses.replace(
-            speed, formulation=entry.split("+")[0], compile="compile" in entry.split("+")[1:],
-            fused_loss="unfused" not in entry.split("+")[1:], overlap_sampling="overlap" in entry.split("+")[1:],
-        )  # fmt: skip
-        for entry in args.compare
-    ]
-    unchained = ["unchained" in entry.split("+")[1:] for entry in args.compare]
+    compared, unchained = [], []
+    for entry in args.compare:  # NAME[+flag...], checked in parse_args
+        name, *flags = entry.split("+")
+        compared.append(
+            dataclasses.replace(
+                speed, formulation=name, compile="compile" in flags, fused_loss="unfused" not in flags,
+                overlap_sampling="overlap" in flags,
+            )  # fmt: skip
+        )
+        unchained.append("unchained" in flags)
     # exactness of every formulation measured (eager code: compiled code is checked against eager in the tests),
     # and of the side-stream sampling where a row uses it (an ordering mistake there would change the numbers)
     exactness = {}

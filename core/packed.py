@@ -111,12 +111,11 @@ unchanged.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -960,20 +959,29 @@ class PackedTrainer:
         )
 
     # -- one iteration ------------------------------------------------------------------
-    def _sample_inputs(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Each run's batch and latent draws, made with its own generators, stacked."""
-        pack = self._pack
-        trainers = [self.trainers[i] for i in pack.runs]
+    def _draw_inputs(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each run's batch and latent draws, made with its own generators, stacked (fresh tensors)."""
+        trainers = [self.trainers[i] for i in self._pack.runs]
         x = self._sample_batches(trainers)
         per_run = [[spec.draw(t.latent_generator) for spec in self._draw_specs] for t in trainers]
-        if pack.x is not None:  # static buffers of a CUDA graph
-            pack.x.copy_(x)
-            for k, buffer in enumerate(pack.draws):
-                torch.stack([d[k] for d in per_run], out=buffer)
+        return x, [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
+
+    def _fill_static(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
+        """Copy one step's inputs into the CUDA graph's static buffers."""
+        self._pack.x.copy_(x)
+        for buffer, drawn in zip(self._pack.draws, draws):
+            buffer.copy_(drawn)
+
+    def _sample_inputs(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One step's inputs (:meth:`_draw_inputs`), in the graph's static buffers where it has them."""
+        pack = self._pack
+        x, draws = self._draw_inputs()
+        if pack.x is not None:
+            self._fill_static(x, draws)
             return pack.x, pack.draws
         if self._channels_last:
             x = _batch_layout(x)
-        return x, [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
+        return x, draws
 
     def _sample_inputs_aside(self) -> None:
         """``_sample_inputs`` into the graph's buffers, the draws made on a side stream (``overlap_sampling``).
@@ -986,22 +994,17 @@ class PackedTrainer:
         (an event per step), which bounds the memory of pending draws.
         """
         pack = self._pack
-        trainers = [self.trainers[i] for i in pack.runs]
         main = torch.cuda.current_stream(self.device)
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=self.device)
         if len(pack.sampled) >= 2:
             pack.sampled.pop(0).synchronize()
         with torch.cuda.stream(self._side_stream):
-            x = self._sample_batches(trainers)
-            per_run = [[spec.draw(t.latent_generator) for spec in self._draw_specs] for t in trainers]
-            stacked = [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
+            x, draws = self._draw_inputs()
         main.wait_stream(self._side_stream)
-        for t in (x, *stacked):
+        for t in (x, *draws):
             t.record_stream(main)
-        pack.x.copy_(x)
-        for buffer, drawn in zip(pack.draws, stacked):
-            buffer.copy_(drawn)
+        self._fill_static(x, draws)
         pack.sampled.append(main.record_event())
 
     def _sample_batches(self, trainers: list[Trainer]) -> torch.Tensor:
@@ -1105,7 +1108,7 @@ class PackedTrainer:
                 self._compute(pack.x, pack.draws)  # captured, not executed
         except Exception as exc:  # pragma: no cover - CUDA only
             warnings.warn(f"CUDA graph capture failed ({exc!r}); continuing eagerly", stacklevel=2)
-            self.speed = dataclasses.replace(self.speed, cuda_graphs=False)
+            self.speed = replace(self.speed, cuda_graphs=False)
             return
         pack.graph = graph
 

@@ -46,15 +46,6 @@ Kernels (``M`` = output rows ``(n, y, x)`` of one model, tiles of
    ``iy = y//S + (a+PAD)//S - r``, so the reduction is ``(KH/S)*(KW/S)*C`` long
    with no lane wasted on a tap that does not hit (masking them instead would
    waste ``1 - 1/S^2`` of the reduction). Needs S | KH, KW and S | the output size.
-3. :func:`_wgrad_kernel`, a weight gradient:
-   ``dW[p, (kh,kw,c), o] = sum_m A_col[p, m, (kh,kw,c)] * B[p, m, o]`` with ``A_col``
-   gathered from A in conv geometry (as in kernel 1) and B the ``(P, N, OH, OW, O)``
-   row matrix (either optionally masked). The long reduction over M (up to N * 32 * 32 rows) is split into
-   chunks of ``ROWS`` rows, one per program, into a float32 partial buffer
-   ``(P, splits, K, O)`` that torch sums (deterministic: no atomics). The
-   programs of the first K block also sum the B tiles: the bias gradient.
-4. :func:`_colsum_kernel`: the bias gradient of a transposed convolution
-   (per-channel sums of its masked output gradient), split over rows likewise.
    With :data:`TUNING`'s ``WINDOW`` the transposed conv runs instead on kernel 1
    in its *window form*: a program computes every output phase of its rows
    ``(n, qy, qx)`` at once, as a stride-1 conv over the input window the
@@ -64,6 +55,15 @@ Kernels (``M`` = output rows ``(n, y, x)`` of one model, tiles of
    where a window cell meets it in a phase and 0 elsewhere
    (:func:`_window_rows`), storing column ``(a, b, o)`` at output pixel
    ``(S*qy + a, S*qx + b)``. It makes 9/4 the products, zeros included.
+3. :func:`_wgrad_kernel`, a weight gradient:
+   ``dW[p, (kh,kw,c), o] = sum_m A_col[p, m, (kh,kw,c)] * B[p, m, o]`` with ``A_col``
+   gathered from A in conv geometry (as in kernel 1) and B the ``(P, N, OH, OW, O)``
+   row matrix (either optionally masked). The long reduction over M (up to N * 32 * 32 rows) is split into
+   chunks of ``ROWS`` rows, one per program, into a float32 partial buffer
+   ``(P, splits, K, O)`` that torch sums (deterministic: no atomics). The
+   programs of the first K block also sum the B tiles: the bias gradient.
+4. :func:`_colsum_kernel`: the bias gradient of a transposed convolution
+   (per-channel sums of its masked output gradient), split over rows likewise.
 5. :func:`_adam_kernel` (:func:`adam_step_`): one Adam step of a stacked
    float32 parameter, each model with its own lr, betas, eps and step count;
    torch.optim.Adam's operations in its order, IEEE-rounded, reading and
@@ -205,7 +205,6 @@ CHAIN_MASKS = True
 #: The kernel kinds and settings TUNING takes (benchmarks check their inputs against these).
 TUNING_KINDS = ("conv", "conv_transpose", "wgrad", "colsum")
 TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "WINDOW", "num_warps", "num_stages")
-
 
 
 def tuning_key(text: str) -> str | tuple[str, int, int, int, int]:
@@ -962,13 +961,16 @@ def _tap_rows(weight: torch.Tensor, dtype: torch.dtype, rows_dim: int) -> torch.
     return weight.to(dtype).permute(order).reshape(p, k * k * weight.shape[rows_dim], -1).contiguous()
 
 
-_WINDOW_TAPS: dict[tuple[int, int, int], torch.Tensor] = {}
+_WINDOW_TAPS: dict[tuple, torch.Tensor] = {}
 
 
-def _window_taps(kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """``(width, width, S, S)`` int64: the kernel tap ``kh*k + kw`` that input window cell ``(wy, wx)`` meets in
-    output phase ``(a, b)``, or ``k*k`` (a zero tap) where none does."""
-    key = (kernel, stride, padding)
+def _window_taps(kernel: int, stride: int, padding: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(width, width, S, S)`` int64 on ``device``: the kernel tap ``kh*k + kw`` that input window cell ``(wy, wx)``
+    meets in output phase ``(a, b)``, or ``k*k`` (a zero tap) where none does.
+
+    Cached per device: the first call (an eager warm-up step) copies it there once, so no later call, and no
+    CUDA graph capture, makes a host-to-device copy."""
+    key = (kernel, stride, padding, str(torch.device(device)))
     if key not in _WINDOW_TAPS:
         first, width = _window_geometry(kernel, stride, padding)
         taps = torch.full((width, width, stride, stride), kernel * kernel, dtype=torch.int64)
@@ -979,7 +981,7 @@ def _window_taps(kernel: int, stride: int, padding: int) -> torch.Tensor:
                     for s in range(kernel // stride):
                         wx, kw = (b + padding) // stride - s - first, (b + padding) % stride + stride * s
                         taps[wy, wx, a, b] = kh * kernel + kw
-        _WINDOW_TAPS[key] = taps
+        _WINDOW_TAPS[key] = taps.to(device)
     return _WINDOW_TAPS[key]
 
 
@@ -996,7 +998,7 @@ def _window_rows(weight: torch.Tensor, dtype: torch.dtype, kernel: int, stride: 
     for 9/4 the products of the phase split (zeros included).
     """
     p, c, o = weight.shape[:3]
-    taps = _window_taps(kernel, stride, padding).to(weight.device)
+    taps = _window_taps(kernel, stride, padding, weight.device)
     width = taps.shape[0]
     flat = torch.cat((weight.to(dtype).flatten(3), weight.new_zeros((p, c, o, 1), dtype=dtype)), dim=3)
     cells = flat[..., taps.flatten()].view(p, c, o, width, width, stride, stride)
@@ -1099,7 +1101,7 @@ class _ConvTranspose2d(torch.autograd.Function):
 
 #: Elements per step of the reconstruction-loss kernels.
 NLL_BLOCK = 1024
-_NLL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_NLL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _samples_view(t: torch.Tensor, lead: int) -> tuple[torch.Tensor, tuple[int, int, int], int]:
@@ -1126,36 +1128,35 @@ def _nll_check(logits: torch.Tensor, x: torch.Tensor, lead: int) -> None:
         raise ValueError(f"expected logits and targets of one (..., C, H, W) shape; got {tuple(logits.shape)}, {tuple(x.shape)}")
 
 
+def _nll_operands(logits: torch.Tensor, x: torch.Tensor, lead: int) -> tuple:
+    """What both loss kernels take: ``(rows, logits view, x view, L, HW, logits strides, x strides, dtypes)``."""
+    _nll_check(logits, x, lead)
+    lt, l_strides, hw = _samples_view(logits, lead)
+    tt, t_strides, _ = _samples_view(x, lead)
+    rows = int(torch.Size(logits.shape[:lead]).numel())
+    per_sample = logits[(0,) * lead].numel() if rows else 0
+    dtypes = {"L_T": _types(logits.dtype)["IN_T"], "T_T": _types(x.dtype)["IN_T"]}
+    return rows, lt, tt, per_sample, hw, l_strides, t_strides, dtypes
+
+
 def _bernoulli_nll(logits: torch.Tensor, x: torch.Tensor, lead: int) -> torch.Tensor:
     """Per-sample sigmoid cross-entropy sums ``(logits.shape[:lead])`` in float32 (kernel 6)."""
-    _nll_check(logits, x, lead)
-    lt, (slr, slc, slhw), hw = _samples_view(logits, lead)
-    tt, (str_, stc, sthw), _ = _samples_view(x, lead)
-    rows = int(torch.Size(logits.shape[:lead]).numel())
+    rows, lt, tt, per_sample, hw, l_strides, t_strides, dtypes = _nll_operands(logits, x, lead)
     out = torch.empty(logits.shape[:lead], dtype=torch.float32, device=logits.device)
-    per_sample = logits[(0,) * lead].numel() if rows else 0
     if rows:
-        dot = _types(logits.dtype)["IN_T"], _types(x.dtype)["IN_T"]
-        _bernoulli_nll_kernel[(rows,)](
-            lt, tt, out, per_sample, hw, slr, slc, slhw, str_, stc, sthw, L_T=dot[0], T_T=dot[1], BLOCK=NLL_BLOCK
-        )
+        _bernoulli_nll_kernel[(rows,)](lt, tt, out, per_sample, hw, *l_strides, *t_strides, **dtypes, BLOCK=NLL_BLOCK)
     return out
 
 
 def _bernoulli_nll_backward(logits: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, lead: int) -> torch.Tensor:
     """The logits' gradient ``(sigmoid(l) - x) * grad[sample]`` in the logits' dtype and layout (kernel 7)."""
-    lt, (slr, slc, slhw), hw = _samples_view(logits, lead)
-    tt, (str_, stc, sthw), _ = _samples_view(x, lead)
-    rows = int(torch.Size(logits.shape[:lead]).numel())
+    rows, lt, tt, per_sample, hw, l_strides, t_strides, dtypes = _nll_operands(logits, x, lead)
     d = torch.empty_strided(lt.shape, lt.stride(), dtype=lt.dtype, device=lt.device)  # one offset addresses both
     g = grad.reshape(-1)
     if rows:
-        per_sample = logits[(0,) * lead].numel()
-        dot = _types(logits.dtype)["IN_T"], _types(x.dtype)["IN_T"]
         _bernoulli_nll_backward_kernel[(rows, triton.cdiv(per_sample, NLL_BLOCK))](
-            lt, tt, g, d, per_sample, hw, slr, slc, slhw, str_, stc, sthw, g.stride(0),
-            L_T=dot[0], T_T=dot[1], BLOCK=NLL_BLOCK,
-        )  # fmt: skip
+            lt, tt, g, d, per_sample, hw, *l_strides, *t_strides, g.stride(0), **dtypes, BLOCK=NLL_BLOCK
+        )
     return d if d.shape == logits.shape else d.view(logits.shape)
 
 
