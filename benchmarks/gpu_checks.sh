@@ -25,21 +25,12 @@ step() { echo; echo "=== $* ($(date -u +%T))"; }
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$log"
 
-# The 2026-11-28 sweep settled BLOCK_K per kind (warps, stages, BLOCK_M, ROWS and PHASE_INNER moved layer times
-# by 0-7%). This one tries, most promising first (--budget drops the tail evenly on every layer if time runs short):
-# the window form of the transposed convs (all layers, its tiles, then one shape at a time: d4's single output
-# channel, d3 and e2's input gradient, d1), whole-K weight-gradient tiles, the reduction chunks around the defaults,
-# then row tiles, warps and row splits.
-sweep=conv_transpose.WINDOW=1,conv_transpose.WINDOW=1+conv_transpose.BLOCK_K=32
-sweep=$sweep,conv_transpose.WINDOW=1+conv_transpose.num_warps=4,conv_transpose.WINDOW=1+conv_transpose.BLOCK_M=128
-sweep=$sweep,"conv_transpose[32,1,4,2].WINDOW=1","conv_transpose[32,32,4,2].WINDOW=1","conv_transpose[64,64,4,2].WINDOW=1"
-sweep=$sweep,wgrad.BLOCK_K=256+wgrad.num_warps=8+wgrad.BLOCK_M=32,wgrad.BLOCK_K=512+wgrad.num_warps=8+wgrad.BLOCK_M=32
-sweep=$sweep,wgrad.BLOCK_K=128,wgrad.BLOCK_K=32,wgrad.BLOCK_K=128+wgrad.num_warps=8,wgrad.BLOCK_K=256+wgrad.num_warps=8
-sweep=$sweep,conv.BLOCK_K=128,conv.BLOCK_K=32,conv_transpose.BLOCK_K=64,conv_transpose.BLOCK_K=256
-sweep=$sweep,conv.BLOCK_M=64,conv.num_warps=8,conv_transpose.BLOCK_M=64,wgrad.ROWS=2048,wgrad.ROWS=8192,wgrad.BLOCK_M=128
+# The sweep: packed_layers.py's STANDARD_SWEEP (the window form of the transposed convs first, then whole-K
+# weight-gradient tiles, the reduction chunks around the defaults, row tiles, warps and row splits); --budget drops
+# its tail evenly on every layer if time runs short.
 step "1. packed_layers: the Triton launch-settings sweep (bf16, 512 models)" | tee -a "$log"
 timeout 180 python3 -u benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --repeat 5 --only triton \
-  --sweep "$sweep" --budget 140 --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 \
+  --sweep standard --budget 140 --json "$out/layers_sweep.json" --write-tuning "$out/triton_tuning.json" 2>&1 \
   | tee -a "$log"
 [ -s "$out/triton_tuning.json" ] || echo '{}' > "$out/triton_tuning.json"
 

@@ -32,6 +32,8 @@ other layer's input is bf16 (the previous layer's output under autocast).
     python benchmarks/packed_layers.py --device cuda --pack 512 --bf16              # the study's batch 64 on a GPU
     python benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --only triton \
         --sweep wgrad.BLOCK_K=128,conv_transpose.PHASE_INNER=1,conv.num_warps=8+conv.BLOCK_M=128 --write-tuning t.json
+    python benchmarks/packed_layers.py --device cuda --pack 512 --bf16 --only triton \
+        --sweep standard --budget 140 --write-tuning tuning.json    # settings for your card: training.triton_tuning
 
 Writes nothing unless ``--json PATH`` is given.
 """
@@ -158,6 +160,35 @@ def timed(fn, device, repeat: int) -> float:
 
 
 
+#: ``--sweep standard``: the launch settings worth trying on a new card, most promising first (with ``--budget`` the
+#: tail is what gets dropped). The 2026-11-28 H200 sweep settled BLOCK_K per kind (warps, stages, BLOCK_M, ROWS and
+#: PHASE_INNER moved layer times by 0-7%); this list tries the window form of the transposed convs (all layers, its
+#: tiles, then one shape at a time: d4's single output channel, d3 and e2's input gradient, d1), whole-K
+#: weight-gradient tiles, the reduction chunks around the defaults, then row tiles, warps and row splits.
+STANDARD_SWEEP = (
+    "conv_transpose.WINDOW=1", "conv_transpose.WINDOW=1+conv_transpose.BLOCK_K=32",
+    "conv_transpose.WINDOW=1+conv_transpose.num_warps=4", "conv_transpose.WINDOW=1+conv_transpose.BLOCK_M=128",
+    "conv_transpose[32,1,4,2].WINDOW=1", "conv_transpose[32,32,4,2].WINDOW=1", "conv_transpose[64,64,4,2].WINDOW=1",
+    "wgrad.BLOCK_K=256+wgrad.num_warps=8+wgrad.BLOCK_M=32", "wgrad.BLOCK_K=512+wgrad.num_warps=8+wgrad.BLOCK_M=32",
+    "wgrad.BLOCK_K=128", "wgrad.BLOCK_K=32", "wgrad.BLOCK_K=128+wgrad.num_warps=8", "wgrad.BLOCK_K=256+wgrad.num_warps=8",
+    "conv.BLOCK_K=128", "conv.BLOCK_K=32", "conv_transpose.BLOCK_K=64", "conv_transpose.BLOCK_K=256",
+    "conv.BLOCK_M=64", "conv.num_warps=8", "conv_transpose.BLOCK_M=64", "wgrad.ROWS=2048", "wgrad.ROWS=8192",
+    "wgrad.BLOCK_M=128",
+)  # fmt: skip
+
+
+def sweep_items(text: str) -> list[str]:
+    """``--sweep``'s items: comma-separated (commas inside a layer shape's brackets belong to the item);
+    ``standard`` stands for :data:`STANDARD_SWEEP`."""
+    items = []
+    for item in (part.strip() for part in re.split(r",(?![^\[]*\])", text)):
+        if item == "standard":
+            items += [i for i in STANDARD_SWEEP if i not in items]
+        elif item and item not in items:
+            items.append(item)
+    return items
+
+
 def parse_sweep_item(item: str) -> dict:
     """``"wgrad.BLOCK_K=128+conv_transpose[32,1,4,2].WINDOW=1"`` -> ``{"wgrad": {"BLOCK_K": 128},
     ("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}}`` (a TUNING dict; a bracketed shape limits the
@@ -173,6 +204,10 @@ def parse_sweep_item(item: str) -> dict:
         if key not in TUNING_KEYS or not value.lstrip("-").isdigit():
             raise ValueError(f"{part!r}: use KIND.KEY=INT or KIND[C,O,K,S].KEY=INT with KEY in {TUNING_KEYS}")
         tuning.setdefault(kind, {})[key] = int(value)
+    try:
+        tuning_from_json(tuning_to_json(tuning))  # the values' ranges (powers of two, switches, warps)
+    except ValueError as exc:
+        raise ValueError(f"{item!r}: {exc}") from None
     return tuning
 
 
@@ -326,7 +361,8 @@ def main(argv=None) -> int:
         "--sweep", default="",
         help="extra triton rows, each with packed_triton.TUNING overrides KIND.KEY=INT (or KIND[C,O,K,S].KEY=INT: "
         "only layers of that shape) joined by '+', comma-separated (e.g. wgrad.BLOCK_K=128,conv.num_warps=8+conv.BLOCK_M=128,"
-        "conv_transpose[32,1,4,2].WINDOW=1); the plain triton rows use the heuristic",
+        "conv_transpose[32,1,4,2].WINDOW=1); standard: the built-in list worth trying on a new card (STANDARD_SWEEP, "
+        "may be combined with other items); the plain triton rows use the heuristic",
     )
     parser.add_argument(
         "--budget", type=float, default=None, metavar="SECONDS",
@@ -337,11 +373,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--write-tuning", default=None,
         help="with --sweep: write the fastest setting as packed_triton.TUNING JSON here ({} = keep the heuristic); "
-        "train_throughput.py --triton-tuning reads it",
+        "a study's training.triton_tuning and train_throughput.py --triton-tuning read it",
     )
     args = parser.parse_args(argv)
-    # items are comma-separated; commas inside a layer shape's brackets belong to the item
-    args.sweep = [item.strip() for item in re.split(r",(?![^\[]*\])", args.sweep) if item.strip()]
+    args.sweep = sweep_items(args.sweep)
     for item in args.sweep:
         try:
             parse_sweep_item(item)

@@ -326,15 +326,15 @@ def load_triton_tuning(path: str) -> dict:
 
     Returns the JSON form (what the results record)."""
     from disentbench.core import packed_triton
+    from disentbench.core.triton_tuning import read_tuning_file
 
     try:
-        with open(path) as handle:
-            tuning = packed_triton.tuning_from_json(json.load(handle))
-    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        sys.exit(f"--triton-tuning {path}: {exc}")
+        data = read_tuning_file(path)
+    except ValueError as exc:
+        sys.exit(f"--triton-tuning: {exc}")
     packed_triton.TUNING.clear()
-    packed_triton.TUNING.update(tuning)
-    return packed_triton.tuning_to_json(tuning)
+    packed_triton.TUNING.update(packed_triton.tuning_from_json(data))
+    return data
 
 
 # -- main -------------------------------------------------------------------------------------

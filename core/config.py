@@ -109,6 +109,30 @@ class TrainingConfig(_Strict):
         description="Packed training, experimental: torch.compile the pack's encoder/decoder (62 s to "
         "compile on 2 CPU cores, per pack shape; not yet measured on a GPU; falls back to eager code with a warning if compilation fails).",
     )
+    overlap_sampling: bool = Field(
+        False,
+        description="Packed training on CUDA with cuda_graphs: make each step's per-run random draws on a side "
+        "stream, next to the previous step's graph replay (the same numbers; off until measured on a GPU).",
+    )
+    triton_tuning: dict[str, dict[str, int]] | None = Field(
+        None,
+        description="Packed training, triton formulation: the kernels' launch settings, inline "
+        '({"conv_transpose": {"BLOCK_K": 64}, "conv_transpose[32,1,4,2]": {"WINDOW": 1}}) or the path of a JSON '
+        "file that benchmarks/packed_layers.py --sweep ... --write-tuning FILE measured on your card (read when the "
+        "config is loaded, so the config records the settings themselves). Launch shapes only: results differ at "
+        "most by summation order. Default: the built-in settings.",
+    )
+
+    @field_validator("triton_tuning", mode="before")
+    @classmethod
+    def _triton_tuning(cls, value: Any) -> Any:
+        from disentbench.core.triton_tuning import read_tuning_file, tuning_from_json
+
+        if isinstance(value, (str, Path)):
+            return read_tuning_file(value)
+        if value is not None:
+            tuning_from_json(value)
+        return value
 
     @field_validator("pack_size", mode="before")
     @classmethod

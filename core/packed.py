@@ -183,6 +183,13 @@ class SpeedOptions:
       code is computed by a Triton kernel pair, one pass forward and one
       backward, instead of torch's elementwise composite and autocast's
       casts (:mod:`disentbench.core.fused_losses`). Equal to float32 rounding.
+    * ``triton_tuning`` (``"triton"`` formulation only): the Triton kernels'
+      launch settings for this trainer's steps, in the JSON form of
+      :mod:`disentbench.core.triton_tuning` (``{"conv_transpose": {"BLOCK_K":
+      64}, ...}``, what ``benchmarks/packed_layers.py --write-tuning`` measures
+      on a card); None (default) keeps ``packed_triton.TUNING``, empty (``{}``)
+      the built-in heuristic. Launch shapes only: results differ at most by
+      summation order.
 
     ``formulation`` (every device) says how the encoder and decoder of the pack
     are computed: ``"vmap"`` runs each model's whole loss under
@@ -210,10 +217,18 @@ class SpeedOptions:
     formulation: str = "auto"
     fused_loss: bool = True
     overlap_sampling: bool = False
+    triton_tuning: dict | None = field(default=None, hash=False)
 
     def __post_init__(self):
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}; got {self.formulation!r}")
+        if self.triton_tuning is not None:
+            from disentbench.core.triton_tuning import tuning_from_json
+
+            try:
+                tuning_from_json(self.triton_tuning)
+            except ValueError as exc:
+                raise ValueError(f"triton_tuning: {exc}") from None
 
     def on(self, device: torch.device) -> "SpeedOptions":
         """The options that take effect on ``device`` (only ``formulation`` and ``compile`` off CUDA)."""
@@ -221,7 +236,7 @@ class SpeedOptions:
             return self
         return SpeedOptions(
             graph_warmup_steps=self.graph_warmup_steps, formulation=self.formulation, compile=self.compile,
-            fused_loss=self.fused_loss,
+            fused_loss=self.fused_loss, triton_tuning=self.triton_tuning,
         )  # fmt: skip
 
     @classmethod
@@ -607,6 +622,12 @@ class PackedTrainer:
             self._vloss = self._batched_loss
             self._encode, self._decode = self._backend.encode, self._backend.decode
         self._loss_fn = self._vloss
+        self._launch_settings = contextlib.nullcontext
+        if self.formulation == "triton" and self.speed.triton_tuning is not None:
+            from disentbench.core.triton_tuning import tuning_from_json
+
+            launch = tuning_from_json(self.speed.triton_tuning)
+            self._launch_settings = lambda: self._backend.tuned(launch)
         self._compiled = False
         if self.speed.compile:
             self._compile()
@@ -1029,7 +1050,15 @@ class PackedTrainer:
         return data.to_float(images[index], None)
 
     def _compute(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
-        """Forward, per-optimizer gradients, Adam steps and loss sums of one iteration (graph-capturable)."""
+        """Forward, per-optimizer gradients, Adam steps and loss sums of one iteration (graph-capturable).
+
+        Under ``speed.triton_tuning``'s launch settings (the triton formulation), so that eager steps and the
+        captured graph launch the same kernels.
+        """
+        with self._launch_settings():
+            self._compute_step(x, draws)
+
+    def _compute_step(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
         pack = self._pack
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)

@@ -164,6 +164,9 @@ tensor cores with float32 accumulation, up to summation order.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from disentbench.core.packed_conv import (
@@ -173,6 +176,15 @@ from disentbench.core.packed_conv import (
     _compute_dtype,
     decoder_head,
     encoder_head,
+)
+
+from disentbench.core.triton_tuning import (  # noqa: F401 - re-exported: benchmarks use them from here
+    TUNING_KEYS,
+    TUNING_KINDS,
+    tuning_from_json,
+    tuning_key,
+    tuning_key_text,
+    tuning_to_json,
 )
 
 try:  # Triton is optional: without it only available() works
@@ -202,48 +214,26 @@ TUNING: dict = {}
 #: (``mask_input_grad``/``grad_premasked`` of :func:`conv2d`); False restores the masked loads (an A/B switch for
 #: benchmarks: the same numbers either way).
 CHAIN_MASKS = True
-#: The kernel kinds and settings TUNING takes (benchmarks check their inputs against these).
-TUNING_KINDS = ("conv", "conv_transpose", "wgrad", "colsum")
-TUNING_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS", "PHASE_INNER", "WINDOW", "num_warps", "num_stages")
 
 
-def tuning_key(text: str) -> str | tuple[str, int, int, int, int]:
-    """A :data:`TUNING` key from its text: ``"conv"`` or ``"conv_transpose[32,1,4,2]"`` (kind[gathered channels,
-    output channels, kernel size, stride]) -> ``"conv"`` or ``("conv_transpose", 32, 1, 4, 2)``."""
-    kind, bracket, rest = text.partition("[")
-    numbers = rest[:-1].split(",") if bracket and rest.endswith("]") else []
-    if kind not in TUNING_KINDS or (bracket and (len(numbers) != 4 or not all(v.strip().isdigit() for v in numbers))):
-        raise ValueError(
-            f"{text!r} is not a kernel kind: use one of {', '.join(TUNING_KINDS)}, optionally with a layer shape "
-            "[gathered channels,output channels,kernel size,stride], e.g. conv_transpose[32,1,4,2]"
-        )
-    return (kind, *(int(v) for v in numbers)) if bracket else kind
-
-
-def tuning_key_text(key: str | tuple) -> str:
-    """The inverse of :func:`tuning_key`."""
-    return key if isinstance(key, str) else f"{key[0]}[{','.join(str(v) for v in key[1:])}]"
-
-
-def tuning_from_json(data: object) -> dict:
-    """A :data:`TUNING` dict from its JSON form (``{"kind" or "kind[c,o,k,s]": {SETTING: int}}``), checked."""
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object of kernel kinds; got {type(data).__name__}")
-    tuning: dict = {}
-    for text, settings in data.items():
-        key = tuning_key(text)
-        if not isinstance(settings, dict):
-            raise ValueError(f"{text}: expected an object of settings; got {settings!r}")
-        for name, value in settings.items():
-            if name not in TUNING_KEYS or not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{text}.{name}={value!r}: settings are integers, named one of {', '.join(TUNING_KEYS)}")
-        tuning[key] = dict(settings)
-    return tuning
-
-
-def tuning_to_json(tuning: dict) -> dict:
-    """The JSON form of a :data:`TUNING` dict (see :func:`tuning_from_json`)."""
-    return {tuning_key_text(key): dict(settings) for key, settings in tuning.items()}
+@contextlib.contextmanager
+def tuned(tuning: dict | None) -> Iterator[None]:
+    """Launch with ``tuning`` (a :data:`TUNING` dict, or its JSON form) instead of :data:`TUNING`'s contents
+    inside the block; None keeps :data:`TUNING`. The dict itself is swapped, not a context variable, because
+    autograd runs CUDA backward kernels on its own device threads; the packed trainer enters this around each
+    step's compute (and its CUDA graph capture), so one process trains one tuning at a time."""
+    if tuning is None:
+        yield
+        return
+    settings = tuning_from_json(tuning_to_json(tuning)) if tuning else {}
+    saved = dict(TUNING)
+    TUNING.clear()
+    TUNING.update(settings)
+    try:
+        yield
+    finally:
+        TUNING.clear()
+        TUNING.update(saved)
 
 
 #: The study's encoder convolutions: (kernel size, stride, padding).

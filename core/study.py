@@ -440,6 +440,8 @@ def _speed_options(config: StudyConfig):
         cuda_graphs=config.training.cuda_graphs,
         formulation=config.training.formulation,
         compile=config.training.compile,
+        overlap_sampling=config.training.overlap_sampling,
+        triton_tuning=config.training.triton_tuning,
     )
 
 

@@ -42,6 +42,19 @@ def test_sweep_items_take_kinds_and_layer_shapes(layers):
         layers.parse_sweep_item("conv.BLOCKK=64")
     with pytest.raises(ValueError, match="KEY in"):
         layers.parse_sweep_item("conv.BLOCK_K=big")
+    with pytest.raises(ValueError, match="conv.BLOCK_K=48: tile sizes are powers of two"):
+        layers.parse_sweep_item("conv.BLOCK_K=48")
+
+
+def test_standard_sweep_expands_in_place_and_every_item_parses(layers):
+    items = layers.sweep_items("conv.BLOCK_K=128, standard,conv_transpose[32,1,4,2].WINDOW=1,wgrad.ROWS=4096")
+    standard = list(layers.STANDARD_SWEEP)
+    assert items[0] == "conv.BLOCK_K=128"  # given first, so not repeated where standard lists it
+    assert items[1:-1] == [i for i in standard if i != "conv.BLOCK_K=128"]  # bracketed commas stay in their item
+    assert items[-1] == "wgrad.ROWS=4096" and len(items) == len(set(items))
+    assert standard[0] == "conv_transpose.WINDOW=1"  # the most promising first: --budget drops the tail
+    for item in standard:
+        assert layers.parse_sweep_item(item)
 
 
 def _row(layer, variant, ms, tuning=None, diff=1e-3):
@@ -89,7 +102,7 @@ def test_train_throughput_reads_tuning_files(tmp_path):
         assert packed_triton.TUNING == {("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}, "wgrad": {"BLOCK_K": 128}}
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"conv": {"BLOCK_K": "64"}}))
-        with pytest.raises(SystemExit, match=r"--triton-tuning .*bad.json: conv.BLOCK_K='64': settings are integers"):
+        with pytest.raises(SystemExit, match=r"--triton-tuning: conv.BLOCK_K='64': settings are integers"):
             throughput.load_triton_tuning(str(bad))
     finally:
         packed_triton.TUNING.clear()

@@ -56,6 +56,9 @@ BAD = [
     (_with(["models"], ...), "models", "Field required"),
     (_with(["executor"], "slurmm"), "executor.name", "unknown executor plugin"),
     ({**GOOD, "tracking": {"uri": 5}}, "tracking.uri", "valid string"),
+    (_with(["training", "triton_tuning"], {"deconv": {"BLOCK_K": 64}}), "training.triton_tuning", "not a kernel kind"),
+    (_with(["training", "triton_tuning"], {"conv": {"BLOCK_K": 48}}), "training.triton_tuning", "conv.BLOCK_K=48: tile"),
+    (_with(["training", "triton_tuning"], "absent-tuning.json"), "training.triton_tuning", "--write-tuning FILE"),
 ]
 
 

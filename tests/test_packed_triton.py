@@ -215,6 +215,48 @@ def test_tuning_json_round_trip_and_errors():
         packed_triton.tuning_from_json({"conv": 64})
 
 
+
+def test_tuned_swaps_the_settings_and_restores_them(monkeypatch):
+    monkeypatch.setattr(packed_triton, "TUNING", {"conv": {"BLOCK_M": 64}})
+    seen = []
+    with packed_triton.tuned({"conv_transpose[32,1,4,2]": {"WINDOW": 1}}):
+        seen.append(packed_triton._config("conv_transpose", 32, 1, 4, 2, 1 << 14, torch.bfloat16, padding=1))
+        assert packed_triton.TUNING == {("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}}
+    assert seen[0]["WINDOW"]
+    assert packed_triton.TUNING == {"conv": {"BLOCK_M": 64}}
+    with pytest.raises(RuntimeError), packed_triton.tuned({}):
+        assert packed_triton.TUNING == {}  # empty: the heuristic alone
+        raise RuntimeError
+    assert packed_triton.TUNING == {"conv": {"BLOCK_M": 64}}  # restored after an error too
+    with packed_triton.tuned(None):
+        assert packed_triton.TUNING == {"conv": {"BLOCK_M": 64}}  # None: keep
+
+
+def test_packed_trainer_steps_under_its_tuning(monkeypatch):
+    """SpeedOptions.triton_tuning is in force around each step's compute (eager and graph capture call
+    _compute), and only there; other formulations ignore it."""
+    from test_packed import BATCH, _build, _configs
+    from test_trainer import Squares
+
+    from disentbench.core.packed import PackedTrainer, SpeedOptions
+
+    monkeypatch.setattr(packed_triton, "TUNING", {})
+    data = Squares()
+    factory, configs = _configs("beta_vae", adam_eps=1e-3)
+    tuning = {"conv_transpose": {"WINDOW": 1}, "wgrad[32,32,4,2]": {"BLOCK_K": 128}}
+    seen = []
+    for formulation in ("triton", "bmm"):
+        models = _build(factory, configs[:2], [1, 2], data)
+        trainer = PackedTrainer(
+            models, data, [1, 2], steps=1, batch_size=BATCH, device=DEVICE,
+            speed=SpeedOptions(formulation=formulation, triton_tuning=tuning),
+        )  # fmt: skip
+        monkeypatch.setattr(trainer, "_compute_step", lambda x, draws: seen.append(dict(packed_triton.TUNING)))
+        trainer._compute(None, [])
+        assert packed_triton.TUNING == {}
+    assert seen == [packed_triton.tuning_from_json(tuning), {}]
+
+
 def _stacked_modules(channels, dtype=torch.float32, p=2, latent=6):
     from torch.func import stack_module_state
 
