@@ -151,7 +151,8 @@ PackedProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """Opt-in speed options. ``formulation`` and ``compile`` act on every device, the others on CUDA only.
+    """Opt-in speed options. ``formulation``, ``compile``, ``fused_loss`` and ``triton_tuning`` act on every
+    device the formulation runs on, the others on CUDA only.
 
     * ``channels_last``: stacked conv weights and the input batch are laid out so
       that the grouped convolutions of ``vmap`` and ``grouped`` see NHWC tensors
@@ -231,7 +232,8 @@ class SpeedOptions:
                 raise ValueError(f"triton_tuning: {exc}") from None
 
     def on(self, device: torch.device) -> "SpeedOptions":
-        """The options that take effect on ``device`` (only ``formulation`` and ``compile`` off CUDA)."""
+        """The options that take effect on ``device``: off CUDA only the formulation's (``formulation``,
+        ``compile``, ``graph_warmup_steps``, ``fused_loss``, ``triton_tuning``)."""
         if torch.device(device).type == "cuda":
             return self
         return SpeedOptions(

@@ -218,17 +218,17 @@ CHAIN_MASKS = True
 
 @contextlib.contextmanager
 def tuned(tuning: dict | None) -> Iterator[None]:
-    """Launch with ``tuning`` (a :data:`TUNING` dict, or its JSON form) instead of :data:`TUNING`'s contents
-    inside the block; None keeps :data:`TUNING`. The dict itself is swapped, not a context variable, because
-    autograd runs CUDA backward kernels on its own device threads; the packed trainer enters this around each
-    step's compute (and its CUDA graph capture), so one process trains one tuning at a time."""
+    """Launch with ``tuning`` (a :data:`TUNING` dict, checked: :func:`tuning_from_json` makes one) instead of
+    :data:`TUNING`'s contents inside the block; None keeps :data:`TUNING`. The dict itself is swapped, not a
+    context variable, because autograd runs CUDA backward kernels on its own device threads; the packed trainer
+    enters this around each step's compute (and its CUDA graph capture), so one process trains one tuning at a
+    time."""
     if tuning is None:
         yield
         return
-    settings = tuning_from_json(tuning_to_json(tuning)) if tuning else {}
     saved = dict(TUNING)
     TUNING.clear()
-    TUNING.update(settings)
+    TUNING.update(tuning)
     try:
         yield
     finally:

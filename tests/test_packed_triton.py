@@ -215,11 +215,10 @@ def test_tuning_json_round_trip_and_errors():
         packed_triton.tuning_from_json({"conv": 64})
 
 
-
 def test_tuned_swaps_the_settings_and_restores_them(monkeypatch):
     monkeypatch.setattr(packed_triton, "TUNING", {"conv": {"BLOCK_M": 64}})
     seen = []
-    with packed_triton.tuned({"conv_transpose[32,1,4,2]": {"WINDOW": 1}}):
+    with packed_triton.tuned(packed_triton.tuning_from_json({"conv_transpose[32,1,4,2]": {"WINDOW": 1}})):
         seen.append(packed_triton._config("conv_transpose", 32, 1, 4, 2, 1 << 14, torch.bfloat16, padding=1))
         assert packed_triton.TUNING == {("conv_transpose", 32, 1, 4, 2): {"WINDOW": 1}}
     assert seen[0]["WINDOW"]
