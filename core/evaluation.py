@@ -2,10 +2,14 @@
 
 Every metric sees a ``representation_function(observations) -> codes`` on
 numpy arrays and a ``numpy.random.RandomState``. The random state depends only
-on the evaluation seed and the metric's name, so every run of a study (and
-both representations) is scored on the same data draws, as in the study.
-The sampled representation is seeded too (the study's was not), so scores are
-reproducible.
+on the evaluation seed and the metric's name, so every run of a study is
+scored on the same data draws, as in the study. Unlike the study (which drew
+one seed per representation x metric), the mean and the sampled
+representation of a model are scored on the same draws too, so their scores
+are a paired comparison. The sampled representation's noise is seeded as
+well (the study's was not), from the evaluation seed and the metric's name,
+so a metric's score does not depend on which other metrics ran before it: a
+metric rerun alone reproduces its in-study value.
 """
 
 from __future__ import annotations
@@ -71,10 +75,11 @@ def evaluate(
     model.eval()
     results: dict[str, float] = {}
     for representation in representations:
-        rep_fn = representation_function(
-            model, representation, device, batch_size=batch_size, seed=metric_seed(evaluation_seed, "sampled")
-        )
         for kind, name, scorer in scorers:
+            # A fresh noise stream per metric: its sampled codes do not depend on the metrics before it.
+            rep_fn = representation_function(
+                model, representation, device, batch_size=batch_size, seed=metric_seed(evaluation_seed, f"sampled/{name}")
+            )
             random_state = np.random.RandomState(metric_seed(evaluation_seed, name))
             scores = scorer(data, rep_fn, random_state)
             prefix = "eval" if kind == "metric" else "downstream"
