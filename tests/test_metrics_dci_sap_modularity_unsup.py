@@ -273,6 +273,24 @@ def test_sap_discrete_properties(splits):
     assert abs(pure_noise["SAP_score"]) < 0.05
 
 
+def test_sap_discrete_uses_the_studys_svm(splits, monkeypatch):
+    """The study's classifier: LinearSVC(C=0.01, class_weight="balanced"), sklearn's defaults otherwise."""
+    import sklearn.svm
+
+    made = []
+    real = sklearn.svm.LinearSVC
+
+    def recording(**kwargs):
+        made.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(sklearn.svm, "LinearSVC", recording)
+    factors, factors_test = splits
+    sap.sap_score_matrix(perfect_codes(factors), factors, perfect_codes(factors_test), factors_test)
+    assert len(made) == 3 * factors.shape[1]  # one classifier per (code dimension, factor)
+    assert all(kwargs == {"C": 0.01, "class_weight": "balanced"} for kwargs in made)
+
+
 def test_sap_discrete_needs_a_test_split(splits):
     factors, _ = splits
     with pytest.raises(ValueError, match="test split"):

@@ -283,6 +283,34 @@ def test_factor_vae_draw_order(data):
     ] + [("sample_factors", 64), ("encode", 64)] * 3
 
 
+def test_factor_vae_global_variance_is_unbiased(data):
+    """Two codes 0 and 2: the sample variance (ddof=1) is 2, where ddof=0 would give 1."""
+    fixed = np.array([[0.0, 5.0], [2.0, 5.0]])
+    variances = fvae.compute_global_variances(data, lambda obs: fixed[: len(obs)], 2, np.random.RandomState(0))
+    np.testing.assert_allclose(variances, [2.0, 0.0])
+
+
+def test_factor_vae_prunes_on_the_standard_deviation():
+    """Variance 0.01 is a standard deviation of 0.1: active, though the variance is below 0.05."""
+    active = fvae.active_dimensions(np.array([0.01, 0.0024, 0.0025, 4.0]), threshold=0.05)
+    np.testing.assert_array_equal(active, [True, False, True, True])
+
+
+def scaled_leaky_code(observations: np.ndarray) -> np.ndarray:
+    """Dimension 0 is 10 x factor a plus factor c; dimension 1 is 0.1 x factor b; dimension 2 is factor c.
+
+    With factor a fixed, dimension 0 keeps factor c's variance (~2.9), which is more than dimension 1's whole
+    variance (~0.02): only the local variance *relative to the global one* picks dimension 0 for factor a.
+    """
+    a, b, c = factor_code(observations).T
+    return np.column_stack([10 * a + c, 0.1 * b, c])
+
+
+def test_factor_vae_votes_on_variance_relative_to_the_global_one(data):
+    result = fvae.FactorVAEScore(SMALL_FVAE)(data, scaled_leaky_code, np.random.RandomState(0))
+    assert result["train_accuracy"] == 1.0 and result["eval_accuracy"] == 1.0
+
+
 def test_factor_vae_reproducible_from_seed(data):
     def votes(seed):
         random_state = np.random.RandomState(seed)
