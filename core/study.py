@@ -339,6 +339,11 @@ class Worker:
             )
         except UnpackableModel as exc:
             return solo(f"cannot pack {first.model} runs ({exc})")
+        except Exception as exc:  # building the pack failed (its dry run of the loss, out of memory): alone
+            models = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {exc})")
         del models  # the trainer holds them
         run_ids = [run_id for _, _, run_id in members]
         positions = ",".join(str(job.position) for _, job, _ in members)

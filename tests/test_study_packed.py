@@ -176,6 +176,34 @@ def test_unpackable_runs_are_trained_one_by_one(tmp_path, monkeypatch):
         assert [m.step for m in client.get_metric_history(outcome.run_id, "train/total")] == [5]
 
 
+def test_a_pack_that_cannot_be_built_fails_its_runs_alone_and_the_study_goes_on(tmp_path, monkeypatch):
+    """A loss that raises while the pack is built (its dry run) must not abort the study or leave runs RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
+
+    class Broken(BetaVAE):
+        def loss(self, x, step, generator=None):
+            raise RuntimeError("loss cannot handle this input")
+
+    monkeypatch.chdir(tmp_path)
+    registry = registry_with_model("broken_vae", BetaVAEConfig, Broken, "test: loss raises")
+    raw = _raw(tmp_path, "broken", 2, model="broken_vae")
+    raw["models"].append({"name": "beta_vae", "sweep": {"beta": [1.0]}, "params": {"num_latent": 4}})
+    raw["training"].update(steps=4)
+    raw["evaluation"] = {"metrics": []}
+    result = run_study(load_study_config(raw, registry), registry=registry, progress=False)
+    by_model = {}
+    for outcome in result.outcomes:
+        by_model.setdefault(outcome.spec.model, []).append(outcome)
+    assert [o.status for o in by_model["broken_vae"]] == ["failed"] * 4
+    assert all("loss cannot handle this input" in o.error for o in by_model["broken_vae"])
+    assert [o.status for o in by_model["beta_vae"]] == ["finished", "finished"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("broken")
+    assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"FAILED", "FINISHED"}
+
+
 def _job(index: int, **changes) -> RunJob:
     from disentbench.core.grid import RunSpec
 
