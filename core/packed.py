@@ -76,10 +76,14 @@ stacked parameters only (the runs are independent, so this is each run's own
 gradient): FactorVAE's VAE and discriminator updates stay simultaneous and
 each term reaches only its own parameters.
 
-Exactness. On CPU the packed loss terms equal the solo ones bitwise at the
-first step; gradients differ by summation-order rounding only (a grouped
-convolution is not the same kernel as a single one; the worst case is the
-last deconv's bias gradient, a sum over batch x 4096 pixels, ~3e-5 relative).
+Exactness. On CPU the packed loss terms and gradients differ from the solo
+ones by summation-order rounding only (a vmapped or grouped convolution is not
+the same kernel as a single one; the worst case is the last deconv's bias
+gradient, a sum over batch x 4096 pixels, ~3e-5 relative). A hyperparameter
+that differs inside the pack enters as a per-run tensor in the parameters'
+dtype, where a solo run (or a pack whose runs share the value) computes with
+the Python float: values float32 cannot hold (beta 1.1) round ~1 ulp
+differently; the study's grid values are all exact.
 Adam at the study's eps = 1e-8 turns a gradient g near eps into a step of
 lr * g / (|g| + eps), amplifying rounding in such gradients by lr / eps = 1e4,
 so in fp32 *any* two computations with different summation orders drift apart
@@ -809,6 +813,7 @@ class PackedTrainer:
         self._start_time = time.perf_counter()
         for i, trainer in enumerate(self.trainers):
             self._resumed_from[i] = trainer.maybe_resume()
+            trainer._initial = None  # only a resume's restart needs the initial state: not a pack's memory
         done = [i for i, t in enumerate(self.trainers) if t.step >= self.steps]
         for i in done:
             self._finish(i, sync=False)
@@ -929,6 +934,17 @@ class PackedTrainer:
                         "exp_avg_sq": adam.exp_avg_sqs[j][position].clone().contiguous(),
                     }
         trainer.step = pack.steps[position]
+
+    def _drop_solo_adam(self, index: int) -> None:
+        """Free the copy of run ``index``'s Adam moments that ``_sync_out`` put into its solo optimizers.
+
+        While the run trains in the pack its stacked state is the only one used;
+        keeping a checkpoint's copy until the next one would double every run's
+        Adam memory after the first checkpoint (which ``choose_pack_size`` does not
+        measure). ``_sync_out`` writes them again whenever they are needed.
+        """
+        for opt, _ in self.trainers[index].optimizers:
+            opt.state.clear()
 
     def state_dict(self, index: int) -> dict:
         """Run ``index``'s checkpoint dict, exactly ``Trainer.state_dict()``'s format."""
@@ -1168,6 +1184,7 @@ class PackedTrainer:
                     index = pack.runs[p]
                     self._sync_out(p)
                     self.trainers[index].save_checkpoint()
+                    self._drop_solo_adam(index)
             finished = [p for p, s in enumerate(pack.steps) if s >= self.steps and p not in failed]
             for p in failed:
                 self._sync_out(p)  # the solo model holds what a solo run would hold when it raised
@@ -1268,6 +1285,7 @@ def choose_pack_size(
     maximum: int = MAX_PACK_SIZE,
     speed: SpeedOptions | None = None,
     observation_shape: tuple[int, int, int] | None = None,
+    reserved_bytes: int = 0,
 ) -> int:
     """How many runs of ``model_factory()`` fit one pack on ``device``.
 
@@ -1275,8 +1293,10 @@ def choose_pack_size(
     training steps is measured for packs of 1 and 2 models; their difference is
     one model's share (parameters, gradients, Adam state, activations at
     ``batch_size``) and the rest is fixed overhead; the pack size is
-    ``(free_memory_fraction * free memory - overhead) / share``, at least 1 and
-    at most ``maximum``. Elsewhere: ``default``.
+    ``(free_memory_fraction * free memory - reserved_bytes - overhead) / share``,
+    at least 1 and at most ``maximum``. ``reserved_bytes`` is what will be on
+    the device by then but is not yet (the dataset's images). Elsewhere:
+    ``default``.
     """
     device = torch.device(device)
     if device.type != "cuda":
@@ -1309,7 +1329,7 @@ def choose_pack_size(
     overhead = max(one - share, 0)
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(maximum, (free_memory_fraction * free - overhead) // share)))
+    return int(max(1, min(maximum, (free_memory_fraction * free - reserved_bytes - overhead) // share)))
 
 
 # =============================================================================

@@ -75,6 +75,24 @@ class _DatasetCache:
             self._cache[key] = registration.factory(registration.make_config(params))
         return self._cache[key]
 
+    def for_training(self, name: str, params: dict[str, Any]):
+        """``get``, and free the device copies of every other dataset: one dataset's images on the device at a time.
+
+        A study's runs come dataset by dataset, and ``choose_pack_size`` budgets for one dataset's images.
+        """
+        data = self.get(name, params)
+        for other in self._cache.values():
+            if other is not data:
+                other.__dict__.pop("_device_images", None)
+        return data
+
+
+def _device_bytes_to_come(data, device: torch.device) -> int:
+    """Bytes ``data.device_images(device)`` will add to the device: 0 once they are there."""
+    if str(device) in data.__dict__.get("_device_images", {}):
+        return 0
+    return int(data.images.nbytes)
+
 
 @dataclass(frozen=True)
 class RunJob:
@@ -180,7 +198,8 @@ class Worker:
         if device.type != "cuda":
             return 1
         spec = job.spec
-        key = canonical_json([spec.model, spec.model_params, spec.dataset, spec.dataset_params, spec.batch_size])
+        # Once per group of runs that may share a pack (not per swept value: they have the same shapes).
+        key = self.pack_key(job)
         sizes = ctx["pack_sizes"]
         if key not in sizes:
             from disentbench.core.packed import choose_pack_size
@@ -197,6 +216,7 @@ class Worker:
                     free_memory_fraction=0.8 * self.memory_share,
                     speed=_speed_options(ctx["config"]),
                     observation_shape=tuple(data.observation_shape),
+                    reserved_bytes=_device_bytes_to_come(data, device),
                 )
             except Exception as exc:  # unpackable model, or the probe itself failed: train these runs alone
                 bar.message(f"{spec.model} runs on {spec.dataset} are trained one by one ({type(exc).__name__}: {exc})")
@@ -299,7 +319,7 @@ class Worker:
         ctx = self._context()
         registry, config, tracker, device = ctx["registry"], ctx["config"], ctx["tracker"], ctx["device"]
         first = claimed[0][1].spec
-        data = ctx["datasets"].get(first.dataset, first.dataset_params)
+        data = ctx["datasets"].for_training(first.dataset, first.dataset_params)
         bar = self.bar or StudyProgress(sum(job.spec.steps for _, job, _ in claimed), enabled=False)
 
         def solo(reason: str) -> None:
@@ -635,7 +655,7 @@ def _train_and_evaluate(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: St
 def _train(spec: RunSpec, ctx: dict[str, Any], run_id: str, bar: StudyProgress, checkpoint: Path):
     """One run trained alone by the solo Trainer; returns (trained model, TrainResult)."""
     registry, config, tracker, device = ctx["registry"], ctx["config"], ctx["tracker"], ctx["device"]
-    data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
+    data = ctx["datasets"].for_training(spec.dataset, spec.dataset_params)
     model_reg = registry.get("model", spec.model)
     model = build_model(model_reg.factory, model_reg.make_config(spec.model_params), data.observation_shape, spec.seed, device)
     trainer = Trainer(

@@ -250,6 +250,28 @@ def test_checkpoints_move_between_packed_and_solo(tmp_path):
     _assert_same_logs(full_logs[1], logs[1])
 
 
+def test_a_pack_keeps_no_second_copy_of_its_runs_state_between_checkpoints(tmp_path):
+    """After a mid-training checkpoint the solo optimizers hold no Adam moments (the pack's are the state);
+    the checkpoint itself has them, and a finished run's solo optimizers have them again."""
+    data = Squares()
+    factory, configs = _configs("factor_vae", adam_eps=1e-3)
+    seeds = [41, 42]
+    paths = [tmp_path / f"run{i}.pt" for i in range(2)]
+    trainer = PackedTrainer(
+        _build(factory, configs, seeds, data), data, seeds, steps=4, batch_size=BATCH, device=CPU, log_every=2,
+        checkpoint_paths=paths, checkpoint_every=2,
+    )  # fmt: skip
+    assert trainer.advance(2) == 2
+    assert all(t._initial is None for t in trainer.trainers)
+    assert all(not opt.state for t in trainer.trainers for opt, _ in t.optimizers)
+    saved = torch.load(paths[0], weights_only=True)
+    assert saved["step"] == 2
+    assert all(len(o["state"]) == sum(len(g["params"]) for g in o["param_groups"]) for o in saved["optimizers"])
+    trainer.train()
+    for t in trainer.trainers:
+        assert t.step == 4 and all(len(opt.state) > 0 for opt, _ in t.optimizers)
+
+
 def test_speed_options_are_no_ops_on_cpu():
     data = Squares()
     factory, configs = _configs("beta_vae")

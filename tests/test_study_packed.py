@@ -288,3 +288,47 @@ def test_pack_size_defaults_to_auto_and_packs_nothing_off_cuda(registry):
     assert worker.may_pack(["cuda:0"]) == torch.cuda.is_available()
     config.training.pack_size = 2
     assert Worker(config, "sqlite:///unused.db", "0", "cpu", progress=False).may_pack()
+
+
+def test_auto_pack_size_is_probed_once_per_pack_group_and_budgets_the_datasets_images(tmp_path, monkeypatch, registry):
+    """Swept values share one memory probe; the dataset's images (not yet on the device) are reserved."""
+    from disentbench.core import packed
+    from disentbench.core.grid import expand_grid
+    from disentbench.core.study import Worker
+
+    raw = _raw(tmp_path, "probe", "auto", sweep={"beta": [1, 2, 4, 8]}, seeds=(0, 1, 2))
+    config = load_study_config(raw, registry)
+    worker = Worker(config, raw["tracking"]["uri"], "0", "cpu", progress=False)
+    ctx = worker._context(registry=registry)
+    ctx["device"] = torch.device("cuda")  # only its type is read before the (stubbed) probe
+    probes = []
+
+    def probe(factory, device, batch_size, **kwargs):
+        probes.append(kwargs["reserved_bytes"])
+        return 5
+
+    monkeypatch.setattr(packed, "choose_pack_size", probe)
+    jobs = [RunJob(s, "parent", None, i + 1, 12) for i, s in enumerate(expand_grid(config, registry))]
+    packs = group_into_packs(jobs, worker.pack_size_for, key=worker.pack_key)
+    assert [len(p) for p in packs] == [5, 5, 2]
+    data = ctx["datasets"].get("dsprites_procedural", {})
+    assert probes == [data.images.nbytes]
+
+
+def test_training_one_dataset_frees_the_device_copy_of_the_others(registry):
+    """A study goes dataset by dataset: only the dataset being trained keeps its images on the device."""
+    from test_trainer import Squares
+
+    from disentbench.core.grid import canonical_json
+    from disentbench.core.study import _DatasetCache
+
+    cache = _DatasetCache(registry)
+    first, second = Squares(), Squares()
+    cache._cache[canonical_json(["a", {}])] = first
+    cache._cache[canonical_json(["b", {}])] = second
+    first.device_images("cpu")
+    assert cache.for_training("a", {}) is first
+    assert "_device_images" in first.__dict__  # its own copy stays
+    second.device_images("cpu")
+    assert cache.for_training("b", {}) is second
+    assert "_device_images" not in first.__dict__ and "_device_images" in second.__dict__
