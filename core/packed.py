@@ -818,6 +818,8 @@ class PackedTrainer:
         for i in done:
             self._finish(i, sync=False)
         self._pack = self._build_pack([i for i in range(len(self.trainers)) if i not in done])
+        for i in self._pack.runs if self._pack is not None else []:
+            self._drop_solo_adam(i)  # a resumed run's moments now live in the pack
 
     def _build_pack(self, runs: list[int]) -> _Pack | None:
         """Stack the solo state of ``runs`` (parameters, Adam state, steps) into one pack."""

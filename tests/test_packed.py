@@ -270,6 +270,15 @@ def test_a_pack_keeps_no_second_copy_of_its_runs_state_between_checkpoints(tmp_p
     trainer.train()
     for t in trainer.trainers:
         assert t.step == 4 and all(len(opt.state) > 0 for opt, _ in t.optimizers)
+    # Resumed runs: their moments go into the pack and leave the solo optimizers.
+    resumed = PackedTrainer(
+        _build(factory, configs, seeds, data), data, seeds, steps=6, batch_size=BATCH, device=CPU, log_every=2,
+        checkpoint_paths=paths, checkpoint_every=2,
+    )  # fmt: skip
+    assert resumed.advance(1) == 1
+    assert [t.step for t in resumed.trainers] == [4, 4]  # solo steps move at the next sync
+    assert all(not opt.state for t in resumed.trainers for opt, _ in t.optimizers)
+    assert resumed.train().results[0].resumed_from == 4
 
 
 def test_speed_options_are_no_ops_on_cpu():
