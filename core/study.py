@@ -586,10 +586,12 @@ def run_study(
     recorded = tracker.runs_by_key()
     todo, outcomes_by_key = [], {}
     reuse: dict[str, str] = {}
+    finished_runs = {}
     for spec in specs:
         runs = recorded.get(spec.run_key, [])
         if tracking.status_of(runs) == tracking.FINISHED:
             finished = next(r for r in runs if r.info.status == tracking.FINISHED)
+            finished_runs[spec.run_key] = finished
             outcomes_by_key[spec.run_key] = RunOutcome(spec, "skipped", finished.info.run_id, _scores_of(finished.data.metrics))
         else:
             if runs:  # interrupted or failed before: continue that run, never a duplicate
@@ -614,6 +616,10 @@ def run_study(
             outcomes_by_key[outcome.spec.run_key] = outcome
             if not getattr(executor_obj, "in_process", False):
                 bar.message(f"[{len(outcomes_by_key)}/{len(specs)}] {outcome.status} {outcome.spec.run_name}")
+        _score_finished_runs(
+            [(spec, finished_runs[spec.run_key]) for spec in specs if spec.run_key in finished_runs],
+            worker._context(), outcomes_by_key, bar,
+        )
     except KeyboardInterrupt:
         tracker.end_run(parent_run_id, tracking.KILLED)
         bar.close()
@@ -641,6 +647,76 @@ def _headline_keys(config: StudyConfig, scorers, outcomes) -> list[str]:
             names = [prefix + k for k in headline] if headline else sorted(k for k in recorded if k.startswith(prefix))
             keys.extend(k for k in names if k in recorded)
     return keys
+
+
+def _unscored(config: StudyConfig, scorers, metrics: dict[str, float]) -> dict[str, list]:
+    """Per representation, the scorers that left no score in ``metrics`` (added after the run finished)."""
+    missing: dict[str, list] = {}
+    for representation in config.evaluation.representations:
+        for kind, name, scorer in scorers:
+            prefix = f"{'eval' if kind == 'metric' else 'downstream'}/{representation}/{name}/"
+            if not any(key.startswith(prefix) for key in metrics):
+                missing.setdefault(representation, []).append((kind, name, scorer))
+    return missing
+
+
+def _score_finished_runs(finished: list, ctx: dict[str, Any], outcomes: dict, bar: StudyProgress) -> None:
+    """Score finished runs with the metrics and tasks the config gained since they finished.
+
+    The model comes from the run's ``checkpoints/model.pt`` artifact; the new
+    scores equal those a full evaluation would have given (each metric's draws
+    depend only on the evaluation seed and its name). In this process, after
+    the executor's jobs.
+    """
+    config, tracker = ctx["config"], ctx["tracker"]
+    todo = [(spec, run, _unscored(config, ctx["scorers"], run.data.metrics)) for spec, run in finished]
+    todo = [(spec, run, missing) for spec, run, missing in todo if missing]
+    if not todo:
+        return
+    names = sorted({name for _, _, missing in todo for scorers in missing.values() for _, name, _ in scorers})
+    bar.message(f"{len(todo)} finished runs lack scores for {', '.join(names)}; scoring them from their checkpoints")
+    for spec, run, missing in todo:
+        run_id = run.info.run_id
+        try:
+            scores = _score_checkpoint(spec, ctx, run_id, missing)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            bar.message(f"{spec.run_name}: cannot score its checkpoint ({type(exc).__name__}: {_first_line(exc)}); skipped")
+            continue
+        merged = {**_scores_of(run.data.metrics), **scores}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "scores.json"
+            path.write_text(json.dumps(merged, indent=2, sort_keys=True))
+            tracker.log_artifact(run_id, path)
+        outcomes[spec.run_key] = RunOutcome(spec, "skipped", run_id, merged)
+
+
+def _score_checkpoint(spec: RunSpec, ctx: dict[str, Any], run_id: str, missing: dict[str, list]) -> dict[str, float]:
+    """Load a finished run's model artifact, score it with ``missing`` (per representation), log the scores."""
+    config, tracker, device, registry = ctx["config"], ctx["tracker"], ctx["device"], ctx["registry"]
+    data = ctx["datasets"].get(spec.dataset, spec.dataset_params)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.client.download_artifacts(run_id, "checkpoints/model.pt", tmp)
+        saved = torch.load(path, map_location=device, weights_only=True)
+    registration = registry.get("model", spec.model)
+    model = build_model(registration.factory, registration.make_config(spec.model_params), data.observation_shape, spec.seed, device)
+    model.load_state_dict(saved["state_dict"])
+    scores: dict[str, float] = {}
+    for representation, scorers in missing.items():
+        scores.update(
+            evaluate(
+                model, data, scorers, [representation], device=device,
+                evaluation_seed=config.evaluation.seed, batch_size=config.evaluation.batch_size,
+            )  # fmt: skip
+        )
+    tracker.log_metrics(run_id, scores, step=spec.steps)
+    return scores
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _scores_of(metrics: dict[str, float]) -> dict[str, float]:

@@ -98,3 +98,50 @@ def test_missing_data_file_is_bad_input_and_writes_nothing(tmp_path, monkeypatch
     assert result.exit_code == 2, result.output
     assert "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz" in result.output
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_metric_added_after_runs_finished_scores_them_from_their_checkpoints(tmp_path, monkeypatch):
+    """Rerunning with one more metric: finished runs are not retrained, but scored with it, and their new
+    score equals the one a study with that metric from the start records."""
+    from mlflow.tracking import MlflowClient
+
+    from disentbench.core.config import load_study_config
+    from disentbench.core.plugins import get_plugin_manager
+    from disentbench.core.study import run_study
+
+    monkeypatch.chdir(tmp_path)
+    registry = get_plugin_manager()
+    mig = {"name": "mig", "params": {"num_train": 100}}
+    sap = {"name": "sap", "params": {"num_train": 100, "num_test": 50}}
+
+    def raw(name, metrics):
+        return {
+            "name": name, "datasets": ["dsprites_procedural"],
+            "models": [{"name": "beta_vae", "sweep": {"beta": [1.0]}, "params": {"num_latent": 4}}],
+            "seeds": [0],
+            "training": {"steps": 5, "batch_size": 8, "log_every": 5, "device": "cpu",
+                         "checkpoint_dir": str(tmp_path / f"ck_{name}")},
+            "evaluation": {"metrics": metrics, "representations": ["mean", "sampled"]},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        }  # fmt: skip
+
+    first = run_study(load_study_config(raw("grown", [mig]), registry), registry=registry, progress=False)
+    run_id = first.outcomes[0].run_id
+    again = run_study(load_study_config(raw("grown", [mig, sap]), registry), registry=registry, progress=False)
+    fresh = run_study(load_study_config(raw("fresh", [mig, sap]), registry), registry=registry, progress=False)
+
+    outcome = again.outcomes[0]
+    assert outcome.status == "skipped" and outcome.run_id == run_id
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    metrics = client.get_run(run_id).data.metrics
+    for representation in ("mean", "sampled"):
+        key = f"eval/{representation}/sap/SAP_score"
+        assert metrics[key] == fresh.outcomes[0].scores[key] == outcome.scores[key]
+        mig_key = f"eval/{representation}/mig/discrete_mig"
+        assert len(client.get_metric_history(run_id, mig_key)) == 1  # the old metric is not scored again
+    assert [m.step for m in client.get_metric_history(run_id, "train/total")] == [5]  # not retrained
+    saved = json.loads(Path(client.download_artifacts(run_id, "scores.json", str(tmp_path / "dl"))).read_text())
+    assert "eval/mean/sap/SAP_score" in saved and "eval/mean/mig/discrete_mig" in saved
+    # A third run with the same metrics scores nothing again.
+    run_study(load_study_config(raw("grown", [mig, sap]), registry), registry=registry, progress=False)
+    assert len(client.get_metric_history(run_id, "eval/mean/sap/SAP_score")) == 1
