@@ -130,7 +130,7 @@ CONFIGS = {
         "valid dictionary",
     ),
     "executor not a mapping": (_with(executor=5), "executor", "valid dictionary"),
-    "no datasets": (_with(datasets=[]), "datasets", "at least 1 item"),
+    "no datasets": (_with(datasets=[]), "datasets", "list at least one dataset"),
     "dataset param typo": (
         _with(datasets=[{"name": "dsprites_procedural", "params": {"colour": 1}}]), "datasets[0].params.colour", "Extra inputs"
     ),
@@ -154,7 +154,7 @@ CONFIGS = {
         "evaluation.metrics[0].params.num_train",
         "greater than or equal to 1",
     ),
-    "index tag with spaces": (_with(tracking={"index_tag": "bad tag!"}), "tracking.index_tag", "pattern"),
+    "index tag with spaces": (_with(tracking={"index_tag": "bad tag!"}), "tracking.index_tag", "only letters, digits"),
     "tracking key typo": (_with(tracking={"url": "sqlite:///x.db"}), "tracking.url", "Extra inputs"),
     "top-level key typo": ({**GOOD, "modles": []}, "modles", "Extra inputs"),
     "empty name": (_with(name=""), "name", "at least 1 character"),

@@ -52,7 +52,7 @@ BAD = [
     (_with(["evaluation", "metrics", 1, "params"], {"num_train": "many"}), "evaluation.metrics[1].params.num_train", "valid integer"),
     (_with(["evaluation", "metrics", 0], "mgi"), "evaluation.metrics[0].name", "unknown metric plugin 'mgi'"),
     (_with(["evaluation", "representations"], ["median"]), "evaluation.representations[0]", "'mean' or 'sampled'"),
-    (_with(["name"], "my study!"), "name", "pattern"),
+    (_with(["name"], "my study!"), "name", "only letters, digits, '_', '.' and '-'"),
     (_with(["models"], ...), "models", "Field required"),
     (_with(["executor"], "slurmm"), "executor.name", "unknown executor plugin"),
     ({**GOOD, "tracking": {"uri": 5}}, "tracking.uri", "valid string"),
@@ -84,8 +84,10 @@ def test_several_problems_reported_together(registry):
     config["training"]["steps"] = -1
     with pytest.raises(ConfigError) as info:
         load_study_config(config, registry)
-    assert len(info.value.problems) == 1  # structure errors stop before plugin params
-    assert info.value.problems[0].startswith("training.steps:")
+    # structure problems and plugin-param problems are reported in one go
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "training.steps", "models[0].sweep.beta[0]", "models[0].sweep.beta[1]"
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json", ".toml"])
