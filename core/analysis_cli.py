@@ -72,8 +72,15 @@ def analyze_cmd(target, out_dir, tracking_uri, only, no_log):
         tracking_uri = tracking_uri or config.tracking.uri
     else:
         experiment = target
-    from disentbench.core.tracking import TrackingError
+    from disentbench.core.tracking import TrackingError, check_sqlite_uri, missing_sqlite_store, resolve_tracking_uri
 
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_sqlite_uri(uri)
+    except TrackingError as exc:
+        raise _bad_input(str(exc)) from None
+    if missing_sqlite_store(uri) is not None:  # opening it would create an empty store
+        raise _bad_input(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
     try:
         table = load_study_table(tracking_uri, experiment, config=config, registry=registry)
     except LookupError as exc:
@@ -170,6 +177,12 @@ def theorem_cmd(dims, marginals, samples, seed, alpha, angle, metrics, out_dir, 
     from disentbench.core.tracking import TrackingError
 
     registry = cli._registry()
+    known = registry.names("metric")
+    unknown = [name for name in config.metrics if name not in known]
+    if unknown:
+        raise _bad_input(
+            f"--metrics: unknown metric {', '.join(map(repr, unknown))}; known: {', '.join(known) or 'none'}"
+        )
     try:
         demo, report, run_id = run_theorem(
             config, Path(out_dir), tracking_uri=tracking_uri, experiment=experiment, log=not no_log, registry=registry

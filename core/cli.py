@@ -1,17 +1,21 @@
 """The ``disentbench`` command line.
 
 Exit codes: 0 success, 1 a run or command failed, 2 bad input (config, arguments,
-missing data). Every bad-input message is one line per problem, naming the
-offending field or file and what to do.
+missing data, a device, data folder or store this machine cannot use), 130 a
+``run`` interrupted by Ctrl-C (``ui`` exits 0 on Ctrl-C). Every bad-input
+message is one line per problem, naming the offending field or file and what
+to do; click's usage errors too (``error: MESSAGE; see disentbench CMD --help``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -33,8 +37,51 @@ def _registry():
     if not getattr(registry, "_problems_shown", False):
         for problem in registry.problems:  # once per process, on stderr
             click.echo(f"problem: {problem}", err=True)
+        _warn_unknown_load_plugins()
         registry._problems_shown = True
     return registry
+
+
+def _warn_unknown_load_plugins() -> None:
+    """$DISENTBENCH_LOAD_PLUGINS naming entry points that are not installed: one warning line, not silence."""
+    import importlib.metadata
+
+    from disentbench.core.plugins import ENTRY_POINT_GROUP, LOAD_PLUGINS_ENV, _allowed_plugins
+
+    allowed = _allowed_plugins()
+    if not allowed:  # unset: every plugin; set but empty: none, on purpose
+        return
+    installed = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    unknown = sorted(allowed - set(installed))
+    if unknown:
+        click.echo(
+            f"warning: ${LOAD_PLUGINS_ENV} names {', '.join(unknown)}, which no installed package provides; "
+            f"installed plugin entry points: {', '.join(installed) or 'none'}",
+            err=True,
+        )
+
+
+def _check_data_root() -> None:
+    """$DISENTBENCH_DATA (or the default data root) must be a folder that can be written: else exit 2."""
+    from disentbench.core.paths import DataRootError, check_data_root
+
+    try:
+        check_data_root()
+    except DataRootError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _check_device(device: str, flag: bool) -> None:
+    """A device this machine has (cuda:N within the device count, mps where available): else exit 2."""
+    from disentbench.core.trainer import DeviceUnavailable, resolve_device
+
+    try:
+        resolve_device(device)
+    except DeviceUnavailable as exc:
+        message = str(exc)
+        raise BadInput(message if flag else f"training.device: {message}") from None
+    except RuntimeError:  # torch could not parse it: the config check reports that
+        pass
 
 
 def _load(config_path: str):
@@ -63,13 +110,97 @@ def _no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
+class _OneLineUsageError(click.exceptions.UsageError):
+    """A usage error shown as one line, ``error: MESSAGE; see disentbench COMMAND --help`` (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None):
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _command_path(ctx: click.Context | None) -> str:
+    """``disentbench SUB ...`` for ``ctx`` whatever the program was called (CliRunner names it ``main``)."""
+    names = []
+    while ctx is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    names.reverse()
+    return " ".join(["disentbench", *[n for n in names[1:] if n]])
+
+
+def _one_line_usage(exc: click.exceptions.UsageError) -> click.exceptions.UsageError:
+    """click's 4-6 line usage errors (Usage, Try, blank, Error) as one line naming the help to read."""
+    if isinstance(exc, (_OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc  # a bare group shows its help, as it should
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    return _OneLineUsageError(f"{message}; see {_command_path(exc.ctx)} --help", exc.ctx)
+
+
+_ORIGINAL_SHOWWARNING = warnings.showwarning
+_ORIGINAL_SHOWWARNMSG_IMPL = getattr(warnings, "_showwarnmsg_impl", None)
+
+
+def _show_warning_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warning: FIRST LINE``: no file:line prefix, no quoted source line, no continuation lines."""
+    text = next((part.strip() for part in str(message).splitlines() if part.strip()), category.__name__)
+    stream = file if file is not None else sys.stderr
+    try:
+        stream.write(f"warning: {text}\n")
+    except (OSError, ValueError, AttributeError):  # no stderr (pythonw) or a closed one
+        pass
+
+
+@contextlib.contextmanager
+def one_line_warnings(enabled: bool = True):
+    """Show Python warnings as single ``warning:`` lines while the CLI runs (restored afterwards).
+
+    Left alone where warnings are being recorded (pytest.warns, catch_warnings(record=True)).
+    """
+    recording = getattr(warnings, "_showwarnmsg_impl", None) is not _ORIGINAL_SHOWWARNMSG_IMPL
+    if not enabled or recording or warnings.showwarning is not _ORIGINAL_SHOWWARNING:
+        yield
+        return
+    warnings.showwarning = _show_warning_one_line
+    try:
+        yield
+    finally:
+        if warnings.showwarning is _show_warning_one_line:
+            warnings.showwarning = _ORIGINAL_SHOWWARNING
+
+
+INTERRUPTED_RUN = "interrupted: rerun the same command to resume (finished runs are kept)"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+
+
 class _MainGroup(click.Group):
-    """Turns an unexpected exception into one ``error:`` line and exit 1 (the traceback with --verbose)."""
+    """Turns an unexpected exception into one ``error:`` line and exit 1 (the traceback with --verbose).
+
+    Also: click usage errors as one line (exit 2), warnings as one line, and Ctrl-C:
+    ``run`` exits 130 with how to resume, ``ui`` exits 0.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.UsageError as exc:
+            raise _one_line_usage(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, EOFError):
+            with one_line_warnings(enabled=not ctx.params.get("verbose")):  # --verbose: Python's full form
+                return super().invoke(ctx)
+        except click.exceptions.UsageError as exc:
+            raise _one_line_usage(exc) from None
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            command = ctx.invoked_subcommand
+            if command == "ui":  # Ctrl-C stops the UI, at any moment: that is how it is meant to end
+                ctx.exit(EXIT_OK)
+            if command == "run":
+                click.echo(INTERRUPTED_RUN, err=True)
+                ctx.exit(EXIT_INTERRUPTED)
+            raise
+        except (click.exceptions.ClickException, click.exceptions.Exit, EOFError):
             raise
         except BrokenPipeError:  # the reader went away (`disentbench compare x --csv | head`): stop quietly
             try:
@@ -89,7 +220,9 @@ EPILOG = """\b
 Exit codes:
   0  success
   1  failure: a run, an analysis or the tracking store failed
-  2  bad input: config, arguments or options, missing data files
+  2  bad input: config, arguments or options, missing data files, a device,
+     data folder or tracking store this machine cannot use
+  130  run interrupted (Ctrl-C): rerun the same command to resume
 \b
 Colour is off when NO_COLOR is set or output is not a terminal; progress
 bars become plain lines when not on a terminal. Shell completion: see the
@@ -163,7 +296,7 @@ def plugins_cmd(ctx, kind, as_json):
 
 
 @plugins_cmd.command("show")
-@click.argument("kind", type=click.Choice(["model", "dataset", "metric", "task", "executor", "analysis"]))
+@click.argument("kind", type=click.Choice(["model", "dataset", "metric", "task", "executor", "analysis"]), metavar="KIND")
 @click.argument("name")
 def plugins_show(kind, name):
     """Show a plugin's config schema (JSON schema with defaults).
@@ -221,6 +354,14 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
             TrainingConfig(device=device)
         except Exception:
             raise BadInput(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    _check_device(device or study.training.device, flag=device is not None)
+    _check_data_root()
+    from disentbench.core import tracking
+
+    try:  # an unusable SQLite store: one line now, before any folder is made (MLflow retries for minutes)
+        tracking.check_sqlite_uri(tracking.resolve_tracking_uri(tracking_uri or study.tracking.uri))
+    except tracking.TrackingError as exc:
+        raise BadInput(str(exc)) from None
     if executor is not None and executor not in _registry().plugins["executor"]:
         known = ", ".join(_registry().names("executor"))
         raise BadInput(f"--executor {executor!r} is not an executor plugin; known: {known}")
@@ -277,8 +418,11 @@ def _print_scores(result) -> None:
     several_reps = len(result.config.evaluation.representations) > 1
 
     def header(key: str) -> str:
-        _, representation, name, _ = key.split("/", 3)
-        return f"{name} ({representation})" if several_reps else name
+        # as `compare` labels them: a metric with several headline keys shows which one (code_std:mean_std)
+        _, representation, name, sub = key.split("/", 3)
+        siblings = {c.split("/", 3)[3] for c in columns if c.split("/", 3)[2] == name}
+        label = f"{name}:{sub}" if len(siblings) > 1 else name
+        return f"{label} ({representation})" if several_reps else label
 
     table = Table(title=f"study {result.config.name}", box=None, pad_edge=False)
     for name in ("model", "params", "dataset", "seed", "status"):
@@ -317,12 +461,24 @@ def status_cmd(config, tracking_uri):
 
     study = _load(config)
     specs = expand_grid(study, _registry())
+    uri = tracking.resolve_tracking_uri(tracking_uri or study.tracking.uri)
     try:
-        tracker = tracking.Tracker(tracking_uri or study.tracking.uri, study.experiment_name)
-        experiment_id = tracker.existing_experiment_id()
+        tracking.check_sqlite_uri(uri)
+        if tracking.missing_sqlite_store(uri) is not None:
+            experiment_id = None  # no store there yet: report, but never create one (MLflow would)
+        else:
+            tracker = tracking.Tracker(uri, study.experiment_name)
+            experiment_id = tracker.existing_experiment_id()
     except tracking.TrackingError as exc:
         raise BadInput(str(exc)) from None
     recorded = tracker.runs_by_key(experiment_id) if experiment_id else {}
+    if experiment_id is None:
+        # every run pending is the truth before the first `run`, and a hint when the store is the wrong one
+        click.echo(
+            f"note: no experiment named {study.experiment_name!r} in {uri} yet, so every run is pending; "
+            "if the study has run, pass its --tracking-uri (or run status where it ran)",
+            err=True,
+        )
     table = Table("#", "run", "run key", "status", box=None, pad_edge=False)
     counts: dict[str, int] = {}
     for spec in specs:
@@ -480,8 +636,17 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise BadInput(f"{uri} is already a tracking server; open it in a browser instead")
+    from disentbench.core.tracking import check_sqlite_uri, missing_sqlite_store
+
+    try:
+        check_sqlite_uri(uri)
+    except TrackingError as exc:
+        raise BadInput(str(exc)) from None
+    store_missing = missing_sqlite_store(uri) is not None  # opening it to look would create it
+    if store_missing and experiment and not from_config:
+        raise BadInput(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
     experiment_id = None
-    if experiment:
+    if experiment and not store_missing:
         try:
             experiment_id = Tracker(uri, experiment).existing_experiment_id()
         except TrackingError as exc:

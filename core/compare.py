@@ -151,7 +151,7 @@ class CompareTable:
             lines.append(f"({representation})")
         return "\n".join(lines)
 
-    def rich_table(self, sort_column: str | None = None):
+    def rich_table(self, sort_column: str | None = None, reverse: bool = False):
         """The terminal table: model, params, dataset, seed (the run name is made of them), then the scores."""
         from rich.markup import escape
         from rich.table import Table
@@ -161,14 +161,15 @@ class CompareTable:
             title += f" of {self.expected} in the grid"
         table = Table(title=escape(title), box=None, pad_edge=False, header_style="bold")
         shown = [c for c in TEXT_COLUMNS if c != "run"]
+        arrow = " ▴" if reverse else " ▾"  # the direction of the sort: ▾ descending scores / A to Z, ▴ reversed
         for name in shown:
-            marker = " ▾" if name == sort_column else ""
+            marker = arrow if name == sort_column else ""
             longest = max([len(name + marker)] + [len(r.text(name)) for r in self.rows])
             wrap = name == "params"
             table.add_column(name + marker, no_wrap=not wrap, min_width=None if wrap else longest, overflow="fold")
         best = {c: max((r.scores[c] for r in self.rows if _finite(r.scores.get(c))), default=None) for c in self.columns}
         for column in self.columns:
-            marker = " ▾" if column == sort_column else ""
+            marker = arrow if column == sort_column else ""
             table.add_column(escape(self.header(column)) + marker, justify="right", overflow="fold", min_width=6)
         for r in self.rows:
             cells = []
@@ -207,6 +208,9 @@ def load_compare_table(
     from disentbench.core.plugins import get_plugin_manager
 
     registry = registry or get_plugin_manager()
+    tracking.check_sqlite_uri(tracking.resolve_tracking_uri(tracking_uri))
+    if tracking.missing_sqlite_store(tracking_uri) is not None:  # opening it would create an empty store
+        raise LookupError(f"no experiment named {experiment!r} in {tracking.resolve_tracking_uri(tracking_uri)}")
     tracker = tracking.Tracker(tracking_uri, experiment)
     experiment_id = tracker.existing_experiment_id()
     if experiment_id is None:
@@ -483,6 +487,6 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
             if unknown and known:
                 click.echo(f"  {option} {', '.join(unknown)}: none recorded; known: {', '.join(known)}", err=True)
         return
-    Console(width=max(120, cli._term_width())).print(table.rich_table(sort_column))
+    Console(width=max(120, cli._term_width())).print(table.rich_table(sort_column, reverse=reverse))
     if not quiet:
         click.echo(f"MLflow: experiment '{experiment}' in {table.tracking_uri} (disentbench ui to browse)")

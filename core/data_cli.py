@@ -103,6 +103,10 @@ def data():
       disentbench data prepare smallnorb
       disentbench data show cars3d --out cars3d.png
     """
+    # a $DISENTBENCH_DATA that is a file or cannot be written: one line and exit 2, before any command
+    from disentbench.core.cli import _check_data_root
+
+    _check_data_root()
 
 
 @data.command("list")

@@ -233,7 +233,14 @@ class SlurmExecutor:
         try:
             executor = submitit.AutoExecutor(folder=folder, cluster=config.cluster)
         except Exception as exc:  # e.g. cluster: slurm where no sbatch exists
-            raise RuntimeError(f"slurm executor: {_first_line(exc)}") from None
+            message = _first_line(exc)
+            if "srun" in message or "sbatch" in message or "slurm cluster" in message.lower():
+                # a configuration problem found before any work: bad input, with the fix
+                raise ValueError(
+                    f"slurm executor: {message.rstrip('.')}; set executor params cluster: local to run the jobs "
+                    "on this machine, or run on a Slurm login node"
+                ) from None
+            raise RuntimeError(f"slurm executor: {message}") from None
         parameters: dict[str, Any] = {
             "name": "disentbench",
             "timeout_min": config.timeout_min,

@@ -37,3 +37,50 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def unwritable_reason(path: Path | str, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be created or written (None if it can), without leaving anything behind.
+
+    ``folder``: ``path`` is (to be) a folder; otherwise a file. The nearest
+    existing ancestor must be a folder in which a file can be created: tested
+    by creating and removing a hidden probe file there, because ``os.access``
+    says yes to root even on read-only or virtual file systems (/proc, /sys).
+    """
+    import tempfile
+
+    path = Path(path).expanduser()
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{path} is a file, not a folder"
+        if not folder and path.is_dir():
+            return f"{path} is a folder, not a file"
+        probe_in = path if folder else path.parent
+    else:
+        probe_in = path.parent
+        while not probe_in.exists() and probe_in != probe_in.parent:
+            probe_in = probe_in.parent
+        if not probe_in.is_dir():
+            return f"cannot create {path}: {probe_in} is a file, not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".disentbench-probe-", dir=probe_in)
+    except OSError as exc:
+        if path.exists():
+            return f"{path} is not writable ({exc.strerror or exc})"
+        return f"cannot create {path}: {probe_in} is not writable ({exc.strerror or exc})"
+    os.close(handle)
+    os.unlink(probe)
+    return None
+
+
+def check_data_root() -> None:
+    """Raise ``DataRootError`` (one line, naming $DISENTBENCH_DATA and the fix) if the data root is unusable."""
+    root = data_root()
+    reason = unwritable_reason(root, folder=True)
+    if reason is not None:
+        source = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default data root"
+        raise DataRootError(f"{source} ({root}): {reason}; set ${DATA_ENV} to a writable folder")
+
+
+class DataRootError(ValueError):
+    """The data root ($DISENTBENCH_DATA) is a file or cannot be written."""

@@ -68,7 +68,8 @@ class TheoremConfig(PluginConfig):
     )
     metrics: list[str] = Field(
         default_factory=lambda: ["mig", "dci", "factor_vae_score"],
-        description="Metric plugins scored on z and on f(z) (those not registered are reported and skipped).",
+        description="Metric plugins scored on z and on f(z) (`disentbench theorem` refuses unknown names; "
+        "through the API, unregistered ones are reported and skipped).",
     )
     num_bins: int = Field(10, ge=2, le=50, description="Ground-truth factors: each z_i cut into this many equal-width bins.")
     metric_samples: int = Field(2000, ge=100, description="Points the metrics are computed on.")

@@ -375,13 +375,23 @@ def check_sqlite_uri(uri: str) -> None:
         if header and header != b"SQLite format 3\x00":
             raise TrackingError(f"tracking URI {uri!r}: {path} exists and is not an SQLite database")
         return
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise TrackingError(f"tracking URI {uri!r}: cannot create {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise TrackingError(f"tracking URI {uri!r}: cannot create {path}: {ancestor} is not writable")
+    from disentbench.core.paths import unwritable_reason
+
+    # a real probe: os.access says yes to root on read-only and virtual file systems (/proc), where
+    # MLflow would then retry for minutes before failing
+    reason = unwritable_reason(path, folder=False)
+    if reason is not None:
+        raise TrackingError(f"tracking URI {uri!r}: {reason}; use sqlite:///PATH/mlflow.db in a writable folder")
+
+
+def missing_sqlite_store(uri: str | None) -> Path | None:
+    """The database file of a local ``sqlite:///`` store that does not exist yet (None otherwise).
+
+    Read-only commands (status, compare, analyze, ui) check this first: opening
+    the store with MLflow would create an empty one (and its lock file).
+    """
+    path = _sqlite_path(resolve_tracking_uri(uri))
+    return path if path is not None and not path.exists() else None
 
 
 def safe_artifact_path(artifact_path: str | None) -> str | None:

@@ -39,14 +39,32 @@ def derive_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
+class DeviceUnavailable(ValueError, RuntimeError):
+    """A requested device this machine does not have (bad input: the CLI exits 2).
+
+    Also a ``RuntimeError``, as this error was before, for callers that catch that.
+    """
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
     resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceUnavailable(
+                f"device {device!r} requested but this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1}); use one of those, cuda or auto"
+            )
+    elif resolved.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceUnavailable(f"device {device!r} requested but MPS (Apple GPU) is not available; use --device cpu or auto")
     return resolved
 
 
@@ -160,9 +178,15 @@ class Trainer:
         except Exception as exc:
             bad = self.checkpoint_path.with_suffix(".corrupt")
             os.replace(self.checkpoint_path, bad)
+            # one line: torch's messages run to a dozen lines of weights_only advice
+            text = str(exc)
+            if "WeightsUnpickler error:" in text:  # skip the weights_only advice, keep what was wrong
+                text = text.split("WeightsUnpickler error:", 1)[1]
+            reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            reason = reason if len(reason) <= 200 else reason[:197] + "..."
             warnings.warn(
-                f"checkpoint {self.checkpoint_path} is unreadable ({type(exc).__name__}: {exc}); "
-                f"moved to {bad.name}, training restarts from step 0",
+                f"checkpoint {self.checkpoint_path} is unreadable ({type(exc).__name__}"
+                f"{': ' + reason if reason else ''}); moved to {bad.name}, training restarts from step 0",
                 stacklevel=2,
             )
             self._reset()

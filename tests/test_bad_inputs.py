@@ -4,8 +4,8 @@ Beyond tests/test_config.py (which covers the first twenty config mistakes),
 this file feeds the command line more kinds of config, config files, dataset
 files, plugin packages, arguments and tracking URIs. Each case asserts:
 
-* the exit code: 2 for bad input, 1 for a failure (a run that could not train,
-  no CUDA, a cluster that is not there);
+* the exit code: 2 for bad input (no CUDA, no srun for the slurm executor
+  included), 1 for a failure (a run that could not train);
 * an ``error:`` line (click's own ``Error:`` for argument parsing) naming the
   offending field, file, option or URI, and no traceback - nor the catch-all
   for unexpected exceptions;
@@ -332,7 +332,7 @@ def test_slurm_backend_without_slurm(workdir):
     # `--executor slurm` naming the config's executor keeps its params (cluster: slurm)
     for extra in ([], ["--executor", "slurm"]):
         result = _invoke(["run", _write(workdir, config), "-q", *extra])
-        assert_one_line_error(result, 1, "slurm executor", "srun")
+        assert_one_line_error(result, 2, "slurm executor", "srun", "cluster: local")
         assert_nothing_written(workdir)
 
 
@@ -369,7 +369,7 @@ def test_cuda_device_without_cuda(workdir):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     result = _invoke(["run", _write(workdir, GOOD), "-q", "--device", "cuda:0"])
-    assert_one_line_error(result, 1, "device 'cuda:0'", "CUDA is not available")
+    assert_one_line_error(result, 2, "device 'cuda:0'", "CUDA is not available")
     assert_nothing_written(workdir)
 
 
