@@ -46,3 +46,30 @@ def recorded_ops():
             return func(*args, **(kwargs or {}))
 
     return Record()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory with the default store (./mlflow.db), a fresh data root, no
+    $MLFLOW_TRACKING_URI and no $DISENTBENCH_LOAD_PLUGINS."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DISENTBENCH_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("DISENTBENCH_DATA", str(tmp_path / "data"))
+    return work
+
+
+def config_with(base: dict, **changes) -> dict:
+    """A deep copy of ``base`` with changes at paths written a__b__0 (list indices as digits)."""
+    import copy
+
+    config = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+    return config

@@ -20,7 +20,6 @@ Also here: the security checks (artifact paths, YAML tags, pickled checkpoints).
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 import subprocess
@@ -32,6 +31,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import config_with
 
 from disentbench.core import tracking
 from disentbench.core.cli import main
@@ -51,25 +51,7 @@ GOOD = {
 
 def _with(**changes):
     """GOOD with changes at paths written a__b__0 (list indices as digits)."""
-    config = copy.deepcopy(GOOD)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = config
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node[part]
-        node[int(last) if last.isdigit() else last] = value
-    return config
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """An empty working directory with the default store (./mlflow.db) and no $MLFLOW_TRACKING_URI."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DISENTBENCH_DATA", str(tmp_path / "data"))
-    return work
+    return config_with(GOOD, **changes)
 
 
 def _invoke(args: list[str]):

@@ -33,18 +33,6 @@ GOOD = {
 }
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """An empty working directory, the default store (./mlflow.db), a fresh data root."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DISENTBENCH_LOAD_PLUGINS", raising=False)
-    monkeypatch.setenv("DISENTBENCH_DATA", str(tmp_path / "data"))
-    return work
-
-
 def _config(work: Path, config: dict | None = None) -> str:
     (work / "study.yaml").write_text(yaml.safe_dump(config or GOOD))
     return "study.yaml"

@@ -7,11 +7,11 @@ malformed YAML without file and position, and problems held back until the next 
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import config_with
 
 from disentbench.core.cli import main
 from disentbench.core.config import ConfigError, load_study_config
@@ -27,24 +27,7 @@ GOOD = {
 
 def _with(**changes):
     """GOOD with changes at paths written a__b__0 (list indices as digits)."""
-    config = copy.deepcopy(GOOD)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = config
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node[part]
-        node[int(last) if last.isdigit() else last] = value
-    return config
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DISENTBENCH_DATA", str(tmp_path / "data"))
-    return work
+    return config_with(GOOD, **changes)
 
 
 def _run(work, text: str, name: str = "study.yaml", *extra: str):
