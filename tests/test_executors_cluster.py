@@ -201,6 +201,7 @@ def local_ray_cluster():
         ray.shutdown()
 
 
+@pytest.mark.slow  # ~70 s (a local Ray cluster starts two torch workers): keeps the default suite under 15 min
 def test_ray_executor_on_a_local_ray_cluster(tmp_path, registry, local_ray_cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)
     executor = {"name": "ray", "params": {"num_cpus_per_run": 1}}
