@@ -37,28 +37,8 @@ def _registry():
     if not getattr(registry, "_problems_shown", False):
         for problem in registry.problems:  # once per process, on stderr
             click.echo(f"problem: {problem}", err=True)
-        _warn_unknown_load_plugins()
         registry._problems_shown = True
     return registry
-
-
-def _warn_unknown_load_plugins() -> None:
-    """$DISENTBENCH_LOAD_PLUGINS naming entry points that are not installed: one warning line, not silence."""
-    import importlib.metadata
-
-    from disentbench.core.plugins import ENTRY_POINT_GROUP, LOAD_PLUGINS_ENV, _allowed_plugins
-
-    allowed = _allowed_plugins()
-    if not allowed:  # unset: every plugin; set but empty: none, on purpose
-        return
-    installed = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
-    unknown = sorted(allowed - set(installed))
-    if unknown:
-        click.echo(
-            f"warning: ${LOAD_PLUGINS_ENV} names {', '.join(unknown)}, which no installed package provides; "
-            f"installed plugin entry points: {', '.join(installed) or 'none'}",
-            err=True,
-        )
 
 
 def _check_data_root() -> None:
@@ -69,19 +49,6 @@ def _check_data_root() -> None:
         check_data_root()
     except DataRootError as exc:
         raise BadInput(str(exc)) from None
-
-
-def _check_device(device: str, flag: bool) -> None:
-    """A device this machine has (cuda:N within the device count, mps where available): else exit 2."""
-    from disentbench.core.trainer import DeviceUnavailable, resolve_device
-
-    try:
-        resolve_device(device)
-    except DeviceUnavailable as exc:
-        message = str(exc)
-        raise BadInput(message if flag else f"training.device: {message}") from None
-    except RuntimeError:  # torch could not parse it: the config check reports that
-        pass
 
 
 def _load(config_path: str):
@@ -354,14 +321,6 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
             TrainingConfig(device=device)
         except Exception:
             raise BadInput(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    _check_device(device or study.training.device, flag=device is not None)
-    _check_data_root()
-    from disentbench.core import tracking
-
-    try:  # an unusable SQLite store: one line now, before any folder is made (MLflow retries for minutes)
-        tracking.check_sqlite_uri(tracking.resolve_tracking_uri(tracking_uri or study.tracking.uri))
-    except tracking.TrackingError as exc:
-        raise BadInput(str(exc)) from None
     if executor is not None and executor not in _registry().plugins["executor"]:
         known = ", ".join(_registry().names("executor"))
         raise BadInput(f"--executor {executor!r} is not an executor plugin; known: {known}")

@@ -20,7 +20,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,21 +35,18 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-def _no_bool_int(value: Any) -> Any:
+def _not_a_boolean(what: str) -> Callable[[Any], Any]:
     # pydantic's lax mode reads true/false as 1/0; in a study config that is always a typo
-    if isinstance(value, bool):
-        raise ValueError(f"{str(value).lower()} is a boolean, not a whole number; give a number")
-    return value
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"{str(value).lower()} is a boolean, not {what}; give a number")
+        return value
+
+    return check
 
 
-def _no_bool_float(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"{str(value).lower()} is a boolean, not a number; give a number")
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_no_bool_int)]
-Float = Annotated[float, BeforeValidator(_no_bool_float)]
+Int = Annotated[int, BeforeValidator(_not_a_boolean("a whole number"))]
+Float = Annotated[float, BeforeValidator(_not_a_boolean("a number"))]
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 

@@ -138,10 +138,12 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[PluginProblem]) 
     """
     dists: dict[str, str] = {}
     allowed = _allowed_plugins()
+    installed: set[str] = set()
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
             if ep.group != ENTRY_POINT_GROUP:
                 continue
+            installed.add(ep.name)
             if allowed is not None and ep.name not in allowed:
                 continue
             dist_name = dist.metadata["name"] or ep.name
@@ -162,6 +164,15 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[PluginProblem]) 
                 problems.append(
                     PluginProblem(dist_name, f"failed to load entry point {ep.name!r}: {type(exc).__name__}: {exc}")
                 )
+    unknown = sorted((allowed or set()) - installed)
+    if unknown:  # a typo in the allow-list would otherwise load nothing, silently
+        problems.append(
+            PluginProblem(
+                f"${LOAD_PLUGINS_ENV}",
+                f"names {', '.join(unknown)}, which no installed package provides; "
+                f"installed plugin entry points: {', '.join(sorted(installed)) or 'none'}",
+            )
+        )
     return dists
 
 

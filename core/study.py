@@ -32,9 +32,10 @@ from disentbench.core import images, tracking
 from disentbench.core.config import StudyConfig
 from disentbench.core.evaluation import evaluate
 from disentbench.core.grid import RunSpec, canonical_json, expand_grid, stable_hash
+from disentbench.core.paths import check_data_root
 from disentbench.core.plugins import PluginRegistry, get_plugin_manager
 from disentbench.core.progress import StudyProgress
-from disentbench.core.trainer import Trainer, TrainResult, build_model, resolve_device
+from disentbench.core.trainer import DeviceUnavailable, Trainer, TrainResult, build_model, resolve_device
 
 
 @dataclass
@@ -360,10 +361,10 @@ class Worker:
         except UnpackableModel as exc:
             return solo(f"cannot pack {first.model} runs ({exc})")
         except Exception as exc:  # building the pack failed (its dry run of the loss, out of memory): alone
-            models = None
+            models = None  # free the built models before the solo runs build their own
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {exc})")
+            return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {tracking._first_line(exc)})")
         del models  # the trainer holds them
         run_ids = [run_id for _, _, run_id in members]
         positions = ",".join(str(job.position) for _, job, _ in members)
@@ -561,8 +562,15 @@ def run_study(
     """
     registry = registry or get_plugin_manager()
     specs = expand_grid(config, registry)
+    # Fail on an impossible device, data root or SQLite store before writing anything
+    # (MLflow would retry an unusable store for minutes; the checkpoint folder comes first).
+    try:
+        resolve_device(device or config.training.device)
+    except DeviceUnavailable as exc:
+        raise DeviceUnavailable(str(exc) if device else f"training.device: {exc}") from None
     device = device or config.training.device
-    resolve_device(device)  # fail on an impossible device before writing anything
+    check_data_root()
+    tracking.check_sqlite_uri(tracking.resolve_tracking_uri(tracking_uri or config.tracking.uri))
 
     # Check every dataset's files first: a missing file is a one-line error
     # before anything is written to the tracking store.
@@ -682,7 +690,8 @@ def _score_finished_runs(finished: list, ctx: dict[str, Any], outcomes: dict, ba
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            bar.message(f"{spec.run_name}: cannot score its checkpoint ({type(exc).__name__}: {_first_line(exc)}); skipped")
+            reason = f"{type(exc).__name__}: {tracking._first_line(exc)}"
+            bar.message(f"{spec.run_name}: cannot score its checkpoint ({reason}); skipped")
             continue
         merged = {**_scores_of(run.data.metrics), **scores}
         with tempfile.TemporaryDirectory() as tmp:
@@ -712,11 +721,6 @@ def _score_checkpoint(spec: RunSpec, ctx: dict[str, Any], run_id: str, missing: 
         )
     tracker.log_metrics(run_id, scores, step=spec.steps)
     return scores
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _scores_of(metrics: dict[str, float]) -> dict[str, float]:

@@ -294,17 +294,17 @@ def test_ctrl_c_while_the_ui_starts_exits_0(workdir, monkeypatch):
 # -- 11: small ones --------------------------------------------------------------------------------------------
 
 
-def test_unknown_load_plugins_entry_point_warns(workdir, monkeypatch):
-    from disentbench.core import plugins
+def test_unknown_load_plugins_entry_point_is_a_plugin_problem(monkeypatch):
+    """A name in $DISENTBENCH_LOAD_PLUGINS that no package provides is reported, like any plugin problem
+    (the CLI prints each as one ``problem:`` line), instead of silently loading nothing."""
+    from disentbench.core.plugins import build_registry
 
     monkeypatch.setenv("DISENTBENCH_LOAD_PLUGINS", "nosuch_plugin")
-    registry = plugins.get_plugin_manager()
-    monkeypatch.setattr(registry, "_problems_shown", False, raising=False)  # shown once per process
-    result = _invoke(["plugins", "--kind", "model"])
-    assert result.exit_code == 0, result.output
-    lines = [line for line in result.stderr.splitlines() if "DISENTBENCH_LOAD_PLUGINS" in line]
-    assert len(lines) == 1 and lines[0].startswith("warning: ") and "nosuch_plugin" in lines[0], result.stderr
-    assert "installed plugin entry points:" in lines[0]
+    problems = [str(p) for p in build_registry().problems if "nosuch_plugin" in str(p)]
+    assert len(problems) == 1 and "\n" not in problems[0], problems
+    assert "$DISENTBENCH_LOAD_PLUGINS" in problems[0] and "installed plugin entry points:" in problems[0]
+    monkeypatch.setenv("DISENTBENCH_LOAD_PLUGINS", "")  # empty on purpose: no third-party plugin, no problem
+    assert not [p for p in build_registry().problems if "DISENTBENCH_LOAD_PLUGINS" in str(p)]
 
 
 def _table():
