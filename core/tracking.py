@@ -116,6 +116,10 @@ class Tracker:
                 if database is not None and _interrupted_sqlite_init(database):
                     aside = database.with_name(f"{database.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
                     database.rename(aside)
+                    for suffix in ("-journal", "-wal", "-shm"):  # never leave a stale journal for the new store
+                        sibling = database.with_name(database.name + suffix)
+                        if sibling.exists():
+                            sibling.rename(aside.with_name(aside.name + suffix))
                     print(
                         f"disentbench: {database} was left half-created by an interrupted start (no experiment, "
                         f"no run in it); moved it to {aside.name} and creating a new one",
@@ -336,7 +340,7 @@ def _interrupted_sqlite_init(path: Path) -> bool:
     if not path.is_file() or path.stat().st_size == 0:
         return False
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = _open_recovered(path)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables & {"experiments", "alembic_version", "runs", "metrics"}:
@@ -350,6 +354,29 @@ def _interrupted_sqlite_init(path: Path) -> bool:
             connection.close()
     except sqlite3.Error:
         return False  # let MLflow say what is wrong with it
+
+
+def _open_recovered(path: Path):
+    """A connection to ``path`` that sees it as any writer will: after SQLite rolls back a hot journal.
+
+    A process killed inside one of MLflow's migrations leaves a ``-journal``
+    next to the store. A read-only connection cannot roll it back and fails
+    ("attempt to write a readonly database"); a read-write one rolls it back on
+    its first read, as MLflow's own connection would a moment later. Stores in a
+    read-only place are still opened read-only.
+    """
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    except sqlite3.Error:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return connection
+    except sqlite3.Error:
+        connection.close()
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 def check_sqlite_uri(uri: str) -> None:

@@ -94,3 +94,36 @@ def test_a_store_whose_lock_file_cannot_be_made_still_opens(tmp_path):
     assert opened.returncode == 0, opened.stderr[-2000:]
     assert opened.stdout.splitlines()[-1] == "['Default', 'study']"
 
+
+
+def test_store_killed_inside_a_migration_with_a_hot_journal_is_recovered(tmp_path):
+    """The kill CI hit: mid-transaction, leaving ``mlflow.db-journal``. A read-only look cannot roll that
+    journal back (SQLite refuses), so the store used to be handed to MLflow, which failed on every rerun."""
+    path = tmp_path / "mlflow.db"
+    _store(path, experiments=False)
+    writer = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA cache_size = 1')\n"  # spill to the file mid-transaction, as a long migration does
+        "c.execute('BEGIN')\n"
+        "c.execute('CREATE TABLE half_migrated (id INTEGER, payload TEXT)')\n"
+        "c.executemany('INSERT INTO half_migrated VALUES (?, ?)', ((i, 'x' * 200) for i in range(2000)))\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", writer, str(path)], capture_output=True, timeout=120)
+    assert killed.returncode == -9
+    journal = tmp_path / "mlflow.db-journal"
+    assert journal.exists() and journal.stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError):  # the hot journal: what the read-only check used to meet
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+
+    opened = _open_in_new_process(path)
+    assert opened.returncode == 0, opened.stderr[-2000:]
+    assert opened.stdout.splitlines()[-1] == "['Default', 'study']"
+    assert "half-created by an interrupted start" in opened.stderr
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("mlflow.db.interrupted-") and not p.name.endswith("-journal")]
+    rolled_back = sqlite3.connect(aside)
+    tables = {row[0] for row in rolled_back.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    rolled_back.close()
+    assert "half_migrated" not in tables and "experiments" in tables  # the killed transaction was rolled back, not kept
+    assert not journal.exists()  # no journal of the old store left beside the new one
