@@ -407,10 +407,9 @@ def load_study_table(
     from disentbench.core.plugins import get_plugin_manager
 
     registry = registry or get_plugin_manager()
-    tracker = tracking.Tracker(tracking_uri, experiment)
-    experiment_id = tracker.existing_experiment_id()
+    tracker, experiment_id = tracking.open_existing(tracking_uri, experiment)
     if experiment_id is None:
-        raise LookupError(f"no experiment named {experiment!r} in {tracker.uri}")
+        raise LookupError(f"no experiment named {experiment!r} in {tracking.resolve_tracking_uri(tracking_uri)}")
     children = tracker.search(f"tags.`{tracking.TAG_KIND}` = 'run'", experiment_id)
     parents = tracker.search(f"tags.`{tracking.TAG_KIND}` = 'study'", experiment_id)
     if not children and not parents and config is None:

@@ -72,15 +72,8 @@ def analyze_cmd(target, out_dir, tracking_uri, only, no_log):
         tracking_uri = tracking_uri or config.tracking.uri
     else:
         experiment = target
-    from disentbench.core.tracking import TrackingError, check_sqlite_uri, missing_sqlite_store, resolve_tracking_uri
+    from disentbench.core.tracking import TrackingError
 
-    uri = resolve_tracking_uri(tracking_uri)
-    try:
-        check_sqlite_uri(uri)
-    except TrackingError as exc:
-        raise _bad_input(str(exc)) from None
-    if missing_sqlite_store(uri) is not None:  # opening it would create an empty store
-        raise _bad_input(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
     try:
         table = load_study_table(tracking_uri, experiment, config=config, registry=registry)
     except LookupError as exc:

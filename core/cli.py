@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from disentbench.core.messages import show_warning_one_line
+
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -108,16 +110,6 @@ _ORIGINAL_SHOWWARNING = warnings.showwarning
 _ORIGINAL_SHOWWARNMSG_IMPL = getattr(warnings, "_showwarnmsg_impl", None)
 
 
-def _show_warning_one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warning: FIRST LINE``: no file:line prefix, no quoted source line, no continuation lines."""
-    text = next((part.strip() for part in str(message).splitlines() if part.strip()), category.__name__)
-    stream = file if file is not None else sys.stderr
-    try:
-        stream.write(f"warning: {text}\n")
-    except (OSError, ValueError, AttributeError):  # no stderr (pythonw) or a closed one
-        pass
-
-
 @contextlib.contextmanager
 def one_line_warnings(enabled: bool = True):
     """Show Python warnings as single ``warning:`` lines while the CLI runs (restored afterwards).
@@ -128,11 +120,11 @@ def one_line_warnings(enabled: bool = True):
     if not enabled or recording or warnings.showwarning is not _ORIGINAL_SHOWWARNING:
         yield
         return
-    warnings.showwarning = _show_warning_one_line
+    warnings.showwarning = show_warning_one_line
     try:
         yield
     finally:
-        if warnings.showwarning is _show_warning_one_line:
+        if warnings.showwarning is show_warning_one_line:
             warnings.showwarning = _ORIGINAL_SHOWWARNING
 
 
@@ -422,12 +414,7 @@ def status_cmd(config, tracking_uri):
     specs = expand_grid(study, _registry())
     uri = tracking.resolve_tracking_uri(tracking_uri or study.tracking.uri)
     try:
-        tracking.check_sqlite_uri(uri)
-        if tracking.missing_sqlite_store(uri) is not None:
-            experiment_id = None  # no store there yet: report, but never create one (MLflow would)
-        else:
-            tracker = tracking.Tracker(uri, study.experiment_name)
-            experiment_id = tracker.existing_experiment_id()
+        tracker, experiment_id = tracking.open_existing(uri, study.experiment_name)
     except tracking.TrackingError as exc:
         raise BadInput(str(exc)) from None
     recorded = tracker.runs_by_key(experiment_id) if experiment_id else {}
@@ -580,7 +567,7 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
     import tempfile
     import time
 
-    from disentbench.core.tracking import Tracker, TrackingError, resolve_tracking_uri
+    from disentbench.core.tracking import TrackingError, check_sqlite_uri, open_existing, resolve_tracking_uri
 
     options = _options(ctx)
     experiment, from_config = None, False
@@ -595,23 +582,15 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise BadInput(f"{uri} is already a tracking server; open it in a browser instead")
-    from disentbench.core.tracking import check_sqlite_uri, missing_sqlite_store
-
+    experiment_id = None
     try:
         check_sqlite_uri(uri)
+        if experiment:
+            experiment_id = open_existing(uri, experiment)[1]  # never creates a store or an experiment
     except TrackingError as exc:
         raise BadInput(str(exc)) from None
-    store_missing = missing_sqlite_store(uri) is not None  # opening it to look would create it
-    if store_missing and experiment and not from_config:
+    if experiment and experiment_id is None and not from_config:
         raise BadInput(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
-    experiment_id = None
-    if experiment and not store_missing:
-        try:
-            experiment_id = Tracker(uri, experiment).existing_experiment_id()
-        except TrackingError as exc:
-            raise BadInput(str(exc)) from None
-        if experiment_id is None and not from_config:
-            raise BadInput(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
 
     if host in LOOPBACK_HOSTS:
         if not options["quiet"]:

@@ -208,13 +208,9 @@ def load_compare_table(
     from disentbench.core.plugins import get_plugin_manager
 
     registry = registry or get_plugin_manager()
-    tracking.check_sqlite_uri(tracking.resolve_tracking_uri(tracking_uri))
-    if tracking.missing_sqlite_store(tracking_uri) is not None:  # opening it would create an empty store
-        raise LookupError(f"no experiment named {experiment!r} in {tracking.resolve_tracking_uri(tracking_uri)}")
-    tracker = tracking.Tracker(tracking_uri, experiment)
-    experiment_id = tracker.existing_experiment_id()
+    tracker, experiment_id = tracking.open_existing(tracking_uri, experiment)
     if experiment_id is None:
-        raise LookupError(f"no experiment named {experiment!r} in {tracker.uri}")
+        raise LookupError(f"no experiment named {experiment!r} in {tracking.resolve_tracking_uri(tracking_uri)}")
     children = tracker.search(f"tags.`{tracking.TAG_KIND}` = 'run'", experiment_id)
 
     swept_by_key: dict[str, dict[str, Any]] | None = None

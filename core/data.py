@@ -180,6 +180,14 @@ class GroundTruthData:
             cache[key] = torch.from_numpy(np.ascontiguousarray(self.images)).to(device)
         return cache[key]
 
+    def holds_device_images(self, device: torch.device | str) -> bool:
+        """Whether ``device_images(device)`` is cached already (so it would add nothing to the device)."""
+        return str(torch.device(device)) in self.__dict__.get("_device_images", {})
+
+    def release_device_images(self) -> None:
+        """Drop the cached device copies (the memory is freed once no tensor refers to them)."""
+        self.__dict__.pop("_device_images", None)
+
     def sample_batch_on_device(self, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
         """A float batch drawn i.i.d. uniformly over the grid, made entirely on ``device``."""
         images = self.device_images(device)

@@ -56,6 +56,11 @@ def representation_function(
     return encode
 
 
+def score_prefix(kind: str, representation: str, name: str) -> str:
+    """The start of every key ``evaluate`` records for one scorer: ``eval|downstream/REPRESENTATION/NAME/``."""
+    return f"{'eval' if kind == 'metric' else 'downstream'}/{representation}/{name}/"
+
+
 def evaluate(
     model: Model,
     data: GroundTruthData,
@@ -82,9 +87,9 @@ def evaluate(
             )
             random_state = np.random.RandomState(metric_seed(evaluation_seed, name))
             scores = scorer(data, rep_fn, random_state)
-            prefix = "eval" if kind == "metric" else "downstream"
+            prefix = score_prefix(kind, representation, name)
             for key, value in scores.items():
-                results[f"{prefix}/{representation}/{name}/{key}"] = float(value)
+                results[prefix + key] = float(value)
             if on_score:
                 on_score(representation, kind, name, scores)
     return results

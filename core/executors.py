@@ -90,10 +90,10 @@ def _init_process(worker, devices: list[str], counter, threads: int, workers: in
     import torch
     import warnings
 
-    from disentbench.core.cli import _show_warning_one_line
+    from disentbench.core.messages import show_warning_one_line
 
     if warnings.showwarning is getattr(warnings, "_showwarning_orig", None):
-        warnings.showwarning = _show_warning_one_line  # warnings as one line here too, as in the CLI
+        warnings.showwarning = show_warning_one_line  # warnings as one line here too, as in the CLI
     torch.set_num_threads(threads)
     device = devices[index % len(devices)]
     _PROCESS_WORKER = worker.with_device(device)

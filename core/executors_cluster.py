@@ -35,6 +35,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, field_validator
 
 from disentbench.core.hookspecs import hookimpl
+from disentbench.core.messages import first_line
 from disentbench.core.model import PluginConfig
 
 
@@ -50,11 +51,6 @@ def _import_extra(module: str, extra: str, executor: str):
             f"the {executor!r} executor needs the {module} package ({exc}); install it with "
             f"pip install 'disentbench[{extra}]'"
         ) from None
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "") or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ClusterTask:
@@ -146,7 +142,7 @@ class RayExecutor:
             ray.init(address=self.config.address, include_dashboard=False, configure_logging=False)
         except Exception as exc:
             where = self.config.address or "a local Ray cluster"
-            raise RuntimeError(f"ray executor: cannot connect to {where}: {_first_line(exc)}") from None
+            raise RuntimeError(f"ray executor: cannot connect to {where}: {first_line(exc)}") from None
         self._started = True  # ours to shut down when the study ends
 
     def run(self, jobs: list, worker) -> Iterator:
@@ -171,7 +167,7 @@ class RayExecutor:
                     try:
                         outcome = ray.get(ref)
                     except Exception as exc:  # the task's process or node died
-                        outcome = _failed(job, f"ray task failed: {type(exc).__name__}: {_first_line(exc)}")
+                        outcome = _failed(job, f"ray task failed: {type(exc).__name__}: {first_line(exc)}")
                     yield outcome
         finally:
             for ref in pending:  # interrupted: stop what has not finished
@@ -233,7 +229,7 @@ class SlurmExecutor:
         try:
             executor = submitit.AutoExecutor(folder=folder, cluster=config.cluster)
         except Exception as exc:  # e.g. cluster: slurm where no sbatch exists
-            message = _first_line(exc)
+            message = first_line(exc)
             if "srun" in message or "sbatch" in message or "slurm cluster" in message.lower():
                 # a configuration problem found before any work: bad input, with the fix
                 raise ValueError(
@@ -265,7 +261,7 @@ class SlurmExecutor:
         try:
             executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
         except Exception as exc:
-            raise ValueError(f"executor.params: submitit rejected the Slurm options: {_first_line(exc)}") from None
+            raise ValueError(f"executor.params: submitit rejected the Slurm options: {first_line(exc)}") from None
         return executor
 
     def run(self, jobs: list, worker) -> Iterator:
@@ -277,7 +273,7 @@ class SlurmExecutor:
         try:
             submitted = executor.map_array(task, jobs)  # one array job; one pickle per task
         except Exception as exc:
-            raise RuntimeError(f"slurm executor: submission failed: {_first_line(exc)}") from None
+            raise RuntimeError(f"slurm executor: submission failed: {first_line(exc)}") from None
         pending = dict(zip(range(len(jobs)), zip(submitted, jobs)))
         delay = 0.2
         try:
@@ -298,7 +294,7 @@ class SlurmExecutor:
                     except Exception as exc:  # timeout, preemption, node failure, unpicklable result
                         log = getattr(getattr(handle, "paths", None), "stderr", None)
                         where = f" (log: {log})" if log else ""
-                        outcome = _failed(job, f"slurm task {handle.job_id} failed: {_first_line(exc)}{where}")
+                        outcome = _failed(job, f"slurm task {handle.job_id} failed: {first_line(exc)}{where}")
                     yield outcome
                 if pending:
                     time.sleep(delay)

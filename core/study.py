@@ -30,8 +30,9 @@ import yaml
 
 from disentbench.core import images, tracking
 from disentbench.core.config import StudyConfig
-from disentbench.core.evaluation import evaluate
+from disentbench.core.evaluation import evaluate, score_prefix
 from disentbench.core.grid import RunSpec, canonical_json, expand_grid, stable_hash
+from disentbench.core.messages import first_line
 from disentbench.core.paths import check_data_root
 from disentbench.core.plugins import PluginRegistry, get_plugin_manager
 from disentbench.core.progress import StudyProgress
@@ -84,15 +85,13 @@ class _DatasetCache:
         data = self.get(name, params)
         for other in self._cache.values():
             if other is not data:
-                other.__dict__.pop("_device_images", None)
+                other.release_device_images()
         return data
 
 
 def _device_bytes_to_come(data, device: torch.device) -> int:
     """Bytes ``data.device_images(device)`` will add to the device: 0 once they are there."""
-    if str(device) in data.__dict__.get("_device_images", {}):
-        return 0
-    return int(data.images.nbytes)
+    return 0 if data.holds_device_images(device) else int(data.images.nbytes)
 
 
 @dataclass(frozen=True)
@@ -364,7 +363,7 @@ class Worker:
             models = None  # free the built models before the solo runs build their own
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {tracking._first_line(exc)})")
+            return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {first_line(exc)})")
         del models  # the trainer holds them
         run_ids = [run_id for _, _, run_id in members]
         positions = ",".join(str(job.position) for _, job, _ in members)
@@ -650,7 +649,7 @@ def _headline_keys(config: StudyConfig, scorers, outcomes) -> list[str]:
     keys = []
     for representation in config.evaluation.representations:
         for kind, name, scorer in scorers:
-            prefix = f"{'eval' if kind == 'metric' else 'downstream'}/{representation}/{name}/"
+            prefix = score_prefix(kind, representation, name)
             headline = getattr(scorer, "headline", None)
             names = [prefix + k for k in headline] if headline else sorted(k for k in recorded if k.startswith(prefix))
             keys.extend(k for k in names if k in recorded)
@@ -662,7 +661,7 @@ def _unscored(config: StudyConfig, scorers, metrics: dict[str, float]) -> dict[s
     missing: dict[str, list] = {}
     for representation in config.evaluation.representations:
         for kind, name, scorer in scorers:
-            prefix = f"{'eval' if kind == 'metric' else 'downstream'}/{representation}/{name}/"
+            prefix = score_prefix(kind, representation, name)
             if not any(key.startswith(prefix) for key in metrics):
                 missing.setdefault(representation, []).append((kind, name, scorer))
     return missing
@@ -690,7 +689,7 @@ def _score_finished_runs(finished: list, ctx: dict[str, Any], outcomes: dict, ba
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {tracking._first_line(exc)}"
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
             bar.message(f"{spec.run_name}: cannot score its checkpoint ({reason}); skipped")
             continue
         merged = {**_scores_of(run.data.metrics), **scores}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from disentbench.core.grid import RunSpec
+from disentbench.core.messages import first_line
 
 FINISHED, RUNNING, FAILED, KILLED, PENDING = "FINISHED", "RUNNING", "FAILED", "KILLED", "PENDING"
 
@@ -131,7 +132,7 @@ class Tracker:
                     self.client.search_experiments(max_results=1)
         except Exception as exc:
             raise TrackingError(
-                f"cannot use tracking URI {self.uri!r}: {_first_line(exc)}; use sqlite:///PATH, http(s)://HOST:PORT "
+                f"cannot use tracking URI {self.uri!r}: {first_line(exc)}; use sqlite:///PATH, http(s)://HOST:PORT "
                 "or a database URI"
             ) from None
         self._experiment_id: str | None = None
@@ -148,7 +149,7 @@ class Tracker:
             return self.client.get_experiment_by_name(self.experiment_name)
         except Exception as exc:
             raise TrackingError(
-                f"cannot use tracking URI {self.uri!r}: {_first_line(exc)}; check tracking.uri, --tracking-uri "
+                f"cannot use tracking URI {self.uri!r}: {first_line(exc)}; check tracking.uri, --tracking-uri "
                 "or $MLFLOW_TRACKING_URI"
             ) from None
 
@@ -411,14 +412,21 @@ def check_sqlite_uri(uri: str) -> None:
         raise TrackingError(f"tracking URI {uri!r}: {reason}; use sqlite:///PATH/mlflow.db in a writable folder")
 
 
-def missing_sqlite_store(uri: str | None) -> Path | None:
-    """The database file of a local ``sqlite:///`` store that does not exist yet (None otherwise).
+def open_existing(uri: str | None, experiment: str) -> tuple[Tracker | None, str | None]:
+    """For read-only commands (status, compare, analyze, ui): ``(tracker, experiment id)``, creating nothing.
 
-    Read-only commands (status, compare, analyze, ui) check this first: opening
-    the store with MLflow would create an empty one (and its lock file).
+    A local ``sqlite:///`` store that does not exist yet gives ``(None, None)``:
+    opening it with MLflow would create an empty store (and its lock file). The
+    experiment id is None when the store has no such experiment. Raises
+    ``TrackingError`` (one line) for a store that cannot work.
     """
-    path = _sqlite_path(resolve_tracking_uri(uri))
-    return path if path is not None and not path.exists() else None
+    uri = resolve_tracking_uri(uri)
+    check_sqlite_uri(uri)
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        return None, None
+    tracker = Tracker(uri, experiment)
+    return tracker, tracker.existing_experiment_id()
 
 
 def safe_artifact_path(artifact_path: str | None) -> str | None:
@@ -455,11 +463,6 @@ def status_of(runs: Iterable) -> str:
         if status in statuses:
             return status
     return PENDING
-
-
-def _first_line(exc: Exception, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _version() -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from disentbench.core.data import GroundTruthData
+from disentbench.core.messages import first_line
 from disentbench.core.model import Model
 
 # Streams derived from a run's seed; fixed numbers so runs are reproducible.
@@ -178,12 +179,8 @@ class Trainer:
         except Exception as exc:
             bad = self.checkpoint_path.with_suffix(".corrupt")
             os.replace(self.checkpoint_path, bad)
-            # one line: torch's messages run to a dozen lines of weights_only advice
-            text = str(exc)
-            if "WeightsUnpickler error:" in text:  # skip the weights_only advice, keep what was wrong
-                text = text.split("WeightsUnpickler error:", 1)[1]
-            reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
-            reason = reason if len(reason) <= 200 else reason[:197] + "..."
+            # one line: torch's messages run to a dozen lines of weights_only advice; skip it, keep what was wrong
+            reason = first_line(str(exc).split("WeightsUnpickler error:", 1)[-1])
             warnings.warn(
                 f"checkpoint {self.checkpoint_path} is unreadable ({type(exc).__name__}"
                 f"{': ' + reason if reason else ''}); moved to {bad.name}, training restarts from step 0",

@@ -587,3 +587,14 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path):
         result = _trainer(tmp_path, steps=4).train()
     assert not marker.exists(), "loading a checkpoint ran code from it"
     assert result.resumed_from == 0 and (tmp_path / "ckpt.corrupt").exists()
+
+
+def test_first_line_is_what_every_one_line_message_shows():
+    from disentbench.core.messages import first_line
+
+    sqlalchemy_like = RuntimeError("\n(sqlite3.OperationalError) table spans already exists\n[SQL: CREATE TABLE spans (\n")
+    assert first_line(sqlalchemy_like) == "(sqlite3.OperationalError) table spans already exists"
+    assert first_line(KeyError()) == "KeyError"  # nothing to show but the type
+    assert first_line("") == ""
+    long = first_line("x" * 500, limit=50)
+    assert len(long) == 50 and long.endswith("...")

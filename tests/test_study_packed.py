@@ -328,7 +328,7 @@ def test_training_one_dataset_frees_the_device_copy_of_the_others(registry):
     cache._cache[canonical_json(["b", {}])] = second
     first.device_images("cpu")
     assert cache.for_training("a", {}) is first
-    assert "_device_images" in first.__dict__  # its own copy stays
+    assert first.holds_device_images("cpu")  # its own copy stays
     second.device_images("cpu")
     assert cache.for_training("b", {}) is second
-    assert "_device_images" not in first.__dict__ and "_device_images" in second.__dict__
+    assert not first.holds_device_images("cpu") and second.holds_device_images("cpu")
