@@ -23,14 +23,9 @@ from click.testing import CliRunner
 
 from disentbench.core import cli
 from disentbench.core.cli import main
+import test_bad_inputs
 
-GOOD = {
-    "name": "tiny",
-    "datasets": ["dsprites_procedural"],
-    "models": [{"name": "beta_vae", "params": {"num_latent": 4}}],
-    "training": {"steps": 2, "batch_size": 8, "device": "cpu"},
-    "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}]},
-}
+GOOD = {**test_bad_inputs.GOOD, "name": "tiny"}  # the same tiny study, under its own name
 
 
 def _config(work: Path, config: dict | None = None) -> str:
