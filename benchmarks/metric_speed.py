@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from disentbench.core.data import GroundTruthData
-from disentbench.core.evaluation import metric_seed
-from disentbench.core.plugins import build_registry
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.evaluation.evaluate import metric_seed
+from disentbench.core.registry import build_registry
 
 #: The study's suite in the order the study runs it (names as disentbench registers them).
 STUDY_SUITE = [

@@ -50,9 +50,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from disentbench.core import packed_conv, packed_grouped
-from disentbench.core.packed_triton import TUNING_KEYS, tuning_from_json, tuning_key, tuning_to_json
-from disentbench.core.trainer import resolve_device
+from disentbench.core.training.packed import bmm as packed_conv
+from disentbench.core.training.packed import grouped as packed_grouped
+from disentbench.core.training.kernels.triton_conv import TUNING_KEYS, tuning_from_json, tuning_key, tuning_to_json
+from disentbench.core.training.trainer import resolve_device
 
 #: (name, kind, C_in, C_out, input height, ReLU after) of the study architecture's strided layers (C = 1 images).
 LAYERS = [
@@ -118,7 +119,7 @@ class Nhwc:
 
 
 def triton_layer(kind, relu):
-    from disentbench.core import packed_triton
+    from disentbench.core.training.kernels import triton_conv as packed_triton
 
     fn = packed_triton.conv2d if kind == "conv" else packed_triton.conv_transpose2d
     layer = lambda h, weight, bias: fn(h, weight, bias, 4, 2, 1, relu)  # noqa: E731
@@ -303,7 +304,7 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
             print(f"{name:<3} {kind:<6} {variant:<9} skipped (--budget)", flush=True)
             continue
         if tuning is not None:
-            from disentbench.core import packed_triton
+            from disentbench.core.training.kernels import triton_conv as packed_triton
 
             packed_triton.TUNING.update({key: dict(settings) for key, settings in tuning.items()})
         setup = getattr(layer, "setup", lambda t: t)
@@ -333,7 +334,7 @@ def measure(name, kind, c_in, c_out, size, relu, args, device) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - one failing variant must not hide the others
             row = {"layer": name, "kind": kind, "variant": variant, "error": f"{type(exc).__name__}: {exc}"}
         if tuning is not None:
-            from disentbench.core import packed_triton
+            from disentbench.core.training.kernels import triton_conv as packed_triton
 
             packed_triton.TUNING.clear()
         rows.append(row)

@@ -1,8 +1,8 @@
 """Training throughput: the naive one-model eager loop vs disentbench's packed trainer, on one device.
 
 Measured in one run on the same device: (a) the plain one-model loop, which
-is disentbench's :class:`~disentbench.core.trainer.Trainer` (eager, one model,
-channels-last), and (b) :class:`~disentbench.core.packed.PackedTrainer` at
+is disentbench's :class:`~disentbench.core.training.trainer.Trainer` (eager, one model,
+channels-last), and (b) :class:`~disentbench.core.training.packed.trainer.PackedTrainer` at
 several pack sizes, in fp32 (exact mode) and, on CUDA, in bf16 autocast.
 Every packed run has its own seed and hyperparameter (the model's swept
 value cycles through the study's values), so the numbers include per-run data
@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from disentbench.core.data import GroundTruthData
-from disentbench.core.packed import (
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.training.packed.trainer import (
     FORMULATIONS,
     PackedTrainer,
     SpeedOptions,
@@ -65,8 +65,8 @@ from disentbench.core.packed import (
     auto_formulation,
     choose_pack_size,
 )
-from disentbench.core.plugins import build_registry
-from disentbench.core.trainer import Trainer, build_model, resolve_device
+from disentbench.core.registry import build_registry
+from disentbench.core.training.trainer import Trainer, build_model, resolve_device
 
 STUDY_RUNS = 12_600
 STUDY_STEPS = 300_000
@@ -257,7 +257,7 @@ def exactness_check(registration, data, args, device, speed: SpeedOptions, runs:
 
     fp32 with TF32 off and adam_eps = 1e-3, where a parameter difference
     measures the computation rather than Adam's amplification of rounding in
-    near-zero gradients (see core/packed.py, "Exactness"). On CUDA this runs
+    near-zero gradients (see core/training/packed/trainer.py, "Exactness"). On CUDA this runs
     the graph capture and replays (6 steps > 3 warm-up steps).
     """
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
@@ -311,7 +311,7 @@ def profile_pack(registration, data, args, device, speed: SpeedOptions, pack: in
 @contextlib.contextmanager
 def triton_chain_masks(on: bool):
     """``packed_triton.CHAIN_MASKS`` inside the block (``+unchained`` rows: off), restored after."""
-    from disentbench.core import packed_triton
+    from disentbench.core.training.kernels import triton_conv as packed_triton
 
     saved = packed_triton.CHAIN_MASKS
     packed_triton.CHAIN_MASKS = on
@@ -325,8 +325,8 @@ def load_triton_tuning(path: str) -> dict:
     """Read a ``packed_triton.TUNING`` JSON file (kernel kind or layer shape -> launch settings) and apply it.
 
     Returns the JSON form (what the results record)."""
-    from disentbench.core import packed_triton
-    from disentbench.core.triton_tuning import read_tuning_file
+    from disentbench.core.training.kernels import triton_conv as packed_triton
+    from disentbench.core.training.kernels.tuning import read_tuning_file
 
     try:
         data = read_tuning_file(path)

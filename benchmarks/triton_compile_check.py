@@ -1,6 +1,6 @@
 """Compile every Triton kernel launch of a packed training step for a GPU architecture, without a GPU.
 
-``core/packed_triton.py``'s tests run the kernels in Triton's CPU interpreter,
+``core/training/kernels/triton_conv.py``'s tests run the kernels in Triton's CPU interpreter,
 which checks what they compute but not that Triton's GPU compiler accepts
 them. This check records the launches of one study-shaped training step
 (encoder and decoder forward and backward at 64x64, batch 64, for 1- and
@@ -41,8 +41,8 @@ def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict
     import torch
     from torch.func import stack_module_state
 
-    from disentbench.core import packed_triton as pt
-    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+    from disentbench.core.training.kernels import triton_conv as pt
+    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
 
     launches: dict = {}
 
@@ -158,8 +158,8 @@ def main(argv=None) -> int:
 
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 launches as with --tf32 in train_throughput.py
     if args.tuning:
-        from disentbench.core import packed_triton
-        from disentbench.core.triton_tuning import read_tuning_file
+        from disentbench.core.training.kernels import triton_conv as packed_triton
+        from disentbench.core.training.kernels.tuning import read_tuning_file
 
         try:
             packed_triton.TUNING.update(packed_triton.tuning_from_json(read_tuning_file(args.tuning)))

@@ -30,23 +30,23 @@ def __getattr__(name):
     # Lazy re-exports: importing disentbench (e.g. for `hookimpl` in a plugin
     # module) must not pull in torch, mlflow and every built-in plugin.
     if name == "get_plugin_manager":
-        from disentbench.core.plugins import get_plugin_manager
+        from disentbench.core.registry import get_plugin_manager
 
         return get_plugin_manager
     if name == "load_study_config":
-        from disentbench.core.config import load_study_config
+        from disentbench.core.config.schema import load_study_config
 
         return load_study_config
     if name == "expand_grid":
-        from disentbench.core.grid import expand_grid
+        from disentbench.core.config.grid import expand_grid
 
         return expand_grid
     if name == "run_study":
-        from disentbench.core.study import run_study
+        from disentbench.core.study.run import run_study
 
         return run_study
     if name in ("score_codes", "score_representation"):
-        from disentbench.core import api
+        from disentbench.core.evaluation import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'disentbench' has no attribute {name!r}")

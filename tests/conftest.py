@@ -11,7 +11,7 @@ def pytest_configure(config):
 
 @pytest.fixture
 def registry():
-    from disentbench.core.plugins import build_registry
+    from disentbench.core.registry import build_registry
 
     return build_registry(load_entry_points=False)
 
@@ -19,7 +19,7 @@ def registry():
 def registry_with_model(name, config, factory, description="test model"):
     """The built-in registry plus one test model plugin, registered through the real hook."""
     from disentbench import hookimpl
-    from disentbench.core.plugins import build_registry
+    from disentbench.core.registry import build_registry
 
     class Plugin:
         __name__ = f"{name}-test-plugin"

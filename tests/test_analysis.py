@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.analysis import (
+from disentbench.core.analysis.report import (
     AnalysisResult,
     AnalysisSkipped,
     StudyTable,
@@ -20,7 +20,7 @@ from disentbench.core.analysis import (
     run_analyses,
     write_report,
 )
-from disentbench.core.cli import main
+from disentbench.core.cli.main import main
 from disentbench.plugins.analyses.downstream import Downstream
 from disentbench.plugins.analyses.hyperparameter_transfer import HyperparameterTransfer
 from disentbench.plugins.analyses.mean_vs_sampled import MeanVsSampled
@@ -236,8 +236,8 @@ def test_report_has_every_section_and_figure(tmp_path):
 
 def test_a_failing_analysis_is_reported_not_fatal(table, tmp_path):
     from disentbench import hookimpl
-    from disentbench.core.model import PluginConfig
-    from disentbench.core.plugins import build_registry
+    from disentbench.core.contracts import PluginConfig
+    from disentbench.core.registry import build_registry
 
     class Broken:
         def __init__(self, config):
@@ -293,8 +293,8 @@ def store(tmp_path_factory):
     and the first half of QUICK_CONFIG's grid."""
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.config import load_study_config
-    from disentbench.core.grid import expand_grid
+    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.grid import expand_grid
 
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"

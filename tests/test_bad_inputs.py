@@ -33,12 +33,12 @@ import yaml
 from click.testing import CliRunner
 from conftest import config_with
 
-from disentbench.core import tracking
-from disentbench.core.cli import main
+from disentbench.core.tracking import tracker as tracking
+from disentbench.core.cli.main import main
 from test_datasets_formats import mpi3d_grid, shapes_grid, write_mpi3d, write_shapes_h5
 from test_dsprites import header_only, metadata, npy_bytes, write_npz
 
-CLI = [sys.executable, "-m", "disentbench.core.cli"]
+CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 
 GOOD = {
     "name": "bad_inputs",
@@ -447,7 +447,7 @@ BAD_PLUGINS = {
         "factory_raises",
         """\
         from disentbench import hookimpl
-        from disentbench.core.model import ModelConfig
+        from disentbench.core.contracts import ModelConfig
 
         class ExplodingConfig(ModelConfig):
             pass

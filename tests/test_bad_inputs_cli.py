@@ -21,8 +21,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core import cli
-from disentbench.core.cli import main
+from disentbench.core.cli import main as cli
+from disentbench.core.cli.main import main
 import test_bad_inputs
 
 GOOD = {**test_bad_inputs.GOOD, "name": "tiny"}  # the same tiny study, under its own name
@@ -123,7 +123,7 @@ def test_status_without_a_store_creates_nothing_and_says_so(workdir):
 
 
 def test_status_of_an_existing_experiment_without_runs_is_all_pending(workdir):
-    from disentbench.core.tracking import Tracker
+    from disentbench.core.tracking.tracker import Tracker
 
     Tracker(None, "tiny").experiment_id  # the experiment exists, no run yet
     result = _invoke(["status", _config(workdir)])
@@ -260,7 +260,7 @@ def test_slurm_without_srun_says_how_to_run_locally(workdir, tmp_path):
 
 
 def test_ctrl_c_during_run_exits_130_with_how_to_resume(workdir, monkeypatch):
-    import disentbench.core.study as study
+    import disentbench.core.study.run as study
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -275,7 +275,7 @@ def test_ctrl_c_during_run_exits_130_with_how_to_resume(workdir, monkeypatch):
 
 
 def test_ctrl_c_while_the_ui_starts_exits_0(workdir, monkeypatch):
-    import disentbench.core.tracking as tracking
+    import disentbench.core.tracking.tracker as tracking
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -292,7 +292,7 @@ def test_ctrl_c_while_the_ui_starts_exits_0(workdir, monkeypatch):
 def test_unknown_load_plugins_entry_point_is_a_plugin_problem(monkeypatch):
     """A name in $DISENTBENCH_LOAD_PLUGINS that no package provides is reported, like any plugin problem
     (the CLI prints each as one ``problem:`` line), instead of silently loading nothing."""
-    from disentbench.core.plugins import build_registry
+    from disentbench.core.registry import build_registry
 
     monkeypatch.setenv("DISENTBENCH_LOAD_PLUGINS", "nosuch_plugin")
     problems = [str(p) for p in build_registry().problems if "nosuch_plugin" in str(p)]
@@ -303,7 +303,7 @@ def test_unknown_load_plugins_entry_point_is_a_plugin_problem(monkeypatch):
 
 
 def _table():
-    from disentbench.core.compare import CompareRow, CompareTable
+    from disentbench.core.cli.compare import CompareRow, CompareTable
 
     columns = ["eval/mean/mig/discrete_mig"]
     rows = [CompareRow(run_id=str(i), run_name=f"r{i}", run_key=f"k{i}", model="beta_vae", dataset="d", seed=i, params={},

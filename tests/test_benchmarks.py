@@ -91,7 +91,7 @@ def test_best_sweep_setting_keeps_the_heuristic_when_nothing_wins(layers):
 
 
 def test_train_throughput_reads_tuning_files(tmp_path):
-    from disentbench.core import packed_triton
+    from disentbench.core.training.kernels import triton_conv as packed_triton
 
     throughput = _script("train_throughput")
     good = tmp_path / "t.json"
@@ -112,7 +112,7 @@ def test_train_throughput_reads_tuning_files(tmp_path):
 def test_sweep_budget_skips_items_alike_and_still_writes_the_tuning(layers, tmp_path, capsys):
     """--budget: past a layer's share of the time the remaining sweep items are skipped on that layer; the
     summary and the TUNING file are still written (here nothing beat the heuristic: {})."""
-    from disentbench.core import packed_triton
+    from disentbench.core.training.kernels import triton_conv as packed_triton
 
     if packed_triton.available("cpu" if not torch.cuda.is_available() else "cuda") is not None:
         pytest.skip("the triton layers cannot run here")

@@ -97,7 +97,7 @@ class _UI:
     def __init__(self, config: Path, uri: str, cwd: Path):
         self.log = open(cwd / "ui.log", "w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "disentbench.core.cli", "ui", str(config), "--tracking-uri", uri, "--timeout", "180"],
+            [sys.executable, "-m", "disentbench.core.cli.main", "ui", str(config), "--tracking-uri", uri, "--timeout", "180"],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -167,7 +167,7 @@ def test_study_in_the_mlflow_ui(tmp_path, monkeypatch, record_property):
 
     from click.testing import CliRunner
 
-    from disentbench.core.cli import main
+    from disentbench.core.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

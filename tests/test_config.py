@@ -7,8 +7,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
-from disentbench.core.config import ConfigError, load_study_config
+from disentbench.core.cli.main import main
+from disentbench.core.config.schema import ConfigError, load_study_config
 
 GOOD = {
     "name": "t",

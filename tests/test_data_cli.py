@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from disentbench import hookimpl
-from disentbench.core import plugins
-from disentbench.core.cli import main
+from disentbench.core import registry as plugins
+from disentbench.core.cli.main import main
 from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig
 from disentbench.plugins.datasets.mpi3d import MPI3DConfig, MPI3DData
 from disentbench.plugins.datasets.shapes3d import Shapes3D, Shapes3DConfig

@@ -25,7 +25,7 @@ import scipy.stats
 import torch
 from PIL import Image
 
-from disentbench.core.data import ChecksumWarning, DatasetFormatError, PreparedData, sha256_of
+from disentbench.core.data.ground_truth import ChecksumWarning, DatasetFormatError, PreparedData, sha256_of
 from disentbench.core.paths import DatasetNotFoundError
 from disentbench.plugins.datasets import cars3d, mpi3d, shapes3d, smallnorb
 from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig, CarsLayout

@@ -19,7 +19,7 @@ import pydantic
 import pytest
 import torch
 
-from disentbench.core.data import GroundTruthData
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.paths import DatasetNotFoundError, data_root
 from disentbench.plugins.datasets import dsprites
 from disentbench.plugins.datasets.dsprites import (

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from disentbench.core.data import GroundTruthData
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.paths import DatasetNotFoundError
 from disentbench.plugins.datasets import dsprites_variants as variants
 from disentbench.plugins.datasets.dsprites import DSpritesProcedural

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from disentbench.core.evaluation import evaluate
-from disentbench.core.trainer import build_model
+from disentbench.core.evaluation.evaluate import evaluate
+from disentbench.core.training.trainer import build_model
 from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 from test_trainer import Squares
 

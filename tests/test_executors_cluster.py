@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
-from disentbench.core.config import load_study_config
-from disentbench.core.executors_cluster import MissingExtra, RayConfig, SlurmConfig, SlurmExecutor
-from disentbench.core.study import run_study
+from disentbench.core.cli.main import main
+from disentbench.core.config.schema import load_study_config
+from disentbench.plugins.executors.cluster import MissingExtra, RayConfig, SlurmConfig, SlurmExecutor
+from disentbench.core.study.run import run_study
 
 
 def _config(tmp_path: Path, name: str, executor: dict) -> dict:

@@ -5,9 +5,9 @@ import sys
 
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
-from disentbench.core.config import load_study_config
-from disentbench.core.grid import expand_grid
+from disentbench.core.cli.main import main
+from disentbench.core.config.schema import load_study_config
+from disentbench.core.config.grid import expand_grid
 
 STUDY = {
     "name": "grid",
@@ -55,9 +55,9 @@ def test_run_key_changes_with_what_is_trained(registry):
 def test_run_key_same_in_another_process(registry):
     code = (
         "import sys; sys._called_from_test = True\n"
-        "from disentbench.core.plugins import build_registry\n"
-        "from disentbench.core.config import load_study_config\n"
-        "from disentbench.core.grid import expand_grid\n"
+        "from disentbench.core.registry import build_registry\n"
+        "from disentbench.core.config.schema import load_study_config\n"
+        "from disentbench.core.config.grid import expand_grid\n"
         f"r = build_registry(load_entry_points=False); print(expand_grid(load_study_config({STUDY!r}, r), r)[3].run_key)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**__import__("os").environ, "PYTHONHASHSEED": "123"})

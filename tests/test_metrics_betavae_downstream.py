@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from disentbench.core.data import GroundTruthData
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.plugins.metrics import beta_vae_score as bvae
 from disentbench.plugins.metrics import utils
 from disentbench.plugins.tasks import downstream
@@ -330,7 +330,7 @@ def test_single_valued_factor_gets_a_constant_predictor():
 
 
 def test_score_representation_with_numpy_only_dataset(registry):
-    from disentbench.core.api import score_codes, score_representation
+    from disentbench.core.evaluation.api import score_codes, score_representation
 
     scores = score_representation(
         "downstream_logistic_regression",
@@ -353,7 +353,7 @@ def test_score_representation_with_numpy_only_dataset(registry):
 
 
 def test_beta_vae_through_score_representation(registry):
-    from disentbench.core.api import score_representation
+    from disentbench.core.evaluation.api import score_representation
 
     scores = score_representation(
         "beta_vae_score", NumpyOnlyDataset(), lambda x: x * 1.0, registry=registry, num_train=100, num_eval=100

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from disentbench.core.data import GroundTruthData
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.plugins.metrics import factor_vae_score as fvae
 from disentbench.plugins.metrics import mig
 from disentbench.plugins.metrics import utils

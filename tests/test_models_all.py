@@ -11,13 +11,13 @@ import pydantic
 import pytest
 import torch
 
-from disentbench.core.trainer import Trainer, build_model
+from disentbench.core.training.trainer import Trainer, build_model
 from disentbench.plugins.models.annealed_vae import AnnealedVAE
 from disentbench.plugins.models.beta_tcvae import BetaTCVAE
 from disentbench.plugins.models.beta_vae import BetaVAE
 from disentbench.plugins.models.dip_vae import DIPVAE
 from disentbench.plugins.models.factor_vae import FactorVAE
-from disentbench.plugins.models.vae import STANDARD_TERMS, GaussianVAEConfig
+from disentbench.core.nets.vae import STANDARD_TERMS, GaussianVAEConfig
 from test_trainer import Squares
 
 #: (registered name, params, extra loss terms): one entry per model of the study sweep.

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from disentbench.core.trainer import STREAM_DATA, STREAM_LATENT, Trainer, build_model, derive_seed
+from disentbench.core.training.trainer import STREAM_DATA, STREAM_LATENT, Trainer, build_model, derive_seed
 from disentbench.plugins.models.factor_vae import (
     Discriminator,
     FactorVAE,

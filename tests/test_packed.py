@@ -1,4 +1,4 @@
-"""Packed training (core/packed.py) equals one-by-one Trainer training, run by run.
+"""Packed training (core/training/packed/trainer.py) equals one-by-one Trainer training, run by run.
 
 Why two equality tests. Packed and solo runs compute the same loss values
 (bitwise, on CPU) but their gradients differ by summation-order rounding.
@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_trainer import Squares
 
-from disentbench.core.packed import (
+from disentbench.core.training.packed.trainer import (
     DEFAULT_CPU_PACK_SIZE,
     PackedTrainer,
     SpeedOptions,
@@ -25,7 +25,7 @@ from disentbench.core.packed import (
     UnpackableModel,
     choose_pack_size,
 )
-from disentbench.core.trainer import NonFiniteLoss, Trainer, build_model
+from disentbench.core.training.trainer import NonFiniteLoss, Trainer, build_model
 from disentbench.plugins.models.annealed_vae import AnnealedVAE, AnnealedVAEConfig
 from disentbench.plugins.models.beta_tcvae import BetaTCVAE, BetaTCVAEConfig
 from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
@@ -378,7 +378,7 @@ def test_choose_pack_size_and_unpackable_models():
         PackedTrainer(variants, data, [1, 2], steps=1, batch_size=BATCH, device=CPU)
 
 
-@pytest.mark.parametrize("backend", ["packed_conv", "packed_grouped"])
+@pytest.mark.parametrize("backend", ["bmm", "grouped"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_batched_encoder_decoder_equal_the_modules(channels, backend):
     """packed_conv (bmm) and packed_grouped compute ConvEncoder/DeconvDecoder of each stacked model
@@ -387,9 +387,9 @@ def test_batched_encoder_decoder_equal_the_modules(channels, backend):
 
     from torch.func import stack_module_state
 
-    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
 
-    formulation = importlib.import_module(f"disentbench.core.{backend}")
+    formulation = importlib.import_module(f"disentbench.core.training.packed.{backend}")
 
     generator = torch.Generator().manual_seed(channels)
     shape = (channels, 64, 64)
@@ -449,8 +449,8 @@ def test_formulation_falls_back_to_vmap_where_bmm_cannot_compute_the_model():
 
 def test_auto_formulation_takes_the_fastest_runnable_one(monkeypatch):
     """auto: triton on CUDA (fastest measured), bmm there when Triton cannot run, grouped on CPU."""
-    from disentbench.core import packed_triton
-    from disentbench.core.packed import auto_formulation
+    from disentbench.core.training.kernels import triton_conv as packed_triton
+    from disentbench.core.training.packed.trainer import auto_formulation
 
     monkeypatch.setattr(packed_triton, "available", lambda device=None: None)
     assert auto_formulation(torch.device("cuda")) == "triton"
@@ -463,7 +463,7 @@ def test_auto_formulation_takes_the_fastest_runnable_one(monkeypatch):
 @pytest.mark.parametrize("size", [4, 8])
 def test_packed_conv_functions_pass_gradcheck(layer, size):
     """The shifted-view GEMM layers' hand-written backward passes agree with finite differences (float64)."""
-    from disentbench.core import packed_conv
+    from disentbench.core.training.packed import bmm as packed_conv
 
     generator = torch.Generator().manual_seed(size)
     rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)  # noqa: E731
@@ -487,7 +487,7 @@ def test_packed_conv_reference_values_and_autocast():
     and return gradients in the parameters' dtype."""
     import torch.nn.functional as F
 
-    from disentbench.core import packed_conv
+    from disentbench.core.training.packed import bmm as packed_conv
 
     generator = torch.Generator().manual_seed(0)
     h = torch.randn(2, 3, 8, 8, 4, generator=generator)
@@ -514,7 +514,7 @@ def test_packed_conv_reference_values_and_autocast():
         assert p.grad is not None and p.grad.dtype == torch.float32 and p.grad.shape == p.shape
 
 
-@pytest.mark.parametrize("backend", ["packed_conv", "packed_grouped"])
+@pytest.mark.parametrize("backend", ["bmm", "grouped"])
 def test_batched_encoder_decoder_make_no_host_to_device_copies(backend):
     """No tensor is created from host data (``aten.lift_fresh``: e.g. indexing with a Python list),
     which CUDA graph capture forbids, in the forward or backward pass (bmm and grouped; the triton
@@ -524,9 +524,9 @@ def test_batched_encoder_decoder_make_no_host_to_device_copies(backend):
     from conftest import recorded_ops
     from torch.func import stack_module_state
 
-    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
 
-    formulation = importlib.import_module(f"disentbench.core.{backend}")
+    formulation = importlib.import_module(f"disentbench.core.training.packed.{backend}")
 
     shape = (3, 64, 64)
     params = {f"encoder.{k}": v for k, v in stack_module_state([ConvEncoder(shape, 4) for _ in range(2)])[0].items()}
@@ -544,7 +544,7 @@ def test_batched_encoder_decoder_make_no_host_to_device_copies(backend):
 def test_grouped_channels_last_layouts_are_views_of_its_grouped_operands():
     """With channels_last (a CUDA option, forced here on CPU) the grouped formulation's stacked weights and
     batch are stored so that its grouped weights and NHWC image batch are views, and training is unchanged."""
-    from disentbench.core import packed_grouped
+    from disentbench.core.training.packed import grouped as packed_grouped
 
     data = Squares()
     factory, configs = _configs("beta_vae", adam_eps=1e-3)

@@ -1,4 +1,4 @@
-"""The fused Triton layers (core/packed_triton.py) equal torch's convolutions, per model, in values and gradients.
+"""The fused Triton layers (core/training/kernels/triton_conv.py) equal torch's convolutions, per model, in values and gradients.
 
 Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``,
 set before the module is imported). The interpreter runs every program of a
@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from disentbench.core import packed_triton  # noqa: E402
+from disentbench.core.training.kernels import triton_conv as packed_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu")
 
@@ -237,7 +237,7 @@ def test_packed_trainer_steps_under_its_tuning(monkeypatch):
     from test_packed import BATCH, _build, _configs
     from test_trainer import Squares
 
-    from disentbench.core.packed import PackedTrainer, SpeedOptions
+    from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions
 
     monkeypatch.setattr(packed_triton, "TUNING", {})
     data = Squares()
@@ -259,7 +259,7 @@ def test_packed_trainer_steps_under_its_tuning(monkeypatch):
 def _stacked_modules(channels, dtype=torch.float32, p=2, latent=6):
     from torch.func import stack_module_state
 
-    from disentbench.plugins.models.architectures import ConvEncoder, DeconvDecoder
+    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
 
     generator = torch.Generator().manual_seed(channels)
     shape = (channels, 64, 64)
@@ -425,7 +425,7 @@ def test_available_and_module_api(monkeypatch):
     from test_packed import _build, _configs
     from test_trainer import Squares
 
-    from disentbench.core.packed import PackedTrainer, SpeedOptions, UnpackableModel
+    from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions, UnpackableModel
 
     data = Squares()
     factory, configs = _configs("beta_vae")
@@ -466,7 +466,7 @@ def test_packed_trainer_with_triton_equals_one_by_one(name, large_blocks, monkey
     from test_packed import BATCH, _assert_same_logs, _build, _configs, _max_diff, _solo
     from test_trainer import Squares
 
-    from disentbench.core.packed import PackedTrainer, SpeedOptions
+    from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions
 
     if DEVICE.type != "cpu":
         pytest.skip("the one-by-one reference runs on CPU (tests/test_packed.py)")
@@ -502,7 +502,7 @@ def test_overlapped_sampling_replays_the_same_training_on_cuda():
     from test_packed import BATCH, _build, _configs
     from test_trainer import Squares
 
-    from disentbench.core.packed import PackedTrainer, SpeedOptions
+    from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions
 
     data = Squares()
     factory, configs = _configs("beta_vae", adam_eps=1e-3)
@@ -529,8 +529,8 @@ def test_fused_bernoulli_loss_equals_torch_under_vmap(monkeypatch, channels):
     Logits are the decoder's channels-last output read as (C, H, W), targets continuous in [0, 1]."""
     from torch.func import vmap
 
-    from disentbench.core import fused_losses
-    from disentbench.plugins.models.architectures import bernoulli_reconstruction_loss
+    from disentbench.core.nets import losses
+    from disentbench.core.nets.losses import bernoulli_reconstruction_loss
 
     generator = torch.Generator().manual_seed(channels)
     base = (torch.randn(3, 4, 16, 16, channels, generator=generator) * 4).to(DEVICE)
@@ -539,7 +539,7 @@ def test_fused_bernoulli_loss_equals_torch_under_vmap(monkeypatch, channels):
     calls = []
     nll = packed_triton._bernoulli_nll
     monkeypatch.setattr(packed_triton, "_bernoulli_nll", lambda *args: calls.append(args[2]) or nll(*args))
-    with fused_losses.enabled():
+    with losses.fused_bernoulli(packed_triton.bernoulli_nll_per_sample):
         fused = vmap(bernoulli_reconstruction_loss)(logits, x)
     assert calls == [2]
     reference = torch.stack([_torch_nll(logits[i], x[i]).mean() for i in range(3)])
@@ -588,7 +588,7 @@ def test_fused_bernoulli_loss_layouts_dtypes_and_nan():
 def test_fused_adam_equals_torch_adam_per_slice():
     """StackedAdam(fused=True) (one Triton kernel per stacked parameter) equals torch.optim.Adam on each run's
     slice: per-run lr, betas, eps and step counts (run 1 resumes from step 3), several kernel blocks."""
-    from disentbench.core.packed import StackedAdam
+    from disentbench.core.training.packed.trainer import StackedAdam
 
     generator = torch.Generator().manual_seed(0)
     settings = [dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8), dict(lr=3e-2, betas=(0.5, 0.9), eps=1e-6)]

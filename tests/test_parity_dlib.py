@@ -26,7 +26,7 @@ import types
 import numpy as np
 import pytest
 
-from disentbench.core.data import GroundTruthData
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.plugins.metrics import dci, sap, unsupervised
 from disentbench.plugins.metrics import modularity_explicitness as modexp
 

@@ -34,9 +34,9 @@ import numpy as np
 import pytest
 import torch
 
-from disentbench.core.data import GroundTruthData
-from disentbench.core.model import Model
-from disentbench.core.plugins import LOAD_PLUGINS_ENV, build_registry
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.contracts import Model
+from disentbench.core.registry import LOAD_PLUGINS_ENV, build_registry
 
 pytest.importorskip("setuptools", reason="building the plugin packages needs setuptools (no build isolation)")
 
@@ -103,7 +103,7 @@ def write_bad_projects(workdir: Path) -> list[Path]:
         "duplicate_beta_vae",
         """\
         from disentbench import hookimpl
-        from disentbench.core.model import ModelConfig
+        from disentbench.core.contracts import ModelConfig
 
 
         class ImpostorConfig(ModelConfig):
@@ -162,7 +162,7 @@ class CLIResult:
 def cli_runs(plugin_site) -> dict[str, CLIResult]:
     """``disentbench plugins --json`` in fresh interpreters, started at once (each spends seconds importing)."""
     envs = {"all": cli_env(plugin_site), "hidden": cli_env(plugin_site, load_plugins="nonexistent")}
-    command = [sys.executable, "-m", "disentbench.core.cli", "plugins", "--json"]
+    command = [sys.executable, "-m", "disentbench.core.cli.main", "plugins", "--json"]
     processes = {
         name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
         for name, env in envs.items()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import registry_with_model
 
-CLI = [sys.executable, "-m", "disentbench.core.cli"]
+CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 
 
 def _study(tmp_path: Path, name: str, *, steps: int = 10, seeds: int = 2, executor=None, checkpoint_every: int = 1000) -> Path:
@@ -129,8 +129,8 @@ def test_nan_loss_fails_that_run_with_the_reason_and_the_others_finish(tmp_path,
     from mlflow.tracking import MlflowClient
     from pydantic import Field
 
-    from disentbench.core.config import load_study_config
-    from disentbench.core.study import run_study
+    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.study.run import run_study
     from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 
     class ExplodingConfig(BetaVAEConfig):

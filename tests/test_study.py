@@ -7,7 +7,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
+from disentbench.core.cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -105,9 +105,9 @@ def test_a_metric_added_after_runs_finished_scores_them_from_their_checkpoints(t
     score equals the one a study with that metric from the start records."""
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.config import load_study_config
-    from disentbench.core.plugins import get_plugin_manager
-    from disentbench.core.study import run_study
+    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.registry import get_plugin_manager
+    from disentbench.core.study.run import run_study
 
     monkeypatch.chdir(tmp_path)
     registry = get_plugin_manager()

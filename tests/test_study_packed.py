@@ -3,7 +3,7 @@
 The studies here are tiny (beta-VAE with 4 latents, 20 steps of batch 8 on the
 procedural dSprites). Packed and solo runs differ by summation-order rounding
 only; with the study's Adam eps = 1e-8, Adam amplifies such rounding by
-lr / eps (see core/packed.py), so the runs compared here use adam_eps = 1e-3,
+lr / eps (see core/training/packed/trainer.py), so the runs compared here use adam_eps = 1e-3,
 where a parameter difference measures the computation and not Adam's
 conditioning.
 """
@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from conftest import registry_with_model
 from pydantic import Field
 
-from disentbench.core.cli import main
-from disentbench.core.config import load_study_config
-from disentbench.core.study import RunJob, group_into_packs, pack_key, run_study
+from disentbench.core.cli.main import main
+from disentbench.core.config.schema import load_study_config
+from disentbench.core.study.run import RunJob, group_into_packs, pack_key, run_study
 
 
 def _raw(tmp_path: Path, name: str, pack_size, *, model="beta_vae", sweep=None, seeds=(0, 1)) -> dict:
@@ -205,7 +205,7 @@ def test_a_pack_that_cannot_be_built_fails_its_runs_alone_and_the_study_goes_on(
 
 
 def _job(index: int, **changes) -> RunJob:
-    from disentbench.core.grid import RunSpec
+    from disentbench.core.config.grid import RunSpec
 
     params = {"beta": 1.0, "num_latent": 4, **changes.pop("params", {})}
     spec = RunSpec(
@@ -252,8 +252,8 @@ def test_bad_pack_size_exits_2_naming_the_field(tmp_path, monkeypatch, value, wo
 
 
 def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monkeypatch, registry):
-    from disentbench.core.packed import FORMULATIONS
-    from disentbench.core.study import _speed_options
+    from disentbench.core.training.packed.trainer import FORMULATIONS
+    from disentbench.core.study.run import _speed_options
 
     monkeypatch.chdir(tmp_path)
     raw = _raw(tmp_path, "bad", 2)
@@ -266,7 +266,7 @@ def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monke
     # the config accepts exactly the trainer's formulations, and passes them on
     from typing import get_args
 
-    from disentbench.core.config import TrainingConfig
+    from disentbench.core.config.schema import TrainingConfig
 
     assert set(get_args(TrainingConfig.model_fields["formulation"].annotation)) == set(FORMULATIONS)
     for formulation in FORMULATIONS:
@@ -279,7 +279,7 @@ def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monke
 
 
 def test_pack_size_defaults_to_auto_and_packs_nothing_off_cuda(registry):
-    from disentbench.core.study import Worker
+    from disentbench.core.study.run import Worker
 
     config = load_study_config({"name": "t", "datasets": ["dsprites_procedural"], "models": ["beta_vae"]}, registry)
     assert config.training.pack_size == "auto" and config.training.bf16 is False and config.training.cuda_graphs
@@ -292,9 +292,9 @@ def test_pack_size_defaults_to_auto_and_packs_nothing_off_cuda(registry):
 
 def test_auto_pack_size_is_probed_once_per_pack_group_and_budgets_the_datasets_images(tmp_path, monkeypatch, registry):
     """Swept values share one memory probe; the dataset's images (not yet on the device) are reserved."""
-    from disentbench.core import packed
-    from disentbench.core.grid import expand_grid
-    from disentbench.core.study import Worker
+    from disentbench.core.training.packed import trainer as packed
+    from disentbench.core.config.grid import expand_grid
+    from disentbench.core.study.run import Worker
 
     raw = _raw(tmp_path, "probe", "auto", sweep={"beta": [1, 2, 4, 8]}, seeds=(0, 1, 2))
     config = load_study_config(raw, registry)
@@ -319,8 +319,8 @@ def test_training_one_dataset_frees_the_device_copy_of_the_others(registry):
     """A study goes dataset by dataset: only the dataset being trained keeps its images on the device."""
     from test_trainer import Squares
 
-    from disentbench.core.grid import canonical_json
-    from disentbench.core.study import _DatasetCache
+    from disentbench.core.config.grid import canonical_json
+    from disentbench.core.study.run import _DatasetCache
 
     cache = _DatasetCache(registry)
     first, second = Squares(), Squares()

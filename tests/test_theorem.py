@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
+from disentbench.core.cli.main import main
 from disentbench.core.theorem import (
     MARGINALS,
     EntanglingBijection,

@@ -16,7 +16,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from disentbench.core.tracking import _interrupted_sqlite_init
+from disentbench.core.tracking.tracker import _interrupted_sqlite_init
 
 #: An early MLflow schema revision: a store stamped with it looks half-migrated.
 EARLY_REVISION = "a8c4a736bde6"
@@ -25,7 +25,7 @@ EARLY_REVISION = "a8c4a736bde6"
 def _open_in_new_process(path) -> subprocess.CompletedProcess:
     """What the next ``disentbench`` invocation does first (a new process: MLflow caches engines per process)."""
     code = (
-        "import sys; from disentbench.core.tracking import Tracker; "
+        "import sys; from disentbench.core.tracking.tracker import Tracker; "
         "t = Tracker(sys.argv[1], 'study'); print(t.experiment_id); "
         "print(sorted(e.name for e in t.client.search_experiments()))"
     )

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
+from disentbench.core.cli.main import main
 
-CLI = [sys.executable, "-m", "disentbench.core.cli"]
+CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 
 
 def _free_port() -> int:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from disentbench.core.data import GroundTruthData
-from disentbench.core.trainer import Trainer, build_model, derive_seed
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.training.trainer import Trainer, build_model, derive_seed
 from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 
 
@@ -109,7 +109,7 @@ def test_corrupt_checkpoint_restarts_cleanly(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run():
-    from disentbench.core.trainer import NonFiniteLoss
+    from disentbench.core.training.trainer import NonFiniteLoss
 
     trainer = _trainer()
     original = trainer.model.loss

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.cli import main
-from disentbench.core.config import load_study_config
-from disentbench.core.packed import SpeedOptions
-from disentbench.core.triton_tuning import read_tuning_file, tuning_from_json, tuning_to_json
+from disentbench.core.cli.main import main
+from disentbench.core.config.schema import load_study_config
+from disentbench.core.training.packed.trainer import SpeedOptions
+from disentbench.core.training.kernels.tuning import read_tuning_file, tuning_from_json, tuning_to_json
 
 SWEPT = {"conv_transpose": {"BLOCK_K": 64, "num_warps": 8}, "conv_transpose[32,1,4,2]": {"WINDOW": 1}}
 
@@ -55,7 +55,7 @@ def test_tuning_files(tmp_path):
 def test_config_reads_a_tuning_file_into_the_config_and_passes_it_to_the_trainer(tmp_path, monkeypatch, registry):
     """A path is read when the config loads, so the recorded config holds the settings themselves; inline
     settings are accepted too; the study hands them (and overlap_sampling) to SpeedOptions."""
-    from disentbench.core.study import _speed_options
+    from disentbench.core.study.run import _speed_options
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tuning.json").write_text(json.dumps(SWEPT))
@@ -95,7 +95,7 @@ def test_reading_a_tuning_does_not_import_triton():
     import subprocess
 
     code = (
-        "import sys; from disentbench.core.triton_tuning import tuning_from_json; tuning_from_json({'conv': {}}); "
+        "import sys; from disentbench.core.training.kernels.tuning import tuning_from_json; tuning_from_json({'conv': {}}); "
         "print('triton' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -22,8 +22,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from disentbench.core import images
-from disentbench.core.cli import main
+from disentbench.core.display import images
+from disentbench.core.cli.main import main
 
 MIG = "eval/mean/mig/discrete_mig"
 MIG_SAMPLED = "eval/sampled/mig/discrete_mig"
@@ -180,8 +180,8 @@ def test_compare_bad_input_exits_2(store):
 
 
 def test_compare_from_config_shows_only_its_grid(tmp_path, monkeypatch, registry):
-    from disentbench.core.config import load_study_config
-    from disentbench.core.grid import expand_grid
+    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.grid import expand_grid
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -328,7 +328,7 @@ def test_ui_serves_then_stops_on_ctrl_c(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "disentbench.core.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}",
+        [sys.executable, "-m", "disentbench.core.cli.main", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}",
          "--port", str(port)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -409,7 +409,7 @@ def test_no_color_and_exit_codes(probe_commands):
 
 
 def test_progress_is_plain_lines_off_a_terminal():
-    from disentbench.core.progress import StudyProgress
+    from disentbench.core.display.progress import StudyProgress
 
     stream = io.StringIO()  # not a TTY, like a CI log
     bar = StudyProgress(20, stream=stream, plain_every=0.0)

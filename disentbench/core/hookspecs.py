@@ -26,7 +26,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_models(register):
     """Register model plugins: ``register(name, config=, factory=, description=)``.
 
-    ``factory(config, observation_shape) -> disentbench.core.model.Model``.
+    ``factory(config, observation_shape) -> disentbench.core.contracts.Model``.
     """
 
 
@@ -34,7 +34,7 @@ def register_models(register):
 def register_datasets(register):
     """Register dataset plugins.
 
-    ``factory(config) -> disentbench.core.data.GroundTruthData``.
+    ``factory(config) -> disentbench.core.data.ground_truth.GroundTruthData``.
     """
 
 

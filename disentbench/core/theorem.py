@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from disentbench.core.model import PluginConfig
+from disentbench.core.contracts import PluginConfig
 
 #: Named marginals: non-Gaussian, independent, each with a fixed shape.
 MARGINALS: dict[str, tuple[str, Callable[[], Any]]] = {
@@ -436,8 +436,8 @@ def _score(config: TheoremConfig, marginals, f: EntanglingBijection, registry):
     """Each metric's headline score of the representation z and of f(z), ground truth = binned z."""
     import pandas as pd
 
-    from disentbench.core.api import score_codes, score_representation
-    from disentbench.core.plugins import get_plugin_manager
+    from disentbench.core.evaluation.api import score_codes, score_representation
+    from disentbench.core.registry import get_plugin_manager
 
     registry = registry or get_plugin_manager()
     data = LatentFactorData(marginals, config.num_bins)
@@ -483,10 +483,10 @@ def _small_protocol(config_class, samples: int) -> dict[str, int]:
 
 
 def report_result(demo: Demonstration):
-    """The demonstration as an :class:`~disentbench.core.analysis.AnalysisResult` (paragraphs, tables, figures)."""
+    """The demonstration as an :class:`~disentbench.core.analysis.report.AnalysisResult` (paragraphs, tables, figures)."""
     import pandas as pd
 
-    from disentbench.core.analysis import AnalysisResult
+    from disentbench.core.analysis.report import AnalysisResult
 
     config, numbers = demo.config, demo.numbers
     names = config.marginal_names()
@@ -550,7 +550,7 @@ def report_result(demo: Demonstration):
 def _figures(demo: Demonstration) -> dict[str, Any]:
     import pandas as pd
 
-    from disentbench.core.analysis import heatmap, new_figure
+    from disentbench.core.analysis.report import heatmap, new_figure
 
     z, fz, reference, control = (demo.samples[k] for k in ("z", "f(z)", "reference", "A z"))
     shown = min(len(z), 3000)
@@ -641,7 +641,7 @@ def run_theorem(
     registry=None,
 ):
     """Demonstrate, write the HTML report to ``out_dir`` and log it to MLflow. Returns (demo, report, run_id)."""
-    from disentbench.core.analysis import AnalysisOutcome, log_report, write_report
+    from disentbench.core.analysis.report import AnalysisOutcome, log_report, write_report
 
     demo = demonstrate(config, registry)
     result = report_result(demo)

@@ -17,7 +17,7 @@ import re
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.analysis import (
+from disentbench.core.analysis.report import (
     AnalysisConfig,
     AnalysisResult,
     AnalysisSkipped,

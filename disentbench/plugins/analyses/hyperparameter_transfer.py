@@ -23,7 +23,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.analysis import (
+from disentbench.core.analysis.report import (
     AnalysisConfig,
     AnalysisResult,
     AnalysisSkipped,

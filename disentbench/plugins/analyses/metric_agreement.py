@@ -8,7 +8,7 @@ metrics' headline scores is rank-correlated; a heatmap per dataset.
 from __future__ import annotations
 
 from disentbench import hookimpl
-from disentbench.core.analysis import (
+from disentbench.core.analysis.report import (
     AnalysisConfig,
     AnalysisResult,
     AnalysisSkipped,

@@ -28,14 +28,14 @@ import numpy as np
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.data import (
+from disentbench.core.data.ground_truth import (
     DatasetFormatError,
     PreparedData,
     grid_index_from_factors,
     iter_npz_rows,
     npz_member_header,
 )
-from disentbench.core.model import PluginConfig
+from disentbench.core.contracts import PluginConfig
 from disentbench.core.paths import data_root
 
 FOLDER = "3dshapes"

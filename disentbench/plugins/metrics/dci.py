@@ -45,8 +45,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from disentbench import hookimpl
-from disentbench.core.data import GroundTruthData
-from disentbench.core.model import PluginConfig
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.contracts import PluginConfig
 from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
 
 

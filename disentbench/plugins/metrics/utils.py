@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from disentbench.core.data import GroundTruthData
+from disentbench.core.data.ground_truth import GroundTruthData
 
 RepresentationFunction = Callable[[np.ndarray], np.ndarray]
 

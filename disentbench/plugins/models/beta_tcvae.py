@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from disentbench.plugins.models.vae import GaussianVAE, GaussianVAEConfig
+from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from disentbench.plugins.models.vae import GaussianVAE, GaussianVAEConfig
+from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
 
 
 class BetaVAEConfig(GaussianVAEConfig):

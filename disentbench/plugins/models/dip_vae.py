@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from disentbench.plugins.models.vae import GaussianVAE, GaussianVAEConfig
+from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
 
 #: lambda_d / lambda_od when neither lambda_d nor lambda_d_factor is given (the study's values, §2).
 DEFAULT_LAMBDA_D_FACTOR = {"i": 10.0, "ii": 1.0}

@@ -6,12 +6,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from disentbench.plugins.models.architectures import (
-    bernoulli_reconstruction_loss,
-    gaussian_kl,
-    glorot_uniform_zero_bias,
-)
-from disentbench.plugins.models.vae import GaussianVAE, GaussianVAEConfig
+from disentbench.core.nets.conv import glorot_uniform_zero_bias
+
+from disentbench.core.nets.losses import bernoulli_reconstruction_loss, gaussian_kl
+from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
 
 #: The discriminator's hidden layers (spec §1.5, ``fc_discriminator``).
 DISCRIMINATOR_DEPTH = 6

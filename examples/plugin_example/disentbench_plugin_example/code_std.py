@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench.core.data import GroundTruthData
-from disentbench.core.model import PluginConfig
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.contracts import PluginConfig
 
 
 class CodeStdConfig(PluginConfig):

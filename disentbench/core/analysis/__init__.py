@@ -1,0 +1,1 @@
+"""Study analyses: the plugin contract, the study table, statistics, plots and the report."""

@@ -1,0 +1,1 @@
+"""The ground-truth dataset interface and prepared (memory-mapped) caches."""

@@ -1,0 +1,1 @@
+"""What a person looks at: image grids and GIFs, progress bars."""

@@ -1,0 +1,1 @@
+"""The study's networks and losses: conv encoder/decoder, the Gaussian VAE base, loss terms."""

@@ -1,0 +1,1 @@
+"""Running a study: orchestration, the worker, packing, recording, re-scoring, run locks."""

@@ -1,0 +1,1 @@
+"""Fused kernels (Triton) for packed training, and their launch settings."""

@@ -1,0 +1,1 @@
+"""Packed training: P runs of one model class as one batched computation, and its formulations."""

@@ -1,0 +1,1 @@
+"""Built-in executors: local, multiprocess, ray and slurm."""

@@ -1,0 +1,179 @@
+"""Executors decide where and in what order a study's runs execute.
+
+An executor plugin's factory takes its config and returns an object with
+``run(jobs, worker) -> iterator of outcomes``: ``worker(job)`` trains,
+evaluates and records one :class:`~disentbench.core.study.run.RunJob` and returns
+its ``RunOutcome``; ``worker.run_pack(jobs)`` does the same for a pack of jobs
+trained together (packed training, ``training.pack_size``) and returns their
+outcomes. The worker is picklable and rebuilds what it needs
+(plugins, datasets, MLflow client) in whichever process runs it, so an
+executor only has to move ``(worker, job)`` pairs and bring outcomes back.
+The study's parent run and experiment exist before any job starts.
+
+Built-ins, registered through the same hook as any third-party executor:
+
+* ``local`` - every job in this process, in grid order (default); with
+  packing on, jobs are grouped into packs
+  (:func:`~disentbench.core.study.run.group_into_packs`) and each pack is trained
+  as one batched computation;
+* ``multiprocess`` - a pool of worker processes on this machine, one per GPU
+  or per share of the CPU cores; with packing on, each process gets chunks of
+  packable jobs and packs them itself (on its own device, so ``auto`` measures
+  the GPU it uses).
+
+The cluster executors (``ray``, ``slurm``) ship one job per task and never pack.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Iterator, Protocol
+
+from pydantic import Field, field_validator
+
+from disentbench.core.hookspecs import hookimpl
+from disentbench.core.contracts import PluginConfig
+
+
+class Executor(Protocol):
+    def run(self, jobs: list, worker: Any) -> Iterator: ...
+
+
+class LocalConfig(PluginConfig):
+    pass
+
+
+class LocalExecutor:
+    """Runs every job in this process, in grid order."""
+
+    in_process = True  # progress is shown by the worker itself
+
+    def __init__(self, config: LocalConfig | None = None):
+        self.config = config or LocalConfig()
+
+    def run(self, jobs: list, worker) -> Iterator:
+        if not hasattr(worker, "run_packed") or not worker.may_pack():
+            for job in jobs:
+                yield worker(job)
+            return
+        # Packs in the order of their first job; the study reports outcomes in grid order.
+        yield from worker.run_packed(jobs)
+
+
+class MultiprocessConfig(PluginConfig):
+    workers: int | None = Field(
+        None, ge=1, description="Worker processes; default one per listed device, else one per 2 CPU cores."
+    )
+    devices: list[str] | None = Field(
+        None, description="Devices handed to workers round-robin, e.g. [cuda:0, cuda:1]; default the run's device."
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _not_empty(cls, devices):
+        if devices is not None and not devices:
+            raise ValueError("give at least one device or leave devices out")
+        return devices
+
+
+# Each worker process keeps its Worker (and its loaded datasets) across jobs.
+_PROCESS_WORKER = None
+
+
+def _init_process(worker, devices: list[str], counter, threads: int, workers: int = 1) -> None:
+    global _PROCESS_WORKER
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    import torch
+    import warnings
+
+    from disentbench.core.messages import show_warning_one_line
+
+    if warnings.showwarning is getattr(warnings, "_showwarning_orig", None):
+        warnings.showwarning = show_warning_one_line  # warnings as one line here too, as in the CLI
+    torch.set_num_threads(threads)
+    device = devices[index % len(devices)]
+    _PROCESS_WORKER = worker.with_device(device)
+    # processes sharing this device split its free memory between their auto-sized packs
+    sharing = sum(1 for i in range(workers) if devices[i % len(devices)] == device)
+    _PROCESS_WORKER.memory_share = 1.0 / max(1, sharing)
+
+
+def _run_in_process(job):
+    return _PROCESS_WORKER(job)
+
+
+def _run_packed_in_process(jobs):
+    return list(_PROCESS_WORKER.run_packed(jobs))
+
+
+class MultiprocessExecutor:
+    """A pool of spawned worker processes; each logs to MLflow by explicit run id.
+
+    With packing on (``training.pack_size`` above 1, or ``auto`` with a CUDA
+    device), a task is a chunk of packable jobs: a pack of at most
+    ``pack_size`` jobs, or for ``auto`` up to an equal share of the jobs, which
+    the process packs itself to what fits its own device. Outcomes of a chunk
+    come back when the whole chunk is done.
+    """
+
+    in_process = False
+
+    def __init__(self, config: MultiprocessConfig | None = None):
+        self.config = config or MultiprocessConfig()
+
+    def run(self, jobs: list, worker) -> Iterator:
+        import multiprocessing
+
+        from disentbench.core.study.run import RunOutcome
+
+        if not jobs:
+            return
+        devices = self.config.devices or [worker.device]
+        cores = os.cpu_count() or 1
+        workers = self.config.workers or (len(devices) if self.config.devices else max(1, cores // 2))
+        workers = min(workers, len(jobs))
+        context = multiprocessing.get_context("spawn")  # CUDA and fork do not mix
+        counter = context.Value("i", 0)
+        threads = max(1, cores // workers)
+        chunks = None
+        if hasattr(worker, "run_packed") and worker.may_pack(devices):
+            from disentbench.core.study.run import group_into_packs
+
+            setting = worker.pack_size
+            limit = setting if setting != "auto" else max(1, math.ceil(len(jobs) / workers))
+            chunks = group_into_packs(jobs, limit, key=worker.pack_key)
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_init_process,
+            initargs=(worker, devices, counter, threads, workers),
+        ) as pool:
+            if chunks is None:
+                futures = {pool.submit(_run_in_process, job): [job] for job in jobs}
+            else:
+                futures = {pool.submit(_run_packed_in_process, chunk): chunk for chunk in chunks}
+            for future in as_completed(futures):
+                chunk = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # a worker process died (OOM, segfault): the runs can be retried
+                    error = f"worker process failed: {type(exc).__name__}: {exc}"
+                    for job in chunk:
+                        yield RunOutcome(job.spec, "failed", error=error)
+                    continue
+                yield from (result if isinstance(result, list) else [result])
+
+
+@hookimpl
+def register_executors(register):
+    register("local", config=LocalConfig, factory=LocalExecutor, description="Run every run in this process, in order.")
+    register(
+        "multiprocess",
+        config=MultiprocessConfig,
+        factory=MultiprocessExecutor,
+        description="A pool of worker processes on this machine (one per GPU, or per 2 CPU cores).",
+    )
