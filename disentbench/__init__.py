@@ -10,9 +10,8 @@ Public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from disentbench.core.hookspecs import hookimpl  # noqa: E402
+from disentbench.core.hookspecs import hookimpl
+from disentbench.version import __version__
 
 __all__ = [
     "__version__",

@@ -842,7 +842,7 @@ def log_report(
     from disentbench.core.tracking import tracker as tracking
 
     tracker = tracking.Tracker(tracking_uri, experiment)
-    from disentbench import __version__
+    from disentbench.version import __version__
 
     all_tags = {tracking.TAG_KIND: kind, "disentbench.version": __version__, **(tags or {})}
     run = tracker.client.create_run(

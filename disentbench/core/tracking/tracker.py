@@ -466,6 +466,6 @@ def status_of(runs: Iterable) -> str:
 
 
 def _version() -> str:
-    from disentbench import __version__
+    from disentbench.version import __version__
 
     return __version__
