@@ -570,3 +570,46 @@ def test_grouped_channels_last_layouts_are_views_of_its_grouped_operands():
     channels_last_trainer(nhwc).train()
     for a, b in zip(plain, nhwc):
         assert _max_diff(a, b) <= 1e-5
+
+
+def test_network_classes_name_the_layers_the_batched_kernels_read():
+    """The layer names and geometry the batched kernels take from ConvEncoder/DeconvDecoder are their real modules."""
+    from torch import nn
+
+    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
+
+    encoder, decoder = ConvEncoder((3, 64, 64), 5), DeconvDecoder(5, (3, 64, 64))
+    for name, (kernel, stride, padding) in zip(ConvEncoder.CONV_LAYERS, ConvEncoder.CONV_GEOMETRY, strict=True):
+        conv = encoder.get_submodule(name)
+        assert isinstance(conv, nn.Conv2d)
+        assert (conv.kernel_size, conv.stride, conv.padding) == ((kernel,) * 2, (stride,) * 2, (padding,) * 2)
+    assert isinstance(encoder.get_submodule(ConvEncoder.DENSE_LAYER), nn.Linear)
+    assert encoder.get_submodule(ConvEncoder.MEAN_LAYER).out_features == 5
+    assert encoder.get_submodule(ConvEncoder.LOGVAR_LAYER).out_features == 5
+    assert [decoder.get_submodule(n).in_features for n in DeconvDecoder.DENSE_LAYERS] == [5, 256]
+    kernel, stride, padding = DeconvDecoder.DECONV_GEOMETRY
+    for name in DeconvDecoder.DECONV_LAYERS:
+        deconv = decoder.get_submodule(name)
+        assert isinstance(deconv, nn.ConvTranspose2d)
+        assert (deconv.kernel_size, deconv.stride, deconv.padding) == ((kernel,) * 2, (stride,) * 2, (padding,) * 2)
+    # every parameter of the two networks is one the kernels read
+    read = {f"{n}.{k}" for n in (*ConvEncoder.CONV_LAYERS, ConvEncoder.DENSE_LAYER, "mean", "logvar") for k in ("weight", "bias")}
+    assert read == {name for name, _ in encoder.named_parameters()}
+    read = {f"{n}.{k}" for n in (*DeconvDecoder.DENSE_LAYERS, *DeconvDecoder.DECONV_LAYERS) for k in ("weight", "bias")}
+    assert read == {name for name, _ in decoder.named_parameters()}
+
+
+def test_models_say_whether_their_networks_can_be_batched():
+    """The packed trainer asks the model (batched_networks), so any Model can opt in and an override opts out."""
+
+    class Centred(BetaVAE):
+        def encode(self, x):
+            return self.encoder(x - 0.5)
+
+    data = Squares()
+    plain = BetaVAE(BetaVAEConfig(num_latent=3), data.observation_shape)
+    assert plain.batched_networks() == (plain.encoder, plain.decoder)
+    assert Centred(BetaVAEConfig(num_latent=3), data.observation_shape).batched_networks() is None
+    from disentbench.core.contracts import Model
+
+    assert Model().batched_networks() is None

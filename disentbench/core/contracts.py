@@ -9,7 +9,11 @@ A model plugin's factory returns a :class:`Model` (a ``torch.nn.Module``):
   add model-specific ones (e.g. a TC estimate);
 * ``optimizers()`` -> list of ``(optimizer, loss_term_name)``: each optimizer
   minimises the named term over its own parameters only (FactorVAE owns two);
-* ``sample_latent(mean, logvar, generator)``: the reparameterised sample.
+* ``sample_latent(mean, logvar, generator)``: the reparameterised sample;
+* optionally ``batched_networks()`` -> ``(encoder, decoder)`` or None: the
+  networks that ``encode``/``decode`` apply unchanged, which the packed trainer
+  may then compute for many runs at once in its batched kernels (None, the
+  default, keeps it on the generic vmap path, which works for every model).
 
 All model configs derive from :class:`ModelConfig` (``extra="forbid"``).
 """
@@ -56,6 +60,16 @@ class Model(nn.Module):
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, str]]:
         raise NotImplementedError
+
+    def batched_networks(self) -> tuple[nn.Module, nn.Module] | None:
+        """``(encoder, decoder)`` if ``encode(x)`` is exactly ``encoder(x)`` and ``decode(z)`` is ``decoder(z)``.
+
+        The packed trainer asks this instead of checking the model's type: a
+        model that returns its networks here lets the trainer compute them for
+        a whole pack at once (when it has kernels for them); None says "use the
+        generic path".
+        """
+        return None
 
     @staticmethod
     def sample_latent(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

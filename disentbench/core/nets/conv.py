@@ -87,7 +87,21 @@ def _check_conv_observation_shape(observation_shape: tuple[int, ...]) -> int:
 
 
 class ConvEncoder(nn.Module):
-    """The study's conv encoder (spec §1.2): ``x (N,C,64,64) -> (mean, logvar)``, each ``(N, num_latent)``."""
+    """The study's conv encoder (spec §1.2): ``x (N,C,64,64) -> (mean, logvar)``, each ``(N, num_latent)``.
+
+    The class names its own layers (``CONV_LAYERS`` and so on) so that code which
+    computes this network from stacked parameters (the packed trainer's batched
+    kernels) reads the layout from here instead of hard-coding it; a test checks
+    that the names are the modules built below.
+    """
+
+    #: Submodule names of the four convolutions, in order, and their (kernel, stride, padding).
+    CONV_LAYERS = ("convs.0", "convs.2", "convs.4", "convs.6")
+    CONV_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))
+    #: The dense layer after the NCHW flatten (e5), and the two linear heads.
+    DENSE_LAYER = "convs.9"
+    MEAN_LAYER = "mean"
+    LOGVAR_LAYER = "logvar"
 
     def __init__(self, observation_shape: tuple[int, int, int], num_latent: int):
         super().__init__()
@@ -115,7 +129,16 @@ class ConvEncoder(nn.Module):
 
 
 class DeconvDecoder(nn.Module):
-    """The study's deconv decoder (spec §1.3): ``z (N, num_latent) -> logits (N,C,64,64)``."""
+    """The study's deconv decoder (spec §1.3): ``z (N, num_latent) -> logits (N,C,64,64)``.
+
+    Like :class:`ConvEncoder`, it names its layers for code that computes it from stacked parameters.
+    """
+
+    #: Submodule names of the two dense layers, then of the four transposed convolutions.
+    DENSE_LAYERS = ("dense.0", "dense.2")
+    DECONV_LAYERS = ("deconvs.0", "deconvs.2", "deconvs.4", "deconvs.6")
+    #: (kernel, stride, padding) shared by every transposed convolution.
+    DECONV_GEOMETRY = (4, 2, 1)
 
     def __init__(self, num_latent: int, observation_shape: tuple[int, int, int]):
         super().__init__()

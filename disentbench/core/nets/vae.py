@@ -73,6 +73,13 @@ class GaussianVAE(Model):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode(x)
 
+    def batched_networks(self) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+        """The encoder and decoder, unless a subclass changed what ``encode`` or ``decode`` compute."""
+        cls = type(self)
+        if cls.encode is not GaussianVAE.encode or cls.decode is not GaussianVAE.decode:
+            return None
+        return self.encoder, self.decoder
+
     def regularizer(
         self,
         kl: torch.Tensor,

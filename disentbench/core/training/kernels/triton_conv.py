@@ -169,6 +169,7 @@ from collections.abc import Iterator
 
 import torch
 
+from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
 from disentbench.core.training.packed.bmm import (
     _DECODER_DECONVS,
     _ENCODER_CONVS,
@@ -237,9 +238,9 @@ def tuned(tuning: dict | None) -> Iterator[None]:
 
 
 #: The study's encoder convolutions: (kernel size, stride, padding).
-_ENCODER_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))
+_ENCODER_GEOMETRY = ConvEncoder.CONV_GEOMETRY
 #: The decoder's transposed convolutions: (kernel size, stride, padding).
-_DECODER_GEOMETRY = (4, 2, 1)
+_DECODER_GEOMETRY = DeconvDecoder.DECONV_GEOMETRY
 
 
 # =============================================================================

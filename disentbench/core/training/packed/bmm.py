@@ -55,19 +55,20 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-# Parameter names of ConvEncoder / DeconvDecoder (indices into their nn.Sequential).
-_ENCODER_CONVS = ("convs.0", "convs.2", "convs.4", "convs.6")
-_ENCODER_DENSE = "convs.9"
-_DECODER_DENSE = ("dense.0", "dense.2")
-_DECODER_DECONVS = ("deconvs.0", "deconvs.2", "deconvs.4", "deconvs.6")
+from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
+
+# The layer names come from the network classes, which own their layout.
+_ENCODER_CONVS = ConvEncoder.CONV_LAYERS
+_ENCODER_DENSE = ConvEncoder.DENSE_LAYER
+_DECODER_DENSE = DeconvDecoder.DENSE_LAYERS
+_DECODER_DECONVS = DeconvDecoder.DECONV_LAYERS
 
 
-def is_study_conv_model(model) -> bool:
-    """Whether ``model``'s encoder and decoder are exactly the study's conv architecture."""
-    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
-
-    return type(getattr(model, "encoder", None)) is ConvEncoder and type(getattr(model, "decoder", None)) is DeconvDecoder
+def computes(encoder: nn.Module, decoder: nn.Module) -> bool:
+    """Whether these kernels compute ``encoder`` and ``decoder``: exactly the study's conv architecture."""
+    return type(encoder) is ConvEncoder and type(decoder) is DeconvDecoder
 
 
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
@@ -352,7 +353,7 @@ def encoder_head(params: dict[str, torch.Tensor], h: torch.Tensor, prefix: str) 
     """The encoder's dense layers: ``h (P, N, 1024)`` (the module's NCHW flatten order) -> ``(mean, logvar)``."""
     w, b = _accessors(params, prefix)
     h = torch.relu(_dense(h, w(_ENCODER_DENSE), b(_ENCODER_DENSE)))
-    return _dense(h, w("mean"), b("mean")), _dense(h, w("logvar"), b("logvar"))
+    return _dense(h, w(ConvEncoder.MEAN_LAYER), b(ConvEncoder.MEAN_LAYER)), _dense(h, w(ConvEncoder.LOGVAR_LAYER), b(ConvEncoder.LOGVAR_LAYER))
 
 
 def decoder_head(params: dict[str, torch.Tensor], z: torch.Tensor, prefix: str) -> torch.Tensor:

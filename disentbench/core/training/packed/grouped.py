@@ -41,10 +41,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from disentbench.core.nets.conv import ConvEncoder
 from disentbench.core.training.packed.bmm import _DECODER_DECONVS, _ENCODER_CONVS, _accessors, decoder_head, encoder_head
 
 #: (kernel size, stride, padding) of the encoder's convolutions, in order
-_ENCODER_GEOMETRY = ((4, 2, 1), (4, 2, 1), (2, 2, 0), (2, 2, 0))
+_ENCODER_GEOMETRY = ConvEncoder.CONV_GEOMETRY
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:

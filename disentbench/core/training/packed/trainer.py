@@ -720,21 +720,23 @@ class PackedTrainer:
     def _batched_unsupported(self) -> str | None:
         """Why the batched formulations cannot compute this model's loss (None if they can).
 
-        It needs the study's conv encoder/decoder, reached only through the
-        base class's ``encode`` and ``decode``, and a loss that calls
+        It needs the model to hand over its networks (``Model.batched_networks``),
+        networks these kernels compute (the study's conv encoder/decoder), and a loss that calls
         ``encode`` once, then ``sample_latent`` on its output, then ``decode``
         on that sample (any further use of the encoder/decoder would bypass
         the batched computation). A dry run checks the call order.
         """
-        from disentbench.core.training.packed import bmm as packed_conv
-        from disentbench.core.nets.vae import GaussianVAE
+        from disentbench.core.training.packed import bmm
 
         template = self._template
-        if not packed_conv.is_study_conv_model(template):
+        networks = template.batched_networks()
+        if networks is None:
+            return "the model overrides encode or decode, or does not offer its networks for batching (Model.batched_networks() is None)"
+        encoder, decoder = networks
+        if not bmm.computes(encoder, decoder):
             return "the model does not use the study's conv encoder and decoder"
-        cls = type(template)
-        if not isinstance(template, GaussianVAE) or cls.encode is not GaussianVAE.encode or cls.decode is not GaussianVAE.decode:
-            return "the model overrides encode or decode"
+        modules = {module: name for name, module in self._call.named_modules()}
+        self._network_prefixes = (modules[encoder] + ".", modules[decoder] + ".")
         throwaway = torch.Generator(device=self.device).manual_seed(0)
         x = self.data.sample_batch_on_device(self.batch_size, throwaway, self.device)
         recorder = _RecordDraws(torch.Generator(device=self.device).manual_seed(0))
@@ -794,9 +796,10 @@ class PackedTrainer:
     def _batched_loss(self, params, buffers, x, step, hyper, draws):
         """Every run's loss terms with the encoder and decoder of all runs computed at once (by ``self._backend``)."""
         k = self._latent_draws
-        mean, logvar = self._encode(params, x, prefix="model.encoder.")
+        encoder_prefix, decoder_prefix = self._network_prefixes
+        mean, logvar = self._encode(params, x, prefix=encoder_prefix)
         z = self._vsample(mean, logvar, hyper, list(draws[:k]))
-        logits = self._decode(params, z, prefix="model.decoder.")
+        logits = self._decode(params, z, prefix=decoder_prefix)
         return self._vrest(params, buffers, x, step, hyper, list(draws[k:]), mean, logvar, z, logits)
 
     def _compile(self) -> None:
