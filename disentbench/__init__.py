@@ -1,51 +1,81 @@
 """disentbench: large studies of disentangled representation learning in PyTorch.
 
-Public API::
+The public API (everything a plugin or a script needs; the rest is internal)::
 
-    from disentbench import hookimpl            # decorate plugin hook implementations
-    from disentbench import get_plugin_manager  # the registry of all plugins
-    from disentbench import load_study_config, expand_grid, run_study
-    from disentbench import score_codes, score_representation  # metrics as a library
+    # writing plugins
+    from disentbench import hookimpl, Register, PluginConfig
+    from disentbench import Model, ModelConfig, GaussianVAE, GaussianVAEConfig   # models
+    from disentbench import GroundTruthData                                       # datasets
+    from disentbench import Metric, Task                                          # metrics, tasks
+    from disentbench import Executor, RunJob, RunOutcome                          # executors
+    from disentbench import Analysis, AnalysisConfig, AnalysisResult, AnalysisSkipped, StudyTable  # analyses
+
+    # using the engine from Python
+    from disentbench import get_plugin_manager, load_study_config, expand_grid, run_study
+    from disentbench import score_codes, score_representation
 """
 
 from __future__ import annotations
 
-from disentbench.core.hookspecs import hookimpl
+from typing import TYPE_CHECKING
+
+from disentbench.core.hookspecs import Register, hookimpl
 from disentbench.version import __version__
 
-__all__ = [
-    "__version__",
-    "hookimpl",
-    "get_plugin_manager",
-    "load_study_config",
-    "expand_grid",
-    "run_study",
-    "score_codes",
-    "score_representation",
-]
+# Public name -> the module that defines it. Imported on first use, so that
+# ``from disentbench import hookimpl`` in a plugin module does not pull in
+# torch, mlflow and every built-in plugin.
+_LAZY = {
+    "PluginConfig": "disentbench.core.contracts",
+    "ModelConfig": "disentbench.core.contracts",
+    "Model": "disentbench.core.contracts",
+    "Metric": "disentbench.core.contracts",
+    "Task": "disentbench.core.contracts",
+    "Scorer": "disentbench.core.contracts",
+    "GaussianVAE": "disentbench.core.nets.vae",
+    "GaussianVAEConfig": "disentbench.core.nets.vae",
+    "GroundTruthData": "disentbench.core.data.ground_truth",
+    "Executor": "disentbench.plugins.executors.local",
+    "RunJob": "disentbench.core.study.run",
+    "RunOutcome": "disentbench.core.study.run",
+    "Analysis": "disentbench.core.analysis.report",
+    "AnalysisConfig": "disentbench.core.analysis.report",
+    "AnalysisResult": "disentbench.core.analysis.report",
+    "AnalysisSkipped": "disentbench.core.analysis.report",
+    "StudyTable": "disentbench.core.analysis.report",
+    "get_plugin_manager": "disentbench.core.registry",
+    "load_study_config": "disentbench.core.config.schema",
+    "expand_grid": "disentbench.core.config.grid",
+    "run_study": "disentbench.core.study.run",
+    "score_codes": "disentbench.core.evaluation.api",
+    "score_representation": "disentbench.core.evaluation.api",
+}
+
+__all__ = ["__version__", "hookimpl", "Register", *_LAZY]
+
+if TYPE_CHECKING:  # type checkers and IDEs see the real objects
+    from disentbench.core.analysis.report import Analysis, AnalysisConfig, AnalysisResult, AnalysisSkipped, StudyTable
+    from disentbench.core.config.grid import expand_grid
+    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.contracts import Metric, Model, ModelConfig, PluginConfig, Scorer, Task
+    from disentbench.core.data.ground_truth import GroundTruthData
+    from disentbench.core.evaluation.api import score_codes, score_representation
+    from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
+    from disentbench.core.registry import get_plugin_manager
+    from disentbench.core.study.run import RunJob, RunOutcome, run_study
+    from disentbench.plugins.executors.local import Executor
 
 
-def __getattr__(name):
-    # Lazy re-exports: importing disentbench (e.g. for `hookimpl` in a plugin
-    # module) must not pull in torch, mlflow and every built-in plugin.
-    if name == "get_plugin_manager":
-        from disentbench.core.registry import get_plugin_manager
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'disentbench' has no attribute {name!r}")
+    import importlib
 
-        return get_plugin_manager
-    if name == "load_study_config":
-        from disentbench.core.config.schema import load_study_config
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return load_study_config
-    if name == "expand_grid":
-        from disentbench.core.config.grid import expand_grid
 
-        return expand_grid
-    if name == "run_study":
-        from disentbench.core.study.run import run_study
-
-        return run_study
-    if name in ("score_codes", "score_representation"):
-        from disentbench.core.evaluation import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'disentbench' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(__all__)

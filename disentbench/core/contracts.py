@@ -16,13 +16,25 @@ A model plugin's factory returns a :class:`Model` (a ``torch.nn.Module``):
   default, keeps it on the generic vmap path, which works for every model).
 
 All model configs derive from :class:`ModelConfig` (``extra="forbid"``).
+
+Metrics and downstream tasks derive from :class:`Metric` and :class:`Task`:
+``scorer(data, representation_function, random_state) -> dict[str, float]``.
+Every plugin class may name itself for the one-line registration
+``register(cls)``: ``name``, ``description`` and ``config_class``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from disentbench.core.data.ground_truth import GroundTruthData
 
 
 class PluginConfig(BaseModel):
@@ -44,6 +56,11 @@ class ModelConfig(PluginConfig):
 
 class Model(nn.Module):
     """Base class for VAE-family models (see module docstring for the contract)."""
+
+    #: Registration name, one-line description and config class, for ``register(cls)``.
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]]
 
     config: ModelConfig
 
@@ -76,3 +93,40 @@ class Model(nn.Module):
         """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) (the reparameterisation trick)."""
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + torch.exp(0.5 * logvar) * eps
+
+
+class Scorer:
+    """What metrics and downstream tasks share: a validated config and a call that returns named scores.
+
+    A subclass sets ``name``, ``description`` and ``config_class`` (for
+    ``register(cls)``), the score keys a summary table shows (``headline``),
+    and implements ``__call__``. ``Scorer()`` uses the config's defaults.
+    Optionally it implements ``score_codes(codes, factors, codes_test=None,
+    factors_test=None, random_state=None)``, the array core that
+    ``disentbench.score_codes`` calls.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[PluginConfig]]
+    #: the scores a summary table shows (all of them when empty)
+    headline: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.config_class()
+
+    def __call__(
+        self,
+        data: GroundTruthData,
+        representation_function: Callable[[np.ndarray], np.ndarray],
+        random_state: np.random.RandomState,
+    ) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Metric(Scorer):
+    """Base of disentanglement metrics (``register_metrics``)."""
+
+
+class Task(Scorer):
+    """Base of downstream tasks (``register_tasks``)."""

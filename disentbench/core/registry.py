@@ -205,7 +205,34 @@ def build_registry(*, load_entry_points: bool = True, extra_plugins: list[object
         impls.sort(key=lambda pair: pair[1] != BUILTIN_SOURCE)
         for impl, source in impls:
 
-            def register(name, *, config, factory, description="", _kind=kind, _source=source):
+            def register(
+                plugin=None, /, *, config=None, factory=None, description=None, _kind=kind, _source=source
+            ):
+                # register(PluginClass): the class carries name, config_class and description;
+                # register("name", config=..., factory=..., description=...): the same, spelled out.
+                if isinstance(plugin, str):
+                    name = plugin
+                    if config is None or factory is None:
+                        registry.problems.append(
+                            PluginProblem(_source, f"{_kind} plugin {name!r}: register(name, ...) needs config= and factory=")
+                        )
+                        return
+                else:
+                    name = getattr(plugin, "name", None)
+                    config = config if config is not None else getattr(plugin, "config_class", None)
+                    factory = factory if factory is not None else plugin
+                    if description is None:
+                        description = getattr(plugin, "description", "")
+                    if not isinstance(name, str) or not name or config is None:
+                        registry.problems.append(
+                            PluginProblem(
+                                _source,
+                                f"{_kind} plugin {plugin!r}: register(cls) needs the class to set `name` (a string) "
+                                "and `config_class`; or call register(name, config=..., factory=...)",
+                            )
+                        )
+                        return
+                description = description or ""
                 if not isinstance(config, type) or not issubclass(config, BaseModel):
                     registry.problems.append(
                         PluginProblem(_source, f"{_kind} plugin {name!r}: config must be a pydantic BaseModel subclass")
