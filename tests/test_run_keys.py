@@ -1,0 +1,48 @@
+"""Run keys of the shipped studies are fixed: a refactor that changed them would orphan every recorded run.
+
+A run key is how ``resume``, ``status`` and a second invocation find a run's
+MLflow record and checkpoint, so the keys of the example studies are pinned
+here (the first three, and a digest of all of them in grid order). Change
+these values only for a deliberate change of what defines a run, and say so
+in the release notes: existing stores will then train those runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from disentbench import expand_grid, get_plugin_manager, load_study_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+PINNED = {
+    "quickstart": (
+        4,
+        ["9a52aae17e2c1f80", "c0446663e2340404", "42b94c751d4b73e8"],
+        "3139e08612d601c34ebba22137ea8cdec7addf597db049d2832158c5535cdf0e",
+    ),
+    "study_v1": (
+        12600,
+        ["45d102497a2bb5d8", "935d6a37a1d37510", "f4b9d5962e40e134"],
+        "4c094dcb98e52714b81ef9e7739c09087fb4808ff57794d3c1c4bc53cfd8b035",
+    ),
+    "study_v1_dsprites_small": (
+        72,
+        ["cff09338fd0cdc3b", "4912f9ff815977b6", "5d7da05b93ea1869"],
+        "6cac45497b435f5824721cd8157bee80bc91a5eb4bd2df465f08afa690bb8f6c",
+    ),
+}
+
+
+@pytest.mark.parametrize("study", sorted(PINNED))
+def test_example_studies_keep_their_run_keys(study):
+    registry = get_plugin_manager()
+    specs = expand_grid(load_study_config(EXAMPLES / f"{study}.yaml", registry), registry)
+    keys = [spec.run_key[:16] for spec in specs]
+    count, first, digest = PINNED[study]
+    assert len(keys) == count
+    assert keys[:3] == first
+    assert hashlib.sha256("".join(keys).encode()).hexdigest() == digest
