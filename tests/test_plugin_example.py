@@ -347,3 +347,96 @@ def test_broken_and_duplicate_plugins_are_reported_not_registered(registry_with_
     assert any("already registered" in e for e in by_source.get(DUPLICATE_DIST, [])), registry.problems
     beta_vae = registry.get("model", "beta_vae")
     assert beta_vae.source == "disentbench" and beta_vae.factory is BetaVAE
+
+
+# -- one plugin of every kind ------------------------------------------------
+
+
+def test_the_example_registers_a_plugin_of_every_kind_in_one_line_each(registry_with_plugins):
+    from disentbench.core.registry import KINDS
+
+    example = {kind: [r for r in registry_with_plugins.all(kind) if r.source == EXAMPLE_DIST] for kind in KINDS}
+    assert {kind: len(found) for kind, found in example.items()} == {kind: 1 for kind in KINDS}
+    for (registration,) in example.values():
+        # register(cls): the class named itself and is its own factory
+        assert registration.factory.name == registration.name
+        assert registration.factory.config_class is registration.config
+        assert registration.description == registration.factory.description != ""
+
+
+def _bars(registry, **params):
+    registration = registry.get("dataset", "bars")
+    return registration.factory(registration.make_config(params))
+
+
+def _factors_from_bars(observations: np.ndarray, unit: int) -> np.ndarray:
+    """A perfect representation of bars: each image's column, row and width read back from its pixels."""
+    lit = observations[:, 0] > 0.5
+    rows = lit.any(axis=2).argmax(axis=1)
+    columns = lit.any(axis=1).argmax(axis=1)
+    widths = lit.any(axis=1).sum(axis=1) // unit - 1
+    return np.stack([columns // unit, rows // unit, widths], axis=1).astype(np.float64)
+
+
+def test_bars_renders_its_factor_grid_in_grid_order(registry_with_plugins):
+    data = _bars(registry_with_plugins, positions=4, widths=3)
+    assert data.factor_sizes == (4, 4, 3) and data.observation_shape == (1, 64, 64)
+    assert data.images.dtype == np.uint8 and len(data.images) == 48
+    unit = 64 // (4 + 3)
+    factors = data.factors_of(np.arange(48))
+    recovered = _factors_from_bars(data.to_float(data.images, np.random.RandomState(0)), unit)
+    np.testing.assert_array_equal(recovered, factors)  # image i shows exactly the factors of index i
+    assert (data.images[data.index_of(np.array([[1, 2, 0]]))][0, 0] > 0).sum() == unit * unit
+    with pytest.raises(ValueError, match="extra"):
+        registry_with_plugins.get("dataset", "bars").make_config({"position": 4})
+
+
+def test_nearest_centroid_reads_factors_off_a_perfect_code_and_not_off_a_constant_one(registry_with_plugins):
+    data = _bars(registry_with_plugins, positions=4, widths=3)
+    registration = registry_with_plugins.get("task", "nearest_centroid")
+    task = registration.factory(registration.make_config({"num_train": 400, "num_test": 300}))
+    perfect = task(data, lambda obs: _factors_from_bars(obs, 64 // 7), np.random.RandomState(0))
+    assert min(perfect.values()) > 0.9
+    # a code holding the column alone reads the column exactly
+    column_only = task(data, lambda obs: _factors_from_bars(obs, 64 // 7)[:, :1], np.random.RandomState(0))
+    assert column_only["factor_0"] == 1.0 and column_only["factor_1"] < 0.5
+    constant = task(data, lambda obs: np.zeros((len(obs), 2)), np.random.RandomState(0))
+    # every test point gets the first value: the accuracy is that value's share, about 1 / size
+    for factor, size in enumerate(data.factor_sizes):
+        assert abs(constant[f"factor_{factor}"] - 1 / size) < 0.1
+    assert task(data, lambda obs: _factors_from_bars(obs, 64 // 7), np.random.RandomState(0)) == perfect
+
+
+def test_shuffled_runs_every_job_once_in_a_seeded_order(registry_with_plugins):
+    registration = registry_with_plugins.get("executor", "shuffled")
+
+    def order(seed):
+        executor = registration.factory(registration.make_config({"seed": seed}))
+        return list(executor.run(list(range(20)), lambda job: ("done", job)))
+
+    first = order(0)
+    assert sorted(job for _, job in first) == list(range(20))
+    assert order(0) == first and order(1) != first and first != [("done", j) for j in range(20)]
+
+
+def test_score_spread_measures_the_between_seed_spread(registry_with_plugins):
+    import pandas as pd
+
+    from disentbench import StudyTable
+
+    rows = [
+        {"model": "beta_vae", "dataset": "bars", "seed": seed, "model.beta": beta,
+         "eval/mean/calm/score": beta + 0.1 * seed, "eval/mean/noisy/score": beta + 0.3 * seed}
+        for beta in (1.0, 4.0) for seed in range(3)
+    ]  # fmt: skip
+    table = StudyTable.from_frame(pd.DataFrame(rows))
+    registration = registry_with_plugins.get("analysis", "score_spread")
+    result = registration.factory(registration.make_config()).run(table)
+    assert result.numbers == pytest.approx({table.label("eval/mean/calm/score"): 0.1, table.label("eval/mean/noisy/score"): 0.3})
+    assert table.label("eval/mean/noisy/score") in result.paragraphs[0]
+
+    from disentbench import AnalysisSkipped
+
+    one_seed = StudyTable.from_frame(pd.DataFrame([r for r in rows if r["seed"] == 0]))
+    with pytest.raises(AnalysisSkipped, match="two or more seeds"):
+        registration.factory(registration.make_config()).run(one_seed)

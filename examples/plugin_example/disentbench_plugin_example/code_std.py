@@ -13,19 +13,19 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
+from disentbench import GroundTruthData, Metric, PluginConfig
 
 
 class CodeStdConfig(PluginConfig):
     num_points: int = Field(1000, ge=2, description="Observations drawn from the dataset and encoded.")
 
 
-class CodeStd:
+class CodeStd(Metric):
     """``CodeStd(config)(data, representation_function, random_state) -> {"mean_std", "min_std"}``."""
 
-    def __init__(self, config: CodeStdConfig | None = None):
-        self.config = config if config is not None else CodeStdConfig()
+    name = "code_std"
+    description = "Per-dimension standard deviation of the codes (example plugin): mean and min over dimensions"
+    config_class = CodeStdConfig
 
     def __call__(
         self,

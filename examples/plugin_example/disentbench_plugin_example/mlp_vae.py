@@ -1,6 +1,6 @@
 """A small fully-connected Gaussian VAE: the model part of the example plugin.
 
-It implements the :class:`disentbench.core.contracts.Model` contract directly, with
+It implements the :class:`disentbench.Model` contract directly, with
 no help from the built-in models, to show everything a model plugin owes the
 trainer. The objective is the beta-VAE loss (Higgins et al., ICLR 2017),
 ``reconstruction + beta * KL(q(z|x) || N(0, I))``; beta = 1 is the VAE of
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from disentbench.core.contracts import Model, ModelConfig
+from disentbench import Model, ModelConfig
 
 
 class MLPVAEConfig(ModelConfig):
@@ -30,6 +30,10 @@ class MLPVAEConfig(ModelConfig):
 
 class MLPVAE(Model):
     """``MLPVAE(config, observation_shape)`` with ``observation_shape = (C, H, W)``; any image size."""
+
+    name = "mlp_vae"
+    description = "Fully-connected Gaussian VAE (example plugin): reconstruction + beta * KL, any image size"
+    config_class = MLPVAEConfig
 
     config: MLPVAEConfig
 
