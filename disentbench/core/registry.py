@@ -14,7 +14,7 @@ import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pluggy
 from pydantic import BaseModel
@@ -176,7 +176,7 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[PluginProblem]) 
     return dists
 
 
-def build_registry(*, load_entry_points: bool = True, extra_plugins: list[object] = ()) -> PluginRegistry:
+def build_registry(*, load_entry_points: bool = True, extra_plugins: Sequence[object] = ()) -> PluginRegistry:
     """Create a plugin manager, register built-ins and entry points, and fill the registry."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

@@ -446,7 +446,10 @@ def _score(config: TheoremConfig, marginals, f: EntanglingBijection, registry):
     z = data.sample_observations_from_factors(factors, random_state)
     test_factors = data.sample_factors(max(config.metric_samples // 2, 100), random_state)
     z_test = data.sample_observations_from_factors(test_factors, random_state)
-    representations = {"z": lambda x: np.asarray(x, dtype=float), "f(z)": f}
+    representations: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "z": lambda x: np.asarray(x, dtype=float),
+        "f(z)": f,
+    }
     rows, notes = {}, []
     for name in config.metrics:
         if name not in registry.plugins["metric"]:
@@ -455,7 +458,7 @@ def _score(config: TheoremConfig, marginals, f: EntanglingBijection, registry):
         registration = registry.get("metric", name)
         headline = (getattr(registration.factory, "headline", None) or (None,))[0]
         scorer = registration.factory(registration.make_config({}))
-        row = {}
+        row: dict[str, Any] = {}
         for label, represent in representations.items():
             if hasattr(scorer, "score_codes"):
                 result = score_codes(name, represent(z), factors, represent(z_test), test_factors,

@@ -428,7 +428,8 @@ class PreparedData(GroundTruthData):
     # -- geometry ------------------------------------------------------------------
     @property
     def observation_shape(self) -> tuple[int, int, int]:
-        return tuple(self.image_shape)  # known without touching the pixels
+        channels, height, width = self.image_shape  # known without touching the pixels
+        return (int(channels), int(height), int(width))
 
     @property
     def num_images(self) -> int:
@@ -567,7 +568,7 @@ class PreparedData(GroundTruthData):
             self.check_files(None)
 
     @property
-    def factor_values(self) -> tuple[np.ndarray, ...] | None:
+    def factor_values(self) -> tuple[np.ndarray | None, ...] | None:
         """The value of each factor index, from the prepared cache (None where unknown)."""
         info = self.prepared_info() or {}
         values = info.get("factor_values")

@@ -203,9 +203,9 @@ def headline_scores(
             keys_per_name.setdefault(name, set()).add(key)
     out: dict[str, dict[str, float]] = {}
     for representation in sorted(chosen, key=lambda r: (r != "mean", r)):
-        items = sorted(chosen[representation].items())
+        ordered = sorted(chosen[representation].items())
         out[representation] = {
-            (name if len(keys_per_name[name]) == 1 else f"{name}:{key}"): value for (_, name, key), value in items
+            (name if len(keys_per_name[name]) == 1 else f"{name}:{key}"): value for (_, name, key), value in ordered
         }
     return out
 

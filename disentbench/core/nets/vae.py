@@ -46,9 +46,10 @@ class GaussianVAE(Model):
 
     def __init__(self, config: ModelConfig, observation_shape: tuple[int, int, int]):
         super().__init__()
-        observation_shape = tuple(int(s) for s in observation_shape)
-        if len(observation_shape) != 3:
-            raise ValueError(f"observation_shape must be (C, H, W); got {observation_shape}")
+        shape = tuple(int(s) for s in observation_shape)
+        if len(shape) != 3:
+            raise ValueError(f"observation_shape must be (C, H, W); got {shape}")
+        observation_shape = (shape[0], shape[1], shape[2])
         try:
             encoder_cls, decoder_cls = ARCHITECTURES[config.architecture]
         except KeyError:

@@ -120,13 +120,13 @@ class Trainer:
         device: torch.device,
         log_every: int = 100,
         checkpoint_every: int = 10_000,
-        checkpoint_path: Path | None = None,
+        checkpoint_path: Path | str | None = None,
         channels_last: bool = True,
     ):
         # NHWC memory layout: ~1.5x faster conv backward on CPU (oneDNN) and
         # the preferred layout of cuDNN's tensor-core kernels.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(memory_format=self.memory_format)
+        self.model = model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
         self.data = data
         self.steps = steps
         self.batch_size = batch_size
@@ -192,6 +192,8 @@ class Trainer:
 
     def _reset(self) -> None:
         """Back to the freshly built state (after a failed partial load)."""
+        if self._initial is None:
+            raise RuntimeError("no initial state to reset to (the trainer has no checkpoint path)")
         self.model.load_state_dict(self._initial["model"])
         for (opt, _), opt_state in zip(self.optimizers, self._initial["optimizers"]):
             opt.load_state_dict(opt_state)

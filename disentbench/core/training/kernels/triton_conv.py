@@ -1251,8 +1251,8 @@ def conv_transpose2d(h, weight, bias, kernel_size, stride, padding, relu, *, mas
     return _ConvTranspose2d.apply(h, weight, bias, kernel_size, stride, padding, relu, _compute_dtype(h), chain)
 
 
-conv2d.__doc__ += _CHAIN_DOC
-conv_transpose2d.__doc__ += _CHAIN_DOC
+conv2d.__doc__ = (conv2d.__doc__ or "") + _CHAIN_DOC
+conv_transpose2d.__doc__ = (conv_transpose2d.__doc__ or "") + _CHAIN_DOC
 
 
 def encode(params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "encoder.") -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,10 @@ def tuning_key(text: str) -> str | tuple[str, int, int, int, int]:
             f"{text!r} is not a kernel kind: use one of {', '.join(TUNING_KINDS)}, optionally with a layer shape "
             "[gathered channels,output channels,kernel size,stride], e.g. conv_transpose[32,1,4,2]"
         )
-    return (kind, *(int(v) for v in numbers)) if bracket else kind
+    if not bracket:
+        return kind
+    channels, out_channels, kernel, stride = (int(v) for v in numbers)
+    return (kind, channels, out_channels, kernel, stride)
 
 
 def tuning_key_text(key: str | tuple) -> str:

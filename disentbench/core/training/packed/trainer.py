@@ -479,7 +479,9 @@ class StackedAdam:
                 [self._one_minus_beta1, self._beta2, self._one_minus_beta2, self._eps,
                  bias_correction2_sqrt, negative_step_size], dim=1,
             )  # fmt: skip
-        for j, (param, grad) in enumerate(zip(self.params, grads)):  # every grad is present (checked above)
+        for j, (param, grad) in enumerate(zip(self.params, grads)):
+            if grad is None:  # checked above; this tells the type checker
+                raise RuntimeError("a stacked parameter has no gradient")
             if self.fused:
                 # the layers' weight gradients are permuted views; one copy beats torch's ~9 elementwise passes
                 packed_triton.adam_step_(param, grad.contiguous(), self.exp_avgs[j], self.exp_avg_sqs[j], scalars)
@@ -554,7 +556,7 @@ class _Pack:
     groups: list[_OptimizerGroup]
     x: torch.Tensor | None = None  # static input buffers (CUDA graphs)
     draws: list[torch.Tensor] = field(default_factory=list)
-    graph: object | None = None
+    graph: torch.cuda.CUDAGraph | None = None
     eager_iterations: int = 0
     sampled: list = field(default_factory=list)  # overlap_sampling: events of the last steps' input copies
 
@@ -602,7 +604,7 @@ class PackedTrainer:
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.speed = (speed or SpeedOptions()).on(self.device)
-        self._side_stream = None  # overlap_sampling's stream, made on first use
+        self._side_stream: torch.cuda.Stream | None = None  # overlap_sampling's stream, made on first use
         _check_same_architecture(models)
         # Each run keeps a solo Trainer: its generators, checkpoint I/O and
         # state-dict format are the Trainer's own, so formats cannot drift.
@@ -636,7 +638,7 @@ class PackedTrainer:
         self._fused_bernoulli = (
             self._backend.bernoulli_nll_per_sample if self.formulation == "triton" and self.speed.fused_loss else None
         )
-        self._launch_settings = contextlib.nullcontext
+        self._launch_settings: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         if self.formulation == "triton" and self.speed.triton_tuning is not None:
             from disentbench.core.training.kernels.tuning import tuning_from_json
 
@@ -749,12 +751,15 @@ class PackedTrainer:
             calls.append(("sampled", len(recorder.draws)))
             return z
 
-        with _overridden(
-            template,
-            encode=lambda x: calls.append(("encode", len(recorder.draws))) or encode(x),
-            sample_latent=counted_sample,
-            decode=lambda z: calls.append(("decode", len(recorder.draws))) or decode(z),
-        ):
+        def counted_encode(x):
+            calls.append(("encode", len(recorder.draws)))
+            return encode(x)
+
+        def counted_decode(z):
+            calls.append(("decode", len(recorder.draws)))
+            return decode(z)
+
+        with _overridden(template, encode=counted_encode, sample_latent=counted_sample, decode=counted_decode):
             with torch.no_grad(), recorder:
                 template.loss(x, 0, recorder.generator)
         kinds = [kind for kind, _ in calls]
@@ -921,11 +926,18 @@ class PackedTrainer:
             exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, has_state=has_state, fused=self.formulation == "triton",
         )  # fmt: skip
 
+    @property
+    def _active(self) -> _Pack:
+        """The pack being trained; the per-step methods run only while there is one."""
+        if self._pack is None:
+            raise RuntimeError("no pack is being trained")
+        return self._pack
+
     # -- exporting runs back to their solo trainers -----------------------------------
     @torch.no_grad()
     def _sync_out(self, position: int) -> None:
         """Write run ``pack.runs[position]``'s slices into its solo model, optimizers and step."""
-        pack = self._pack
+        pack = self._active
         index = pack.runs[position]
         trainer = self.trainers[index]
         model = trainer.model
@@ -962,12 +974,12 @@ class PackedTrainer:
     def state_dict(self, index: int) -> dict:
         """Run ``index``'s checkpoint dict, exactly ``Trainer.state_dict()``'s format."""
         if self._pack is not None and index in self._pack.runs:
-            self._sync_out(self._pack.runs.index(index))
+            self._sync_out(self._active.runs.index(index))
         return self.trainers[index].state_dict()
 
     def _finish(self, index: int, sync: bool = True) -> None:
         if sync:
-            self._sync_out(self._pack.runs.index(index))
+            self._sync_out(self._active.runs.index(index))
         trainer = self.trainers[index]
         trainer.save_checkpoint()
         trainer.model.eval()
@@ -980,7 +992,7 @@ class PackedTrainer:
 
     def _remove(self, positions: list[int]) -> None:
         """Drop the runs at ``positions`` from the pack (after they finished or failed)."""
-        pack = self._pack
+        pack = self._active
         keep = [p for p in range(len(pack.runs)) if p not in set(positions)]
         if not keep:
             self._pack = None
@@ -1013,20 +1025,23 @@ class PackedTrainer:
     # -- one iteration ------------------------------------------------------------------
     def _draw_inputs(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Each run's batch and latent draws, made with its own generators, stacked (fresh tensors)."""
-        trainers = [self.trainers[i] for i in self._pack.runs]
+        trainers = [self.trainers[i] for i in self._active.runs]
         x = self._sample_batches(trainers)
         per_run = [[spec.draw(t.latent_generator) for spec in self._draw_specs] for t in trainers]
         return x, [torch.stack([d[k] for d in per_run]) for k in range(len(self._draw_specs))]
 
     def _fill_static(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
         """Copy one step's inputs into the CUDA graph's static buffers."""
-        self._pack.x.copy_(x)
-        for buffer, drawn in zip(self._pack.draws, draws):
+        pack = self._active
+        if pack.x is None:
+            raise RuntimeError("the pack has no static input buffers (no CUDA graph)")
+        pack.x.copy_(x)
+        for buffer, drawn in zip(pack.draws, draws):
             buffer.copy_(drawn)
 
     def _sample_inputs(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One step's inputs (:meth:`_draw_inputs`), in the graph's static buffers where it has them."""
-        pack = self._pack
+        pack = self._active
         x, draws = self._draw_inputs()
         if pack.x is not None:
             self._fill_static(x, draws)
@@ -1045,7 +1060,7 @@ class PackedTrainer:
         before that copy. The host runs at most two steps ahead of the copies
         (an event per step), which bounds the memory of pending draws.
         """
-        pack = self._pack
+        pack = self._active
         main = torch.cuda.current_stream(self.device)
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=self.device)
@@ -1090,7 +1105,7 @@ class PackedTrainer:
             self._compute_step(x, draws)
 
     def _compute_step(self, x: torch.Tensor, draws: list[torch.Tensor]) -> None:
-        pack = self._pack
+        pack = self._active
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
             if self.speed.autocast_bf16
@@ -1115,7 +1130,7 @@ class PackedTrainer:
             pack.step_tensor.add_(1)
 
     def _iteration(self) -> None:
-        pack = self._pack
+        pack = self._active
         if self.speed.cuda_graphs:
             self._graph_iteration()
         else:
@@ -1141,7 +1156,7 @@ class PackedTrainer:
             self._compute(x, draws)
 
     def _graph_iteration(self) -> None:
-        pack = self._pack
+        pack = self._active
         if pack.graph is not None:
             if self.speed.overlap_sampling:
                 self._sample_inputs_aside()
@@ -1184,7 +1199,7 @@ class PackedTrainer:
         self._start()
         done = 0
         while done < iterations and self._pack is not None:
-            pack = self._pack
+            pack = self._active
             self._iteration()
             done += 1
             self._model_steps += len(pack.runs)
@@ -1209,7 +1224,7 @@ class PackedTrainer:
 
     def _log(self, positions: list[int], on_log, on_progress) -> list[int]:
         """Host sync for the runs at ``positions``: mean terms, failure check, callbacks. Returns failed positions."""
-        pack = self._pack
+        pack = self._active
         index = torch.tensor(positions, device=self.device)
         counts = torch.tensor([pack.counts[p] for p in positions], dtype=pack.sums.dtype, device=self.device)
         means = (pack.sums[:, index] / counts).T.tolist()  # the only host sync
