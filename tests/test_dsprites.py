@@ -66,15 +66,12 @@ def test_data_root_honours_environment(monkeypatch, tmp_path):
 # -- registration and configs -----------------------------------------------------
 
 
-def test_registers_both_plugins_with_strict_configs(tmp_path):
-    registered = {}
-
-    def register(name, *, config, factory, description=""):
-        registered[name] = (config, factory, description)
-
-    dsprites.register_datasets(register)
+def test_registers_both_plugins_with_strict_configs(registry, tmp_path):
+    registered = {r.name: r for r in registry.all("dataset") if r.factory.__module__ == dsprites.__name__}
     assert set(registered) == {"dsprites", "dsprites_procedural"}
-    for name, (config_class, factory, description) in registered.items():
+    for name, registration in registered.items():
+        config_class, factory, description = registration.config, registration.factory, registration.description
+        assert registration.source == "disentbench"
         assert description and "\n" not in description
         data = factory(config_class(path=tmp_path / "x"))
         assert isinstance(data, GroundTruthData)

@@ -103,13 +103,8 @@ def check_range(observations, num):
 # -- registration, configs, factors ---------------------------------------------------------------
 
 
-def test_registers_six_plugins_with_strict_configs(tmp_path):
-    registered = {}
-
-    def register(name, *, config, factory, description=""):
-        registered[name] = (config, factory, description)
-
-    variants.register_datasets(register)
+def test_registers_six_plugins_with_strict_configs(registry, tmp_path):
+    registered = {r.name: r for r in registry.all("dataset") if r.factory.__module__ == variants.__name__}
     assert set(registered) == {
         "color_dsprites",
         "noisy_dsprites",
@@ -118,7 +113,9 @@ def test_registers_six_plugins_with_strict_configs(tmp_path):
         "noisy_dsprites_procedural",
         "scream_dsprites_procedural",
     }
-    for name, (config_class, factory, description) in registered.items():
+    for name, registration in registered.items():
+        config_class, factory, description = registration.config, registration.factory, registration.description
+        assert registration.source == "disentbench"
         assert description and "\n" not in description
         data = factory(config_class(path=tmp_path / "x"))  # lazy: no file touched
         assert isinstance(data, GroundTruthData)

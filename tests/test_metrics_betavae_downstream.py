@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.evaluation import sampling
 from disentbench.plugins.metrics import beta_vae_score as bvae
-from disentbench.plugins.metrics import utils
 from disentbench.plugins.tasks import downstream
 
 
@@ -266,8 +266,8 @@ def naive_logistic_regression_task(data, representation_function, random_state, 
 
     scores = {}
     for n in sizes:
-        codes, factors = utils.generate_batch_factor_code(data, representation_function, n, random_state, 16)
-        codes_test, factors_test = utils.generate_batch_factor_code(
+        codes, factors = sampling.generate_batch_factor_code(data, representation_function, n, random_state, 16)
+        codes_test, factors_test = sampling.generate_batch_factor_code(
             data, representation_function, num_test, random_state, 16
         )
         for i in range(factors.shape[1]):
@@ -361,17 +361,14 @@ def test_beta_vae_through_score_representation(registry):
     assert scores["eval_accuracy"] > 0.95
 
 
-def test_registers_itself():
-    registered = []
-
-    def register(name, *, config, factory, description=""):
-        registered.append((name, config, factory, description))
-
-    bvae.register_metrics(register=register)
-    downstream.register_tasks(register=register)
-    assert [r[0] for r in registered] == ["beta_vae_score", "downstream_logistic_regression", "downstream_gradient_boosting"]
-    for _name, config, factory, description in registered:
-        assert description and callable(factory(config()))
+def test_registers_itself(registry):
+    # registry.plugins keeps registration order (registry.all sorts by name)
+    registered = [r for r in registry.plugins["metric"].values() if r.factory.__module__ == bvae.__name__]
+    registered += [r for r in registry.plugins["task"].values() if r.factory.__module__ == downstream.__name__]
+    assert [r.name for r in registered] == ["beta_vae_score", "downstream_logistic_regression", "downstream_gradient_boosting"]
+    for registration in registered:
+        assert registration.source == "disentbench"
+        assert registration.description and callable(registration.factory(registration.config()))
 
 
 def test_builtin_registry_has_them(registry):

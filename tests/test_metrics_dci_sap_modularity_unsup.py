@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from disentbench.core.evaluation.api import score_codes, score_representation
+from disentbench.core.evaluation.sampling import generate_batch_factor_code
 from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.plugins.metrics import dci, sap, unsupervised
 from disentbench.plugins.metrics import modularity_explicitness as modexp
-from disentbench.plugins.metrics.utils import generate_batch_factor_code
 
 FACTOR_SIZES = (2, 3, 4)  # small: gradient boosting fits one tree per class and stage
 
@@ -518,13 +518,10 @@ def test_config_defaults_are_the_study_settings():
     ],
 )
 def test_registers_itself(module, name, config, factory, registry):
-    registered = []
-    module.register_metrics(
-        register=lambda n, *, config, factory, description="": registered.append((n, config, factory, description))
-    )
+    registered = [r for r in registry.all("metric") if r.factory.__module__ == module.__name__]
     assert len(registered) == 1
-    reg_name, reg_config, reg_factory, description = registered[0]
-    assert (reg_name, reg_config, reg_factory) == (name, config, factory) and description
-    metric = reg_factory(reg_config())
+    registration = registered[0]
+    assert (registration.name, registration.config, registration.factory) == (name, config, factory)
+    assert registration.description and registration.source == "disentbench"
+    metric = registration.factory(registration.config())
     assert callable(metric) and hasattr(metric, "score_codes") and metric.headline
-    assert registry.get("metric", name).factory is factory

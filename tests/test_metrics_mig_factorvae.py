@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.evaluation import sampling
 from disentbench.plugins.metrics import factor_vae_score as fvae
 from disentbench.plugins.metrics import mig
-from disentbench.plugins.metrics import utils
 
 
 class TinyFactors(GroundTruthData):
@@ -69,7 +69,7 @@ def data():
     return TinyFactors()
 
 
-# -- utils -----------------------------------------------------------------------
+# -- sampling --------------------------------------------------------------------
 
 
 def test_tiny_dataset_encodes_factors(data):
@@ -81,28 +81,28 @@ def test_tiny_dataset_encodes_factors(data):
 def test_histogram_discretize_hand_computed():
     codes = np.array([[0.0, 0.0], [1.0, 0.1], [2.0, 0.9], [3.0, 1.0], [4.0, 0.5]])
     # Column 0, 4 bins: edges 0,1,2,3,4 -> labels by the left edges 0,1,2,3; the max joins the last bin.
-    np.testing.assert_array_equal(utils.histogram_discretize(codes[:, :1], num_bins=4)[:, 0], [1, 2, 3, 4, 4])
+    np.testing.assert_array_equal(sampling.histogram_discretize(codes[:, :1], num_bins=4)[:, 0], [1, 2, 3, 4, 4])
     # Both columns at 2 bins: each column uses its own range (column 1 edges 0, 0.5, 1).
     np.testing.assert_array_equal(
-        utils.histogram_discretize(codes, num_bins=2), [[1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
+        sampling.histogram_discretize(codes, num_bins=2), [[1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
     )
 
 
 def test_histogram_discretize_default_bins_span_1_to_20():
     codes = np.linspace(-3, 5, 400)[:, None]
-    labels = utils.histogram_discretize(codes)
+    labels = sampling.histogram_discretize(codes)
     assert labels.min() == 1 and labels.max() == 20 and len(np.unique(labels)) == 20
 
 
 def test_discrete_entropy_uniform_and_constant():
     factors = np.column_stack([np.tile(np.arange(4), 25), np.zeros(100, dtype=int)])
-    np.testing.assert_allclose(utils.discrete_entropy(factors), [math.log(4), 0.0], atol=1e-12)
+    np.testing.assert_allclose(sampling.discrete_entropy(factors), [math.log(4), 0.0], atol=1e-12)
 
 
 def test_discrete_mutual_info_shape_and_values():
     factors = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
     codes = np.column_stack([factors[:, 0], [5, 5, 5, 5], [1, 2, 3, 4]])
-    mutual_info = utils.discrete_mutual_info(codes, factors)
+    mutual_info = sampling.discrete_mutual_info(codes, factors)
     expected = np.array([[math.log(2), 0.0], [0.0, 0.0], [math.log(2), math.log(2)]])
     np.testing.assert_allclose(mutual_info, expected, atol=1e-12)
 
@@ -114,7 +114,7 @@ def test_generate_batch_factor_code_batches_and_rows(data):
         calls.append(len(observations))
         return factor_code(observations)
 
-    codes, factors = utils.generate_batch_factor_code(data, recording_code, 37, np.random.RandomState(3), 16)
+    codes, factors = sampling.generate_batch_factor_code(data, recording_code, 37, np.random.RandomState(3), 16)
     assert calls == [16, 16, 5]
     assert codes.shape == (37, 3) and factors.shape == (37, 3)
     np.testing.assert_array_equal(codes, factors)
@@ -145,7 +145,7 @@ def test_mig_hand_computed():
     partial = 0.75 * math.log(4 / 3)
     expected_mi = np.array([[math.log(2), 0.0], [math.log(2), math.log(2)], [partial, partial]])
     np.testing.assert_allclose(
-        utils.discrete_mutual_info(utils.histogram_discretize(codes), factors), expected_mi, atol=1e-12
+        sampling.discrete_mutual_info(sampling.histogram_discretize(codes), factors), expected_mi, atol=1e-12
     )
     # Factor 0: top two are log 2 and log 2 (gap 0); factor 1: log 2 and the partial term.
     expected_gaps = np.array([0.0, (math.log(2) - partial) / math.log(2)])
@@ -331,12 +331,10 @@ def test_factor_vae_reproducible_from_seed(data):
     ("module", "name", "config", "factory"),
     [(mig, "mig", mig.MIGConfig, mig.MIG), (fvae, "factor_vae_score", fvae.FactorVAEScoreConfig, fvae.FactorVAEScore)],
 )
-def test_registers_itself(module, name, config, factory):
-    registered = []
-    module.register_metrics(
-        register=lambda n, *, config, factory, description="": registered.append((n, config, factory, description))
-    )
+def test_registers_itself(module, name, config, factory, registry):
+    registered = [r for r in registry.all("metric") if r.factory.__module__ == module.__name__]
     assert len(registered) == 1
-    reg_name, reg_config, reg_factory, description = registered[0]
-    assert (reg_name, reg_config, reg_factory) == (name, config, factory) and description
-    assert callable(reg_factory(reg_config()))
+    registration = registered[0]
+    assert (registration.name, registration.config, registration.factory) == (name, config, factory)
+    assert registration.description and registration.source == "disentbench"
+    assert callable(registration.factory(registration.config()))

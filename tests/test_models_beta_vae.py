@@ -333,15 +333,11 @@ def test_conv_architecture_rejects_other_shapes(shape):
         BetaVAE(BetaVAEConfig(), shape)
 
 
-def test_architecture_table_and_registration():
+def test_architecture_table_and_registration(registry):
     assert ARCHITECTURES["conv"] == (ConvEncoder, DeconvDecoder)
-    registered = {}
-
-    def register(name, *, config, factory, description):
-        registered[name] = (config, factory, description)
-
-    beta_vae_module.register_models(register)
-    config_cls, factory, description = registered["beta_vae"]
-    assert config_cls is BetaVAEConfig and description
+    registered = [r for r in registry.all("model") if r.factory.__module__ == beta_vae_module.__name__]
+    assert [r.name for r in registered] == ["beta_vae"]
+    config_cls, factory, description = registered[0].config, registered[0].factory, registered[0].description
+    assert config_cls is BetaVAEConfig and description and registered[0].source == "disentbench"
     model = factory(config_cls.model_validate({"beta": 4}), (3, 64, 64))
     assert isinstance(model, BetaVAE) and model.config.beta == 4.0

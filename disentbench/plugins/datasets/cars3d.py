@@ -70,6 +70,8 @@ class Cars3D(PreparedData):
     """Cars3D: elevation, azimuth, object; objects in sorted file-name order."""
 
     name = "cars3d"
+    description = "Cars3D (Reed et al. 2015 .mat files): elevation, azimuth, object; 17,568 colour 64x64 images"
+    config_class = Cars3DConfig
     factor_names = ("elevation", "azimuth", "object")
     image_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
@@ -178,9 +180,4 @@ class Cars3D(PreparedData):
 
 @hookimpl
 def register_datasets(register):
-    register(
-        "cars3d",
-        config=Cars3DConfig,
-        factory=Cars3D,
-        description="Cars3D (Reed et al. 2015 .mat files): elevation, azimuth, object; 17,568 colour 64x64 images",
-    )
+    register(Cars3D)

@@ -372,6 +372,8 @@ class DSprites(_DSpritesGrid):
     """DeepMind's dSprites file. Decompressed into RAM (3 GB uint8) on first use of ``images``."""
 
     name = "dsprites"
+    description = "dSprites (DeepMind npz): shape, scale, orientation, pos_x, pos_y; 737,280 binary 64x64 images"
+    config_class = DSpritesConfig
 
     def __init__(self, config: DSpritesConfig | None = None):
         self.config = config or DSpritesConfig()
@@ -457,6 +459,8 @@ class DSpritesProcedural(_DSpritesGrid):
     """
 
     name = "dsprites_procedural"
+    description = "dSprites grid rendered locally (no download), cached as .npy; same factors and index order"
+    config_class = DSpritesProceduralConfig
 
     def __init__(self, config: DSpritesProceduralConfig | None = None):
         self.config = config or DSpritesProceduralConfig()
@@ -494,15 +498,5 @@ class DSpritesProcedural(_DSpritesGrid):
 
 @hookimpl
 def register_datasets(register):
-    register(
-        "dsprites",
-        config=DSpritesConfig,
-        factory=DSprites,
-        description="dSprites (DeepMind npz): shape, scale, orientation, pos_x, pos_y; 737,280 binary 64x64 images",
-    )
-    register(
-        "dsprites_procedural",
-        config=DSpritesProceduralConfig,
-        factory=DSpritesProcedural,
-        description="dSprites grid rendered locally (no download), cached as .npy; same factors and index order",
-    )
+    register(DSprites)
+    register(DSpritesProcedural)

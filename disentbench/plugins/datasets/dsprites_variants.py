@@ -386,6 +386,8 @@ class ColorDSprites(_ColorNuisance, DSprites):
     """dSprites (DeepMind npz) in a random colour per observation, on black."""
 
     name = "color_dsprites"
+    description = "dSprites npz, sprite in a random colour U(0.5,1)^3 on black"
+    config_class = ColorDSpritesConfig
 
     def __init__(self, config: ColorDSpritesConfig | None = None):
         super().__init__(config or ColorDSpritesConfig())
@@ -395,6 +397,8 @@ class NoisyDSprites(_NoisyNuisance, DSprites):
     """White dSprites (DeepMind npz) on fresh uniform noise per observation."""
 
     name = "noisy_dsprites"
+    description = "dSprites npz, white sprite on fresh U(0,1) pixel noise"
+    config_class = NoisyDSpritesConfig
 
     def __init__(self, config: NoisyDSpritesConfig | None = None):
         super().__init__(config or NoisyDSpritesConfig())
@@ -404,6 +408,9 @@ class ScreamDSprites(_ScreamNuisance, DSprites):
     """dSprites (DeepMind npz) cut out of random crops of *The Scream*."""
 
     name = "scream_dsprites"
+    description = "dSprites npz over random tinted crops of The Scream, inverted"
+    config_class = ScreamDSpritesConfig
+
     _painting_alternative = (
         "or use the `scream_dsprites_procedural` dataset with `texture: plasma` for a procedural stand-in"
     )
@@ -423,6 +430,8 @@ class ColorDSpritesProcedural(_ColorNuisance, DSpritesProcedural):
     """Colour dSprites on the locally rendered grid."""
 
     name = "color_dsprites_procedural"
+    description = "color_dsprites on the locally rendered grid (no download)"
+    config_class = ColorDSpritesProceduralConfig
 
     def __init__(self, config: ColorDSpritesProceduralConfig | None = None):
         super().__init__(config or ColorDSpritesProceduralConfig())
@@ -432,6 +441,8 @@ class NoisyDSpritesProcedural(_NoisyNuisance, DSpritesProcedural):
     """Noisy dSprites on the locally rendered grid."""
 
     name = "noisy_dsprites_procedural"
+    description = "noisy_dsprites on the locally rendered grid (no download)"
+    config_class = NoisyDSpritesProceduralConfig
 
     def __init__(self, config: NoisyDSpritesProceduralConfig | None = None):
         super().__init__(config or NoisyDSpritesProceduralConfig())
@@ -441,6 +452,9 @@ class ScreamDSpritesProcedural(_ScreamNuisance, DSpritesProcedural):
     """Scream dSprites on the locally rendered grid; the painting, or an explicitly chosen texture."""
 
     name = "scream_dsprites_procedural"
+    description = "scream_dsprites, local grid; painting or explicit `texture`"
+    config_class = ScreamDSpritesProceduralConfig
+
     _painting_alternative = "or set `texture: plasma` to use a procedural stand-in texture"
 
     def __init__(self, config: ScreamDSpritesProceduralConfig | None = None):
@@ -458,39 +472,9 @@ class ScreamDSpritesProcedural(_ScreamNuisance, DSpritesProcedural):
 
 @hookimpl
 def register_datasets(register):
-    register(
-        "color_dsprites",
-        config=ColorDSpritesConfig,
-        factory=ColorDSprites,
-        description="dSprites npz, sprite in a random colour U(0.5,1)^3 on black",
-    )
-    register(
-        "noisy_dsprites",
-        config=NoisyDSpritesConfig,
-        factory=NoisyDSprites,
-        description="dSprites npz, white sprite on fresh U(0,1) pixel noise",
-    )
-    register(
-        "scream_dsprites",
-        config=ScreamDSpritesConfig,
-        factory=ScreamDSprites,
-        description="dSprites npz over random tinted crops of The Scream, inverted",
-    )
-    register(
-        "color_dsprites_procedural",
-        config=ColorDSpritesProceduralConfig,
-        factory=ColorDSpritesProcedural,
-        description="color_dsprites on the locally rendered grid (no download)",
-    )
-    register(
-        "noisy_dsprites_procedural",
-        config=NoisyDSpritesProceduralConfig,
-        factory=NoisyDSpritesProcedural,
-        description="noisy_dsprites on the locally rendered grid (no download)",
-    )
-    register(
-        "scream_dsprites_procedural",
-        config=ScreamDSpritesProceduralConfig,
-        factory=ScreamDSpritesProcedural,
-        description="scream_dsprites, local grid; painting or explicit `texture`",
-    )
+    register(ColorDSprites)
+    register(NoisyDSprites)
+    register(ScreamDSprites)
+    register(ColorDSpritesProcedural)
+    register(NoisyDSpritesProcedural)
+    register(ScreamDSpritesProcedural)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -72,10 +72,14 @@ class MPI3DConfig(PluginConfig):
 
 
 class MPI3DData(PreparedData):
-    """One MPI3D variant; images kept uint8 (the real variant is 12.7 GB as uint8)."""
+    """One MPI3D variant; images kept uint8 (the real variant is 12.7 GB as uint8).
+
+    Any variant by keyword; the plugins are the one-variant subclasses below.
+    """
 
     factor_names = FACTOR_NAMES
     image_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
+    config_class = MPI3DConfig
 
     def __init__(self, config: MPI3DConfig | None = None, *, variant: str = "toy", _layout: MPI3DLayout = MPI3D):
         # _layout is a test hook (tiny fixture grids), deliberately not a config field.
@@ -128,23 +132,42 @@ class MPI3DData(PreparedData):
         }
 
 
-def _factory(variant: str):
-    def make(config: MPI3DConfig | None = None) -> MPI3DData:
-        return MPI3DData(config, variant=variant)
+def _description(variant: str) -> str:
+    return (
+        f"MPI3D-{variant} (npz): object colour/shape/size, camera height, background colour, "
+        "horizontal and vertical axis; 1,036,800 colour 64x64 images"
+    )
 
-    make.__name__ = make.__qualname__ = f"mpi3d_{variant}"
-    return make
+
+class _MPI3DVariant(MPI3DData):
+    """One registered variant: the class fixes the variant, so it is its own factory, ``cls(config)``."""
+
+    variant: ClassVar[str]
+
+    def __init__(self, config: MPI3DConfig | None = None):
+        super().__init__(config, variant=self.variant)
+
+
+class MPI3DToy(_MPI3DVariant):
+    variant = "toy"
+    name = "mpi3d_toy"
+    description = _description(variant)
+
+
+class MPI3DRealistic(_MPI3DVariant):
+    variant = "realistic"
+    name = "mpi3d_realistic"
+    description = _description(variant)
+
+
+class MPI3DReal(_MPI3DVariant):
+    variant = "real"
+    name = "mpi3d_real"
+    description = _description(variant)
 
 
 @hookimpl
 def register_datasets(register):
-    for variant in VARIANTS:
-        register(
-            f"mpi3d_{variant}",
-            config=MPI3DConfig,
-            factory=_factory(variant),
-            description=(
-                f"MPI3D-{variant} (npz): object colour/shape/size, camera height, background colour, "
-                "horizontal and vertical axis; 1,036,800 colour 64x64 images"
-            ),
-        )
+    register(MPI3DToy)
+    register(MPI3DRealistic)
+    register(MPI3DReal)

@@ -139,6 +139,11 @@ class Shapes3D(PreparedData):
     """Shapes3D: floor hue, wall hue, object hue, scale, shape, azimuth; all images uint8."""
 
     name = "shapes3d"
+    description = (
+        "Shapes3D (DeepMind 3dshapes.h5 or the study's npz): floor/wall/object hue, scale, shape, azimuth; "
+        "480,000 colour 64x64 images"
+    )
+    config_class = Shapes3DConfig
     factor_names = FACTOR_NAMES
     image_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
@@ -225,12 +230,4 @@ class Shapes3D(PreparedData):
 
 @hookimpl
 def register_datasets(register):
-    register(
-        "shapes3d",
-        config=Shapes3DConfig,
-        factory=Shapes3D,
-        description=(
-            "Shapes3D (DeepMind 3dshapes.h5 or the study's npz): floor/wall/object hue, scale, shape, azimuth; "
-            "480,000 colour 64x64 images"
-        ),
-    )
+    register(Shapes3D)

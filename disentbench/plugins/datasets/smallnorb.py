@@ -225,6 +225,11 @@ class SmallNORB(PreparedData):
     """smallNORB: category, elevation, azimuth, lighting; the instance is drawn at random per observation."""
 
     name = "smallnorb"
+    description = (
+        "smallNORB (NORB .mat files): category, elevation, azimuth, lighting (instance drawn at random); "
+        "48,600 grey 64x64 images"
+    )
+    config_class = SmallNORBConfig
     image_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
 
     def __init__(self, config: SmallNORBConfig | None = None, *, _layout: NorbLayout = SMALLNORB):
@@ -350,12 +355,4 @@ class SmallNORB(PreparedData):
 
 @hookimpl
 def register_datasets(register):
-    register(
-        "smallnorb",
-        config=SmallNORBConfig,
-        factory=SmallNORB,
-        description=(
-            "smallNORB (NORB .mat files): category, elevation, azimuth, lighting (instance drawn at random); "
-            "48,600 grey 64x64 images"
-        ),
-    )
+    register(SmallNORB)

@@ -46,10 +46,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, encode
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import check_random_state, encode
 
 RepresentationFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -150,13 +148,15 @@ def compute_beta_vae_score(
     return {"train_accuracy": float(train_accuracy), "eval_accuracy": float(eval_accuracy)}
 
 
-class BetaVAEScore(ConfiguredScorer):
+class BetaVAEScore(Metric):
     """The BetaVAE score metric, configured by :class:`BetaVAEScoreConfig`."""
+
+    name = "beta_vae_score"
+    description = "BetaVAE score (Higgins et al. 2017): logistic-regression accuracy predicting the fixed factor from mean |code differences|"
+    config_class = BetaVAEScoreConfig
 
     #: the score a summary table shows
     headline = ("eval_accuracy",)
-
-    config_class = BetaVAEScoreConfig
 
     def __call__(
         self,
@@ -169,9 +169,4 @@ class BetaVAEScore(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "beta_vae_score",
-        config=BetaVAEScoreConfig,
-        factory=BetaVAEScore,
-        description="BetaVAE score (Higgins et al. 2017): logistic-regression accuracy predicting the fixed factor from mean |code differences|",
-    )
+    register(BetaVAEScore)

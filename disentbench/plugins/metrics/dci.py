@@ -44,10 +44,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field, field_validator
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import check_random_state, generate_batch_factor_code
 
 
 class DCIConfig(PluginConfig):
@@ -240,13 +238,18 @@ def compute_dci_from_codes(
     }
 
 
-class DCI(ConfiguredScorer):
+class DCI(Metric):
     """The DCI metric: draws ``num_train`` then ``num_test`` points, then scores their codes."""
+
+    name = "dci"
+    description = (
+        "DCI (Eastwood & Williams 2018): disentanglement and completeness from gradient-boosted-tree "
+        "feature importances, informativeness as their accuracy"
+    )
+    config_class = DCIConfig
 
     #: the score a summary table shows
     headline = ("disentanglement",)
-
-    config_class = DCIConfig
 
     def __call__(
         self,
@@ -274,10 +277,4 @@ class DCI(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "dci",
-        config=DCIConfig,
-        factory=DCI,
-        description="DCI (Eastwood & Williams 2018): disentanglement and completeness from gradient-boosted-tree "
-        "feature importances, informativeness as their accuracy",
-    )
+    register(DCI)

@@ -22,10 +22,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, encode, encode_in_batches
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import check_random_state, encode, encode_in_batches
 
 RepresentationFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -129,13 +127,15 @@ def compute_factor_vae_score(
     }
 
 
-class FactorVAEScore(ConfiguredScorer):
+class FactorVAEScore(Metric):
     """The FactorVAE score metric, configured by :class:`FactorVAEScoreConfig`."""
+
+    name = "factor_vae_score"
+    description = "FactorVAE score (Kim & Mnih 2018): majority-vote accuracy of the least-varying normalised code dim under a fixed factor"
+    config_class = FactorVAEScoreConfig
 
     #: the score a summary table shows
     headline = ("eval_accuracy",)
-
-    config_class = FactorVAEScoreConfig
 
     def __call__(
         self,
@@ -148,9 +148,4 @@ class FactorVAEScore(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "factor_vae_score",
-        config=FactorVAEScoreConfig,
-        factory=FactorVAEScore,
-        description="FactorVAE score (Kim & Mnih 2018): majority-vote accuracy of the least-varying normalised code dim under a fixed factor",
-    )
+    register(FactorVAEScore)

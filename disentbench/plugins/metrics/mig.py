@@ -17,11 +17,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import (
-    ConfiguredScorer,
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import (
     check_random_state,
     discrete_entropy,
     discrete_mutual_info,
@@ -59,13 +56,15 @@ def compute_mig_from_codes(codes: np.ndarray, factors: np.ndarray, num_bins: int
     return {"discrete_mig": float(np.mean(mig_per_factor(codes, factors, num_bins)))}
 
 
-class MIG(ConfiguredScorer):
+class MIG(Metric):
     """The MIG metric: draws ``num_train`` points from the dataset, then scores their codes."""
+
+    name = "mig"
+    description = "Mutual Information Gap (Chen et al. 2018): mean normalised MI gap of the top-2 histogram-discretised codes per factor"
+    config_class = MIGConfig
 
     #: the score a summary table shows
     headline = ("discrete_mig",)
-
-    config_class = MIGConfig
 
     def __call__(
         self,
@@ -86,9 +85,4 @@ class MIG(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "mig",
-        config=MIGConfig,
-        factory=MIG,
-        description="Mutual Information Gap (Chen et al. 2018): mean normalised MI gap of the top-2 histogram-discretised codes per factor",
-    )
+    register(MIG)

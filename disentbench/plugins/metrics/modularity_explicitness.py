@@ -32,11 +32,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import (
-    ConfiguredScorer,
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import (
     check_random_state,
     discrete_mutual_info,
     generate_batch_factor_code,
@@ -129,13 +126,18 @@ def compute_modularity_explicitness_from_codes(
     }
 
 
-class ModularityExplicitness(ConfiguredScorer):
+class ModularityExplicitness(Metric):
     """The modularity/explicitness metric: draws ``num_train`` then ``num_test`` points, then scores their codes."""
+
+    name = "modularity_explicitness"
+    description = (
+        "Modularity and explicitness (Ridgeway & Mozer 2018): how much each code's mutual information "
+        "concentrates on one factor, and the ROC-AUC of logistic regression from all codes to each factor"
+    )
+    config_class = ModularityExplicitnessConfig
 
     #: the score a summary table shows
     headline = ("modularity_score",)
-
-    config_class = ModularityExplicitnessConfig
 
     def __call__(
         self,
@@ -159,10 +161,4 @@ class ModularityExplicitness(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "modularity_explicitness",
-        config=ModularityExplicitnessConfig,
-        factory=ModularityExplicitness,
-        description="Modularity and explicitness (Ridgeway & Mozer 2018): how much each code's mutual information "
-        "concentrates on one factor, and the ROC-AUC of logistic regression from all codes to each factor",
-    )
+    register(ModularityExplicitness)

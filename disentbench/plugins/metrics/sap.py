@@ -29,10 +29,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import check_random_state, generate_batch_factor_code
 
 
 class SAPConfig(PluginConfig):
@@ -117,13 +115,18 @@ def compute_sap_from_codes(
     return {"SAP_score": top_two_gap(sap_score_matrix(codes, factors, codes_test, factors_test, continuous_factors))}
 
 
-class SAP(ConfiguredScorer):
+class SAP(Metric):
     """The SAP metric: draws ``num_train`` then ``num_test`` points, then scores their codes."""
+
+    name = "sap"
+    description = (
+        "SAP score (Kumar et al. 2018): mean gap between the two codes that best predict each factor "
+        "(per-code linear SVM accuracy, or squared correlation for continuous factors)"
+    )
+    config_class = SAPConfig
 
     #: the score a summary table shows
     headline = ("SAP_score",)
-
-    config_class = SAPConfig
 
     def __call__(
         self,
@@ -151,10 +154,4 @@ class SAP(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "sap",
-        config=SAPConfig,
-        factory=SAP,
-        description="SAP score (Kumar et al. 2018): mean gap between the two codes that best predict each factor "
-        "(per-code linear SVM accuracy, or squared correlation for continuous factors)",
-    )
+    register(SAP)

@@ -21,11 +21,8 @@ from typing import Callable
 import numpy as np
 from pydantic import Field
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import (
-    ConfiguredScorer,
+from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
+from disentbench.core.evaluation.sampling import (
     check_random_state,
     discrete_mutual_info,
     generate_batch_factor_code,
@@ -81,13 +78,18 @@ def compute_unsupervised_from_codes(codes: np.ndarray, num_bins: int = 20) -> di
     }
 
 
-class Unsupervised(ConfiguredScorer):
+class Unsupervised(Metric):
     """The unsupervised scores: draws ``num_train`` points and scores their codes (factors unused)."""
+
+    name = "unsupervised"
+    description = (
+        "Unsupervised scores: Gaussian total correlation, Gaussian Wasserstein correlation (and "
+        "normalised), mean pairwise mutual information between discretised codes"
+    )
+    config_class = UnsupervisedConfig
 
     #: the score a summary table shows
     headline = ("gaussian_total_correlation",)
-
-    config_class = UnsupervisedConfig
 
     def __call__(
         self,
@@ -108,10 +110,4 @@ class Unsupervised(ConfiguredScorer):
 
 @hookimpl
 def register_metrics(register):
-    register(
-        "unsupervised",
-        config=UnsupervisedConfig,
-        factory=Unsupervised,
-        description="Unsupervised scores: Gaussian total correlation, Gaussian Wasserstein correlation (and "
-        "normalised), mean pairwise mutual information between discretised codes",
-    )
+    register(Unsupervised)

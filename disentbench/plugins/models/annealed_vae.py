@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
+from disentbench import GaussianVAE, GaussianVAEConfig, hookimpl
 
 
 class AnnealedVAEConfig(GaussianVAEConfig):
@@ -54,6 +54,10 @@ class AnnealedVAE(GaussianVAE):
     loss reports C as the extra term ``capacity``.
     """
 
+    name = "annealed_vae"
+    description = "AnnealedVAE (Burgess et al. 2018): reconstruction + gamma * |KL - C(step)|, C ramped to c_max"
+    config_class = AnnealedVAEConfig
+
     config: AnnealedVAEConfig
 
     def regularizer(
@@ -73,14 +77,6 @@ class AnnealedVAE(GaussianVAE):
         return config.gamma * (kl - c).abs(), {"capacity": c}
 
 
-from disentbench import hookimpl  # noqa: E402
-
-
 @hookimpl
 def register_models(register):
-    register(
-        "annealed_vae",
-        config=AnnealedVAEConfig,
-        factory=AnnealedVAE,
-        description="AnnealedVAE (Burgess et al. 2018): reconstruction + gamma * |KL - C(step)|, C ramped to c_max",
-    )
+    register(AnnealedVAE)

@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
+from disentbench import GaussianVAE, GaussianVAEConfig, hookimpl
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -54,6 +54,10 @@ class BetaTCVAE(GaussianVAE):
     Extra loss term: ``tc_estimate``.
     """
 
+    name = "beta_tcvae"
+    description = "beta-TCVAE (Chen et al. 2018): reconstruction + KL + (beta - 1) * minibatch TC estimate"
+    config_class = BetaTCVAEConfig
+
     config: BetaTCVAEConfig
 
     def regularizer(
@@ -68,14 +72,6 @@ class BetaTCVAE(GaussianVAE):
         return kl + (self.config.beta - 1.0) * tc_estimate, {"tc_estimate": tc_estimate}
 
 
-from disentbench import hookimpl  # noqa: E402
-
-
 @hookimpl
 def register_models(register):
-    register(
-        "beta_tcvae",
-        config=BetaTCVAEConfig,
-        factory=BetaTCVAE,
-        description="beta-TCVAE (Chen et al. 2018): reconstruction + KL + (beta - 1) * minibatch TC estimate",
-    )
+    register(BetaTCVAE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
+from disentbench import GaussianVAE, GaussianVAEConfig, hookimpl
 
 
 class BetaVAEConfig(GaussianVAEConfig):
@@ -25,6 +25,10 @@ class BetaVAE(GaussianVAE):
     minimise. beta > 1 presses the posterior towards the factorised prior.
     """
 
+    name = "beta_vae"
+    description = "beta-VAE (Higgins et al. 2017): reconstruction + beta * KL"
+    config_class = BetaVAEConfig
+
     config: BetaVAEConfig
 
     def regularizer(
@@ -38,14 +42,6 @@ class BetaVAE(GaussianVAE):
         return self.config.beta * kl
 
 
-from disentbench import hookimpl  # noqa: E402
-
-
 @hookimpl
 def register_models(register):
-    register(
-        "beta_vae",
-        config=BetaVAEConfig,
-        factory=BetaVAE,
-        description="beta-VAE (Higgins et al. 2017): reconstruction + beta * KL",
-    )
+    register(BetaVAE)

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
+from disentbench import GaussianVAE, GaussianVAEConfig, hookimpl
 
 #: lambda_d / lambda_od when neither lambda_d nor lambda_d_factor is given (the study's values, §2).
 DEFAULT_LAMBDA_D_FACTOR = {"i": 10.0, "ii": 1.0}
@@ -92,6 +92,10 @@ class DIPVAE(GaussianVAE):
     Extra loss term: ``dip_penalty`` (the penalty alone, without the KL).
     """
 
+    name = "dip_vae"
+    description = "DIP-VAE i/ii (Kumar et al. 2018): reconstruction + KL + covariance-to-identity penalty"
+    config_class = DIPVAEConfig
+
     config: DIPVAEConfig
 
     def regularizer(
@@ -107,14 +111,6 @@ class DIPVAE(GaussianVAE):
         return kl + penalty, {"dip_penalty": penalty}
 
 
-from disentbench import hookimpl  # noqa: E402
-
-
 @hookimpl
 def register_models(register):
-    register(
-        "dip_vae",
-        config=DIPVAEConfig,
-        factory=DIPVAE,
-        description="DIP-VAE i/ii (Kumar et al. 2018): reconstruction + KL + covariance-to-identity penalty",
-    )
+    register(DIPVAE)

@@ -6,10 +6,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from disentbench import GaussianVAE, GaussianVAEConfig, hookimpl
 from disentbench.core.nets.conv import glorot_uniform_zero_bias
-
 from disentbench.core.nets.losses import bernoulli_reconstruction_loss, gaussian_kl
-from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
 
 #: The discriminator's hidden layers (spec §1.5, ``fc_discriminator``).
 DISCRIMINATOR_DEPTH = 6
@@ -100,6 +99,10 @@ class FactorVAE(GaussianVAE):
     Extra loss terms: ``tc_estimate`` and ``discriminator_loss``.
     """
 
+    name = "factor_vae"
+    description = "FactorVAE (Kim & Mnih 2018): reconstruction + KL + gamma * discriminator TC estimate"
+    config_class = FactorVAEConfig
+
     config: FactorVAEConfig
 
     def __init__(self, config: FactorVAEConfig, observation_shape: tuple[int, int, int]):
@@ -152,14 +155,6 @@ class FactorVAE(GaussianVAE):
         return [(self.adam(self.vae_parameters()), "total"), (discriminator_adam, "discriminator_loss")]
 
 
-from disentbench import hookimpl  # noqa: E402
-
-
 @hookimpl
 def register_models(register):
-    register(
-        "factor_vae",
-        config=FactorVAEConfig,
-        factory=FactorVAE,
-        description="FactorVAE (Kim & Mnih 2018): reconstruction + KL + gamma * discriminator TC estimate",
-    )
+    register(FactorVAE)

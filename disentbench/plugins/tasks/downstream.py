@@ -51,12 +51,8 @@ from typing import Annotated, Callable
 import numpy as np
 from pydantic import Field, field_validator
 
-from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.contracts import PluginConfig
-from disentbench.plugins.metrics.utils import ConfiguredScorer, check_random_state, generate_batch_factor_code
-
-RepresentationFunction = Callable[[np.ndarray], np.ndarray]
+from disentbench import GroundTruthData, PluginConfig, Task, hookimpl
+from disentbench.core.evaluation.sampling import RepresentationFunction, check_random_state, generate_batch_factor_code
 
 #: exclusive upper bound of the per-fit seeds (what RandomState.randint draws)
 _SEED_BOUND = 2**31 - 1
@@ -135,7 +131,7 @@ def sample_efficiency(scores: dict[str, float]) -> float | None:
     return float(few / many) if many > 0 else float("nan")
 
 
-class DownstreamTask(ConfiguredScorer):
+class DownstreamTask(Task):
     """Base of the downstream tasks: sampling, fitting and keys; subclasses name the predictor."""
 
     #: ``make_predictor(seed) -> unfitted sklearn classifier``
@@ -237,24 +233,20 @@ class DownstreamTask(ConfiguredScorer):
 
 
 class LogisticRegressionTask(DownstreamTask):
+    name = "downstream_logistic_regression"
+    description = "Downstream task: per-factor accuracy of 5-fold cross-validated logistic regression on the codes, at several training-set sizes"
+
     make_predictor = staticmethod(make_logistic_regression_cv)
 
 
 class GradientBoostingTask(DownstreamTask):
+    name = "downstream_gradient_boosting"
+    description = "Downstream task: per-factor accuracy of gradient-boosted trees (sklearn defaults) on the codes, at several training-set sizes"
+
     make_predictor = staticmethod(make_gradient_boosting)
 
 
 @hookimpl
 def register_tasks(register):
-    register(
-        "downstream_logistic_regression",
-        config=DownstreamConfig,
-        factory=LogisticRegressionTask,
-        description="Downstream task: per-factor accuracy of 5-fold cross-validated logistic regression on the codes, at several training-set sizes",
-    )
-    register(
-        "downstream_gradient_boosting",
-        config=DownstreamConfig,
-        factory=GradientBoostingTask,
-        description="Downstream task: per-factor accuracy of gradient-boosted trees (sklearn defaults) on the codes, at several training-set sizes",
-    )
+    register(LogisticRegressionTask)
+    register(GradientBoostingTask)

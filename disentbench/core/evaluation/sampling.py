@@ -1,5 +1,7 @@
 """Shared machinery of the sampling metrics (study spec section 4, "Common machinery").
 
+Engine code, so that every metric or task, built-in or third-party, can draw
+and encode its points the same way without depending on another plugin.
 Everything here follows the reference evaluation's conventions so that scores
 match it for the same ``numpy.random.RandomState`` seed:
 
@@ -133,20 +135,4 @@ def discrete_entropy(factors: np.ndarray) -> np.ndarray:
     from sklearn.metrics import mutual_info_score
 
     return np.array([mutual_info_score(factors[:, j], factors[:, j]) for j in range(factors.shape[1])])
-
-
-class ConfiguredScorer:
-    """Base of the built-in metric and task plugins: the validated config, or the defaults when none is given.
-
-    A subclass names its pydantic config class (``config_class``) and the score
-    keys a summary table shows (``headline``), and implements
-    ``__call__(data, representation_function, random_state) -> dict[str, float]``.
-    """
-
-    config_class: type
-    #: the scores a summary table shows (all of them when empty)
-    headline: tuple[str, ...] = ()
-
-    def __init__(self, config=None):
-        self.config = config if config is not None else self.config_class()
 
