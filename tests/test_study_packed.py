@@ -22,7 +22,8 @@ from pydantic import Field
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.schema import load_study_config
-from disentbench.core.study.run import RunJob, group_into_packs, pack_key, run_study
+from disentbench.core.study.jobs import RunJob, group_into_packs, pack_key
+from disentbench.core.study.run import run_study
 
 
 def _raw(tmp_path: Path, name: str, pack_size, *, model="beta_vae", sweep=None, seeds=(0, 1)) -> dict:

@@ -6,7 +6,8 @@ unfinished run of the same key is reused (not duplicated) and resumes from its
 local checkpoint.
 
 Packed training (``training.pack_size``): executors that support it hand the
-worker groups of jobs (:func:`group_into_packs`: same :func:`pack_key`, i.e.
+worker groups of jobs (:func:`~disentbench.core.study.jobs.group_into_packs`: same
+:func:`~disentbench.core.study.jobs.pack_key`, i.e.
 runs differing only in numeric swept hyperparameters and seed) and
 :meth:`Worker.run_pack` trains each group with one
 :class:`~disentbench.core.training.packed.trainer.PackedTrainer`; everything around training
@@ -21,9 +22,8 @@ import json
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import yaml
@@ -33,35 +33,12 @@ from disentbench.core.tracking import tracker as tracking
 from disentbench.core.config.schema import StudyConfig
 from disentbench.core.evaluation.evaluate import evaluate, score_prefix
 from disentbench.core.config.grid import RunSpec, canonical_json, expand_grid, stable_hash
+from disentbench.core.study.jobs import RunJob, RunOutcome, StudyResult, group_into_packs, pack_key
 from disentbench.core.messages import first_line
 from disentbench.core.paths import check_data_root
 from disentbench.core.registry import PluginRegistry, get_plugin_manager
 from disentbench.core.display.progress import StudyProgress
 from disentbench.core.training.trainer import DeviceUnavailable, Trainer, TrainResult, build_model, resolve_device
-
-
-@dataclass
-class RunOutcome:
-    spec: RunSpec
-    status: str  # "finished" | "skipped" | "failed"
-    run_id: str | None = None
-    scores: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class StudyResult:
-    config: StudyConfig
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    outcomes: list[RunOutcome]
-    headline_keys: list[str] = field(default_factory=list)  # the scores a summary table shows
-
-    @property
-    def failed(self) -> list[RunOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
 
 
 class _DatasetCache:
@@ -93,17 +70,6 @@ class _DatasetCache:
 def _device_bytes_to_come(data, device: torch.device) -> int:
     """Bytes ``data.device_images(device)`` will add to the device: 0 once they are there."""
     return 0 if data.holds_device_images(device) else int(data.images.nbytes)
-
-
-@dataclass(frozen=True)
-class RunJob:
-    """One run to execute: picklable, so executors can ship it to other processes or machines."""
-
-    spec: RunSpec
-    parent_run_id: str
-    reuse_run_id: str | None
-    position: int  # 1-based among this invocation's runs
-    total: int
 
 
 class Worker:
@@ -408,46 +374,6 @@ class Worker:
                 continue
             tracker.end_run(run_id, tracking.FINISHED)
             outcomes[k] = RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
-
-
-def pack_key(spec: RunSpec) -> str:
-    """What runs sharing a pack must agree on: dataset and params, model, steps, batch size and every
-    model param except swept numbers (those, and the seed, may differ inside a pack)."""
-    fixed = {
-        k: v
-        for k, v in spec.model_params.items()
-        if not (k in spec.swept and isinstance(v, (int, float)) and not isinstance(v, bool))
-    }
-    return canonical_json([spec.dataset, spec.dataset_params, spec.model, fixed, spec.steps, spec.batch_size])
-
-
-def group_into_packs(
-    jobs: list[RunJob],
-    pack_size: int | Callable[[RunJob], int],
-    key: Callable[[RunJob], str] | None = None,
-) -> list[list[RunJob]]:
-    """Split ``jobs`` into packs of at most ``pack_size`` (an int, or a job's own limit) with equal ``key``.
-
-    Packs come in the order of their first job, and keep the jobs' order
-    within; a job whose limit is 1 is a pack of its own (its key is never
-    computed). ``key`` defaults to :func:`pack_key` of the job's spec.
-    """
-    size_of = pack_size if callable(pack_size) else (lambda job: pack_size)
-    key = key or (lambda job: pack_key(job.spec))
-    packs: list[list[RunJob]] = []
-    open_packs: dict[str, list[RunJob]] = {}
-    for job in jobs:
-        size = size_of(job)
-        if size <= 1:
-            packs.append([job])
-            continue
-        k = key(job)
-        current = open_packs.get(k)
-        if current is None or len(current) >= size:
-            current = open_packs[k] = []
-            packs.append(current)
-        current.append(job)
-    return packs
 
 
 def _is_cuda(device: str) -> bool:

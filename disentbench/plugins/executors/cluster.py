@@ -37,6 +37,7 @@ from pydantic import Field, field_validator
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.messages import first_line
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.study.jobs import RunOutcome
 
 
 class MissingExtra(RuntimeError):
@@ -81,8 +82,6 @@ class ClusterTask:
 
 
 def _failed(job, message: str):
-    from disentbench.core.study.run import RunOutcome
-
     return RunOutcome(job.spec, "failed", error=f"{message}; re-run the study to resume this run")
 
 

@@ -2,7 +2,7 @@
 
 An executor plugin's factory takes its config and returns an object with
 ``run(jobs, worker) -> iterator of outcomes``: ``worker(job)`` trains,
-evaluates and records one :class:`~disentbench.core.study.run.RunJob` and returns
+evaluates and records one :class:`~disentbench.core.study.jobs.RunJob` and returns
 its ``RunOutcome``; ``worker.run_pack(jobs)`` does the same for a pack of jobs
 trained together (packed training, ``training.pack_size``) and returns their
 outcomes. The worker is picklable and rebuilds what it needs
@@ -14,7 +14,7 @@ Built-ins, registered through the same hook as any third-party executor:
 
 * ``local`` - every job in this process, in grid order (default); with
   packing on, jobs are grouped into packs
-  (:func:`~disentbench.core.study.run.group_into_packs`) and each pack is trained
+  (:func:`~disentbench.core.study.jobs.group_into_packs`) and each pack is trained
   as one batched computation;
 * ``multiprocess`` - a pool of worker processes on this machine, one per GPU
   or per share of the CPU cores; with packing on, each process gets chunks of
@@ -29,16 +29,13 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Iterator, Protocol
+from typing import Iterator
 
 from pydantic import Field, field_validator
 
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.contracts import PluginConfig
-
-
-class Executor(Protocol):
-    def run(self, jobs: list, worker: Any) -> Iterator: ...
+from disentbench.core.study.jobs import RunOutcome, group_into_packs
 
 
 class LocalConfig(PluginConfig):
@@ -128,8 +125,6 @@ class MultiprocessExecutor:
     def run(self, jobs: list, worker) -> Iterator:
         import multiprocessing
 
-        from disentbench.core.study.run import RunOutcome
-
         if not jobs:
             return
         devices = self.config.devices or [worker.device]
@@ -141,8 +136,6 @@ class MultiprocessExecutor:
         threads = max(1, cores // workers)
         chunks = None
         if hasattr(worker, "run_packed") and worker.may_pack(devices):
-            from disentbench.core.study.run import group_into_packs
-
             setting = worker.pack_size
             limit = setting if setting != "auto" else max(1, math.ceil(len(jobs) / workers))
             chunks = group_into_packs(jobs, limit, key=worker.pack_key)
