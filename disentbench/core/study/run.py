@@ -34,6 +34,7 @@ from disentbench.core.config.schema import StudyConfig
 from disentbench.core.evaluation.evaluate import evaluate, score_prefix
 from disentbench.core.config.grid import RunSpec, canonical_json, expand_grid, stable_hash
 from disentbench.core.study.jobs import RunJob, RunOutcome, StudyResult, group_into_packs, pack_key
+from disentbench.core.study.locks import lock_and_claim
 from disentbench.core.messages import first_line
 from disentbench.core.paths import check_data_root
 from disentbench.core.registry import PluginRegistry, get_plugin_manager
@@ -203,16 +204,11 @@ class Worker:
     # -- one run -------------------------------------------------------------------------
     def __call__(self, job: RunJob) -> RunOutcome:
         ctx = self._context()
-        config, tracker, spec = ctx["config"], ctx["tracker"], job.spec
         started = time.perf_counter()
-        checkpoint_dir = Path(config.training.checkpoint_dir) / spec.run_key
-        with RunLock(checkpoint_dir.with_suffix(".lock")) as lock:
-            if not lock.acquired:
-                return RunOutcome(spec, "skipped", error="being trained by another process on this machine")
-            run_id = tracker.claim_run(spec, job.parent_run_id, job.reuse_run_id, config.tracking.index_tag)
-            if run_id is None:
-                return RunOutcome(spec, "skipped", error="claimed by another invocation")
-            return self._run_claimed(job, run_id, started)
+        with lock_and_claim(job, ctx["config"], ctx["tracker"]) as claim:
+            if claim.skipped is not None:
+                return claim.skipped
+            return self._run_claimed(job, claim.run_id, started)
 
     def _run_claimed(self, job: RunJob, run_id: str, started: float) -> RunOutcome:
         """Train, evaluate and record one claimed run alone (its lock held by the caller)."""
@@ -245,26 +241,18 @@ class Worker:
         each resuming from its checkpoint (Trainer's format either way).
         """
         ctx = self._context()
-        config, tracker = ctx["config"], ctx["tracker"]
+        tracker = ctx["tracker"]
         outcomes: dict[int, RunOutcome] = {}
         claimed: list[tuple[int, RunJob, str]] = []
         started = time.perf_counter()
         with contextlib.ExitStack() as locks:
             try:
                 for k, job in enumerate(jobs):
-                    spec = job.spec
-                    checkpoint_dir = Path(config.training.checkpoint_dir) / spec.run_key
-                    lock = locks.enter_context(RunLock(checkpoint_dir.with_suffix(".lock")))
-                    if not lock.acquired:
-                        outcomes[k] = RunOutcome(
-                            spec, "skipped", error="being trained by another process on this machine"
-                        )
+                    claim = locks.enter_context(lock_and_claim(job, ctx["config"], tracker))
+                    if claim.skipped is not None:
+                        outcomes[k] = claim.skipped
                         continue
-                    run_id = tracker.claim_run(spec, job.parent_run_id, job.reuse_run_id, config.tracking.index_tag)
-                    if run_id is None:
-                        outcomes[k] = RunOutcome(spec, "skipped", error="claimed by another invocation")
-                        continue
-                    claimed.append((k, job, run_id))
+                    claimed.append((k, job, claim.run_id))
                 if len(claimed) == 1:
                     k, job, run_id = claimed[0]
                     outcomes[k] = self._run_claimed(job, run_id, started)
@@ -429,37 +417,6 @@ def _record_failure(
     tracker.end_run(run_id, tracking.FAILED)
     bar.message(f"run {spec.run_name} failed: {message}")
     return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
-
-
-class RunLock:
-    """A non-blocking per-run-key file lock (``fcntl.flock``); released by the OS if the process dies.
-
-    Two invocations on one machine never train the same run at once; a run
-    left RUNNING by a killed process is recognised as free.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.acquired = False
-        self._handle = None
-
-    def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.acquired = True
-        except BlockingIOError:
-            self.acquired = False
-        except ImportError:  # no fcntl (Windows): rely on the MLflow claim alone
-            self.acquired = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing releases the lock
 
 
 def build_scorers(config: StudyConfig, registry: PluginRegistry) -> list[tuple[str, str, Any]]:
