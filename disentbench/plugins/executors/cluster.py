@@ -7,7 +7,7 @@ by ``run_study`` before anything is written to the tracking store, so a missing
 extra is a one-line error and no half-created study).
 
 Each job is shipped as ``(task, RunJob)``: ``task`` wraps the study's picklable
-:class:`~disentbench.core.study.run.Worker`, which rebuilds plugins, datasets and
+:class:`~disentbench.core.study.worker.Worker`, which rebuilds plugins, datasets and
 its MLflow client on whichever node runs it and logs to the run ids the parent
 created. Several machines therefore need a tracking store they can all reach
 (an ``mlflow server``, e.g. on PostgreSQL) and a ``training.checkpoint_dir`` on a

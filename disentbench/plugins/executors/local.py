@@ -3,9 +3,9 @@
 An executor plugin's factory takes its config and returns an object with
 ``run(jobs, worker) -> iterator of outcomes``: ``worker(job)`` trains,
 evaluates and records one :class:`~disentbench.core.study.jobs.RunJob` and returns
-its ``RunOutcome``; ``worker.run_pack(jobs)`` does the same for a pack of jobs
-trained together (packed training, ``training.pack_size``) and returns their
-outcomes. The worker is picklable and rebuilds what it needs
+its ``RunOutcome``; ``worker.run_packed(jobs)`` does the same for a list of
+jobs, grouped into packs trained together (packed training,
+``training.pack_size``), and yields their outcomes. The worker is picklable and rebuilds what it needs
 (plugins, datasets, MLflow client) in whichever process runs it, so an
 executor only has to move ``(worker, job)`` pairs and bring outcomes back.
 The study's parent run and experiment exist before any job starts.
