@@ -16,8 +16,8 @@ or one pack is trained and recorded lives in the worker and the rooms it uses.
 Packed training (``training.pack_size``): executors that support it hand the
 worker groups of jobs (:func:`~disentbench.core.study.jobs.group_into_packs`: same
 :func:`~disentbench.core.study.jobs.pack_key`, i.e. runs differing only in numeric
-swept hyperparameters and seed) and :meth:`Worker.run_pack
-<disentbench.core.study.worker.Worker.run_pack>` trains each group with one
+swept hyperparameters and seed) and :meth:`Worker.run_one_pack
+<disentbench.core.study.worker.Worker.run_one_pack>` trains each group with one
 :class:`~disentbench.core.training.packed.trainer.PackedTrainer`; everything around training
 (locks, claims, evaluation, artifacts, failures) is per run, as for a run
 trained alone.

@@ -39,7 +39,7 @@ class Worker:
     device travel; the plugin registry, datasets, scorers and MLflow client are
     rebuilt lazily in whichever process calls it, and reused across its jobs.
 
-    Executors call ``worker(job)`` for one run, or :meth:`run_packed` for a
+    Executors call ``worker(job)`` for one run, or :meth:`run_in_packs` for a
     list of jobs it groups into packs itself (when :meth:`may_pack`).
     """
 
@@ -117,14 +117,14 @@ class Worker:
             sizes[key] = measure_pack_size(job.spec, ctx, self.memory_share, bar)
         return sizes[key]
 
-    def run_packed(self, jobs: list[RunJob]) -> Iterator[RunOutcome]:
-        """Every job, grouped by :func:`group_into_packs` and each pack run by :meth:`run_pack`
+    def run_in_packs(self, jobs: list[RunJob]) -> Iterator[RunOutcome]:
+        """Every job, grouped by :func:`group_into_packs` and each pack run by :meth:`run_one_pack`
         (a pack of one is trained alone)."""
         for pack in group_into_packs(jobs, self.pack_size_for, key=self.pack_key):
             if len(pack) == 1:
                 yield self(pack[0])
             else:
-                yield from self.run_pack(pack)
+                yield from self.run_one_pack(pack)
 
     # -- one run -------------------------------------------------------------------------
     def __call__(self, job: RunJob) -> RunOutcome:
@@ -153,7 +153,7 @@ class Worker:
         return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
 
     # -- one pack ------------------------------------------------------------------------
-    def run_pack(self, jobs: list[RunJob]) -> list[RunOutcome]:
+    def run_one_pack(self, jobs: list[RunJob]) -> list[RunOutcome]:
         """Train ``jobs`` (one :func:`pack_key`) as one pack; outcomes in the order of ``jobs``.
 
         Per job exactly what :meth:`__call__` does around training: the run-key
