@@ -22,7 +22,8 @@ from pydantic import Field
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.schema import load_study_config
-from disentbench.core.study.run import RunJob, group_into_packs, pack_key, run_study
+from disentbench.core.study.jobs import RunJob, group_into_packs, pack_key
+from disentbench.core.study.run import run_study
 
 
 def _raw(tmp_path: Path, name: str, pack_size, *, model="beta_vae", sweep=None, seeds=(0, 1)) -> dict:
@@ -253,7 +254,7 @@ def test_bad_pack_size_exits_2_naming_the_field(tmp_path, monkeypatch, value, wo
 
 def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monkeypatch, registry):
     from disentbench.core.training.packed.trainer import FORMULATIONS
-    from disentbench.core.study.run import _speed_options
+    from disentbench.core.study.packing import speed_options as _speed_options
 
     monkeypatch.chdir(tmp_path)
     raw = _raw(tmp_path, "bad", 2)
@@ -279,7 +280,7 @@ def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monke
 
 
 def test_pack_size_defaults_to_auto_and_packs_nothing_off_cuda(registry):
-    from disentbench.core.study.run import Worker
+    from disentbench.core.study.worker import Worker
 
     config = load_study_config({"name": "t", "datasets": ["dsprites_procedural"], "models": ["beta_vae"]}, registry)
     assert config.training.pack_size == "auto" and config.training.bf16 is False and config.training.cuda_graphs
@@ -294,13 +295,13 @@ def test_auto_pack_size_is_probed_once_per_pack_group_and_budgets_the_datasets_i
     """Swept values share one memory probe; the dataset's images (not yet on the device) are reserved."""
     from disentbench.core.training.packed import trainer as packed
     from disentbench.core.config.grid import expand_grid
-    from disentbench.core.study.run import Worker
+    from disentbench.core.study.worker import Worker
 
     raw = _raw(tmp_path, "probe", "auto", sweep={"beta": [1, 2, 4, 8]}, seeds=(0, 1, 2))
     config = load_study_config(raw, registry)
     worker = Worker(config, raw["tracking"]["uri"], "0", "cpu", progress=False)
     ctx = worker._context(registry=registry)
-    ctx["device"] = torch.device("cuda")  # only its type is read before the (stubbed) probe
+    ctx.device = torch.device("cuda")  # only its type is read before the (stubbed) probe
     probes = []
 
     def probe(factory, device, batch_size, **kwargs):
@@ -311,7 +312,7 @@ def test_auto_pack_size_is_probed_once_per_pack_group_and_budgets_the_datasets_i
     jobs = [RunJob(s, "parent", None, i + 1, 12) for i, s in enumerate(expand_grid(config, registry))]
     packs = group_into_packs(jobs, worker.pack_size_for, key=worker.pack_key)
     assert [len(p) for p in packs] == [5, 5, 2]
-    data = ctx["datasets"].get("dsprites_procedural", {})
+    data = ctx.datasets.get("dsprites_procedural", {})
     assert probes == [data.images.nbytes]
 
 
@@ -320,7 +321,7 @@ def test_training_one_dataset_frees_the_device_copy_of_the_others(registry):
     from test_trainer import Squares
 
     from disentbench.core.config.grid import canonical_json
-    from disentbench.core.study.run import _DatasetCache
+    from disentbench.core.study.context import DatasetCache as _DatasetCache
 
     cache = _DatasetCache(registry)
     first, second = Squares(), Squares()

@@ -55,7 +55,7 @@ def test_tuning_files(tmp_path):
 def test_config_reads_a_tuning_file_into_the_config_and_passes_it_to_the_trainer(tmp_path, monkeypatch, registry):
     """A path is read when the config loads, so the recorded config holds the settings themselves; inline
     settings are accepted too; the study hands them (and overlap_sampling) to SpeedOptions."""
-    from disentbench.core.study.run import _speed_options
+    from disentbench.core.study.packing import speed_options as _speed_options
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tuning.json").write_text(json.dumps(SWEPT))

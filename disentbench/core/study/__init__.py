@@ -1,1 +1,2 @@
-"""Running a study: orchestration, the worker, packing, recording, re-scoring, run locks."""
+"""Running a study: orchestration (run), the executor contract (jobs), the worker and its typed context,
+packing, recording, re-scoring and run locks."""

@@ -7,7 +7,7 @@ by ``run_study`` before anything is written to the tracking store, so a missing
 extra is a one-line error and no half-created study).
 
 Each job is shipped as ``(task, RunJob)``: ``task`` wraps the study's picklable
-:class:`~disentbench.core.study.run.Worker`, which rebuilds plugins, datasets and
+:class:`~disentbench.core.study.worker.Worker`, which rebuilds plugins, datasets and
 its MLflow client on whichever node runs it and logs to the run ids the parent
 created. Several machines therefore need a tracking store they can all reach
 (an ``mlflow server``, e.g. on PostgreSQL) and a ``training.checkpoint_dir`` on a
@@ -37,6 +37,7 @@ from pydantic import Field, field_validator
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.messages import first_line
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.study.jobs import RunOutcome
 
 
 class MissingExtra(RuntimeError):
@@ -81,8 +82,6 @@ class ClusterTask:
 
 
 def _failed(job, message: str):
-    from disentbench.core.study.run import RunOutcome
-
     return RunOutcome(job.spec, "failed", error=f"{message}; re-run the study to resume this run")
 
 

@@ -2,19 +2,20 @@
 
 An executor plugin's factory takes its config and returns an object with
 ``run(jobs, worker) -> iterator of outcomes``: ``worker(job)`` trains,
-evaluates and records one :class:`~disentbench.core.study.run.RunJob` and returns
-its ``RunOutcome``; ``worker.run_pack(jobs)`` does the same for a pack of jobs
-trained together (packed training, ``training.pack_size``) and returns their
-outcomes. The worker is picklable and rebuilds what it needs
-(plugins, datasets, MLflow client) in whichever process runs it, so an
-executor only has to move ``(worker, job)`` pairs and bring outcomes back.
+evaluates and records one :class:`~disentbench.core.study.jobs.RunJob` and returns
+its ``RunOutcome``; ``worker.run_in_packs(jobs)`` does the same for a list of
+jobs, grouped into packs trained together (packed training,
+``training.pack_size``), and yields their outcomes. The worker is picklable
+and rebuilds what it needs (plugins, datasets, MLflow client) in whichever
+process runs it, so an executor only has to move ``(worker, job)`` pairs and
+bring outcomes back.
 The study's parent run and experiment exist before any job starts.
 
 Built-ins, registered through the same hook as any third-party executor:
 
 * ``local`` - every job in this process, in grid order (default); with
   packing on, jobs are grouped into packs
-  (:func:`~disentbench.core.study.run.group_into_packs`) and each pack is trained
+  (:func:`~disentbench.core.study.jobs.group_into_packs`) and each pack is trained
   as one batched computation;
 * ``multiprocess`` - a pool of worker processes on this machine, one per GPU
   or per share of the CPU cores; with packing on, each process gets chunks of
@@ -29,16 +30,13 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Iterator, Protocol
+from typing import Iterator
 
 from pydantic import Field, field_validator
 
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.contracts import PluginConfig
-
-
-class Executor(Protocol):
-    def run(self, jobs: list, worker: Any) -> Iterator: ...
+from disentbench.core.study.jobs import RunOutcome, group_into_packs
 
 
 class LocalConfig(PluginConfig):
@@ -54,12 +52,12 @@ class LocalExecutor:
         self.config = config or LocalConfig()
 
     def run(self, jobs: list, worker) -> Iterator:
-        if not hasattr(worker, "run_packed") or not worker.may_pack():
+        if not hasattr(worker, "run_in_packs") or not worker.may_pack():
             for job in jobs:
                 yield worker(job)
             return
         # Packs in the order of their first job; the study reports outcomes in grid order.
-        yield from worker.run_packed(jobs)
+        yield from worker.run_in_packs(jobs)
 
 
 class MultiprocessConfig(PluginConfig):
@@ -106,8 +104,8 @@ def _run_in_process(job):
     return _PROCESS_WORKER(job)
 
 
-def _run_packed_in_process(jobs):
-    return list(_PROCESS_WORKER.run_packed(jobs))
+def _run_in_packs_in_process(jobs):
+    return list(_PROCESS_WORKER.run_in_packs(jobs))
 
 
 class MultiprocessExecutor:
@@ -128,8 +126,6 @@ class MultiprocessExecutor:
     def run(self, jobs: list, worker) -> Iterator:
         import multiprocessing
 
-        from disentbench.core.study.run import RunOutcome
-
         if not jobs:
             return
         devices = self.config.devices or [worker.device]
@@ -140,9 +136,7 @@ class MultiprocessExecutor:
         counter = context.Value("i", 0)
         threads = max(1, cores // workers)
         chunks = None
-        if hasattr(worker, "run_packed") and worker.may_pack(devices):
-            from disentbench.core.study.run import group_into_packs
-
+        if hasattr(worker, "run_in_packs") and worker.may_pack(devices):
             setting = worker.pack_size
             limit = setting if setting != "auto" else max(1, math.ceil(len(jobs) / workers))
             chunks = group_into_packs(jobs, limit, key=worker.pack_key)
@@ -155,7 +149,7 @@ class MultiprocessExecutor:
             if chunks is None:
                 futures = {pool.submit(_run_in_process, job): [job] for job in jobs}
             else:
-                futures = {pool.submit(_run_packed_in_process, chunk): chunk for chunk in chunks}
+                futures = {pool.submit(_run_in_packs_in_process, chunk): chunk for chunk in chunks}
             for future in as_completed(futures):
                 chunk = futures[future]
                 try:

@@ -1,0 +1,99 @@
+"""What a run leaves in the tracking store when it ends: its scores and artifacts, or its failure.
+
+Solo and packed training end a run the same way, so both hand the trained
+model here: timing metrics, evaluation scores, the resolved config, images,
+the score card and the model checkpoint for a finished run; the error tag and
+traceback for a failed one. Keeping the record in one room keeps the MLflow
+layout of a run identical whichever way it was trained, and tells readers of
+the store (re-scoring, ``scores_of``) where each key comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from disentbench.core.config.grid import RunSpec
+from disentbench.core.display import images
+from disentbench.core.display.progress import StudyProgress
+from disentbench.core.evaluation.evaluate import evaluate
+from disentbench.core.study.context import StudyContext
+from disentbench.core.study.jobs import RunOutcome
+from disentbench.core.tracking import tracker as tracking
+from disentbench.core.training.trainer import TrainResult
+
+
+def scores_of(metrics: dict[str, float]) -> dict[str, float]:
+    """The evaluation scores among a recorded run's metrics."""
+    return {k: v for k, v in metrics.items() if k.startswith(("eval/", "downstream/"))}
+
+
+def record_failure(
+    ctx: StudyContext, bar: StudyProgress, spec: RunSpec, run_id: str, exc: BaseException, trace: str, started: float
+) -> RunOutcome:
+    """Mark a claimed run FAILED: an ``error`` tag, the traceback as error.txt; other runs are not touched."""
+    tracker = ctx.tracker
+    message = f"{type(exc).__name__}: {exc}"
+    tracker.set_tags(run_id, {"error": message[:5000]})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "error.txt"
+        path.write_text(trace)
+        tracker.log_artifact(run_id, path)
+    tracker.end_run(run_id, tracking.FAILED)
+    bar.message(f"run {spec.run_name} failed: {message}")
+    return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
+
+
+def evaluate_and_record(spec: RunSpec, ctx: StudyContext, run_id: str, model, result: TrainResult) -> dict[str, float]:
+    """After training (solo or packed): timing metrics, scores and artifacts of one run; returns its scores."""
+    config, tracker, device = ctx.config, ctx.tracker, ctx.device
+    data = ctx.datasets.get(spec.dataset, spec.dataset_params)
+    scorers = ctx.scorers
+    if result.resumed_from:
+        tracker.set_tags(run_id, {"resumed_from_step": str(result.resumed_from)})
+    tracker.log_metrics(
+        run_id,
+        {"train/seconds": result.seconds, "train/model_steps_per_second": result.steps / max(result.seconds, 1e-9)},
+    )
+
+    scores = evaluate(
+        model,
+        data,
+        scorers,
+        config.evaluation.representations,
+        device=device,
+        evaluation_seed=config.evaluation.seed,
+        batch_size=config.evaluation.batch_size,
+    )
+    tracker.log_metrics(run_id, scores, step=spec.steps)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        resolved = {"run_key": spec.run_key, **spec.identity(), "evaluation": config.evaluation.model_dump(mode="json")}
+        (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tracker.log_artifact(run_id, tmp / "config.yaml")
+        (tmp / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
+        tracker.log_artifact(run_id, tmp / "scores.json")
+        images.save_png(images.reconstruction_grid(model, data, device), tmp / "reconstructions.png")
+        traversals = images.traversal_images(model, data, device)  # decoded once: PNG grid and GIF
+        images.save_png(images.traversal_grid_from(traversals), tmp / "traversals.png")
+        images.save_traversal_gif(traversals, tmp / "traversals.gif")
+        card = images.score_card(
+            spec.run_name,
+            {**spec.swept, **{k: v for k, v in spec.model_params.items() if k not in spec.swept},
+             "steps": spec.steps, "batch_size": spec.batch_size},
+            scores,
+            {name: getattr(scorer, "headline", None) for _, name, scorer in scorers},
+            subtitle=f"model {spec.model} · dataset {spec.dataset} · seed {spec.seed} · run key {spec.run_key}",
+        )
+        images.save_figure(card, tmp / "score_card.png")
+        for name in ("reconstructions.png", "traversals.png", "traversals.gif", "score_card.png"):
+            tracker.log_artifact(run_id, tmp / name, "images")
+        torch.save({"model": spec.model, "model_params": spec.model_params, "state_dict": model.state_dict()}, tmp / "model.pt")
+        tracker.log_artifact(run_id, tmp / "model.pt", "checkpoints")
+    return scores

@@ -1,0 +1,320 @@
+"""The worker: what an executor calls to train, evaluate and record runs, alone or in packs.
+
+Executors decide where and in what order runs execute; the worker decides how
+one run, or one pack of runs, is executed there: lock and claim, training
+(solo :class:`~disentbench.core.training.trainer.Trainer` or packed
+:class:`~disentbench.core.training.packed.trainer.PackedTrainer`), evaluation,
+recording, and the fall-backs when packing is impossible. It travels to other
+processes as plain data and rebuilds its :class:`StudyContext` there, so this
+is the only room an executor's process needs beyond :mod:`~disentbench.core.study.jobs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from disentbench.core.config.grid import RunSpec, canonical_json
+from disentbench.core.config.schema import StudyConfig
+from disentbench.core.display.progress import StudyProgress
+from disentbench.core.messages import first_line
+from disentbench.core.study.context import StudyContext, build_context
+from disentbench.core.study.jobs import RunJob, RunOutcome, group_into_packs, pack_key
+from disentbench.core.study.locks import lock_and_claim
+from disentbench.core.study.packing import is_cuda, measure_pack_size, parameter_shapes, speed_options
+from disentbench.core.study.recording import evaluate_and_record, record_failure
+from disentbench.core.tracking import tracker as tracking
+from disentbench.core.training.trainer import Trainer, build_model
+
+
+class Worker:
+    """Trains, evaluates and records RunJobs.
+
+    Picklable: only the validated config (as data), the tracking URI and the
+    device travel; the plugin registry, datasets, scorers and MLflow client are
+    rebuilt lazily in whichever process calls it, and reused across its jobs.
+
+    Executors call ``worker(job)`` for one run, or :meth:`run_in_packs` for a
+    list of jobs it groups into packs itself (when :meth:`may_pack`).
+    """
+
+    def __init__(self, config: StudyConfig, tracking_uri: str, experiment_id: str, device: str, progress: bool = True):
+        self.config_data = config.model_dump(mode="json")
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.device = device
+        self.progress = progress
+        self.bar: StudyProgress | None = None
+        # The share of a GPU's free memory auto packs may use (the multiprocess executor
+        # lowers it when several worker processes share one device).
+        self.memory_share = 1.0
+        self._state: StudyContext | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["bar"] = None
+        state["_state"] = None
+        return state
+
+    def with_device(self, device: str) -> "Worker":
+        clone = Worker.__new__(Worker)
+        clone.__dict__.update(self.__getstate__())
+        clone.device = device
+        return clone
+
+    def _context(self, **prebuilt: Any) -> StudyContext:
+        """The per-process state, built on first use; ``prebuilt`` parts (the parent's own
+        registry, tracker, datasets...) are adopted instead of being built again."""
+        if self._state is None:
+            self._state = build_context(self.config_data, self.tracking_uri, self.experiment_id, self.device, **prebuilt)
+        return self._state
+
+    # -- packing ------------------------------------------------------------------------
+    @property
+    def pack_size(self) -> int | str:
+        """The configured ``training.pack_size`` (an int, or "auto")."""
+        return self.config_data["training"]["pack_size"]
+
+    def may_pack(self, devices: list[str] | None = None) -> bool:
+        """Whether ``training.pack_size`` can pack runs on ``devices`` (default this worker's device).
+
+        Cheap (builds nothing): an integer above 1 packs anywhere; auto packs on CUDA only.
+        """
+        setting = self.pack_size
+        if setting == "auto":
+            return any(is_cuda(d) for d in (devices or [self.device]))
+        return setting > 1
+
+    def pack_key(self, job: RunJob) -> str:
+        """Jobs with equal keys can share a pack: :func:`pack_key` of the spec plus the parameter shapes."""
+        ctx = self._context()
+        spec = job.spec
+        key = pack_key(spec)
+        cache = ctx.architectures
+        shapes_key = canonical_json([spec.model, spec.model_params, spec.dataset, spec.dataset_params])
+        if shapes_key not in cache:
+            cache[shapes_key] = parameter_shapes(spec, ctx)
+        return key + "|" + cache[shapes_key]
+
+    def pack_size_for(self, job: RunJob) -> int:
+        """The largest pack ``job`` may join: ``training.pack_size``, or for auto what fits (1 off CUDA)."""
+        ctx = self._context()
+        setting = ctx.config.training.pack_size
+        if setting != "auto":
+            return setting
+        if ctx.device.type != "cuda":
+            return 1
+        # Once per group of runs that may share a pack (not per swept value: they have the same shapes).
+        key = self.pack_key(job)
+        sizes = ctx.pack_sizes
+        if key not in sizes:
+            bar = self.bar or StudyProgress(1, enabled=False)
+            sizes[key] = measure_pack_size(job.spec, ctx, self.memory_share, bar)
+        return sizes[key]
+
+    def run_in_packs(self, jobs: list[RunJob]) -> Iterator[RunOutcome]:
+        """Every job, grouped by :func:`group_into_packs` and each pack run by :meth:`run_one_pack`
+        (a pack of one is trained alone)."""
+        for pack in group_into_packs(jobs, self.pack_size_for, key=self.pack_key):
+            if len(pack) == 1:
+                yield self(pack[0])
+            else:
+                yield from self.run_one_pack(pack)
+
+    # -- one run -------------------------------------------------------------------------
+    def __call__(self, job: RunJob) -> RunOutcome:
+        ctx = self._context()
+        started = time.perf_counter()
+        with lock_and_claim(job, ctx.config, ctx.tracker) as claim:
+            if claim.skipped is not None:
+                return claim.skipped
+            return self._run_claimed(job, claim.run_id, started)
+
+    def _run_claimed(self, job: RunJob, run_id: str, started: float) -> RunOutcome:
+        """Train, evaluate and record one claimed run alone (its lock held by the caller)."""
+        ctx = self._context()
+        tracker, spec = ctx.tracker, job.spec
+        bar = self.bar or StudyProgress(spec.steps, enabled=False)
+        checkpoint = Path(ctx.config.training.checkpoint_dir) / spec.run_key / "checkpoint.pt"
+        bar.start_run(f"[{job.position}/{job.total}] {spec.run_name}")
+        try:
+            scores = _train_and_evaluate(spec, ctx, run_id, bar, checkpoint)
+        except KeyboardInterrupt:
+            tracker.end_run(run_id, tracking.KILLED)
+            raise
+        except Exception as exc:
+            return record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+        tracker.end_run(run_id, tracking.FINISHED)
+        return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+    # -- one pack ------------------------------------------------------------------------
+    def run_one_pack(self, jobs: list[RunJob]) -> list[RunOutcome]:
+        """Train ``jobs`` (one :func:`pack_key`) as one pack; outcomes in the order of ``jobs``.
+
+        Per job exactly what :meth:`__call__` does around training: the run-key
+        lock (skipped if held), the MLflow claim (skipped if another invocation
+        owns the run); then every claimed run is trained by one
+        :class:`~disentbench.core.training.packed.trainer.PackedTrainer` and evaluated and recorded
+        on its own. A run whose loss turns non-finite, or whose evaluation fails,
+        fails alone. If the runs cannot be packed (``UnpackableModel``), or the
+        batched computation raises, the runs are trained one by one instead,
+        each resuming from its checkpoint (Trainer's format either way).
+        """
+        ctx = self._context()
+        tracker = ctx.tracker
+        outcomes: dict[int, RunOutcome] = {}
+        claimed: list[tuple[int, RunJob, str]] = []
+        started = time.perf_counter()
+        with contextlib.ExitStack() as locks:
+            try:
+                for k, job in enumerate(jobs):
+                    claim = locks.enter_context(lock_and_claim(job, ctx.config, tracker))
+                    if claim.skipped is not None:
+                        outcomes[k] = claim.skipped
+                        continue
+                    claimed.append((k, job, claim.run_id))
+                if len(claimed) == 1:
+                    k, job, run_id = claimed[0]
+                    outcomes[k] = self._run_claimed(job, run_id, started)
+                elif claimed:
+                    self._train_pack(claimed, started, outcomes)
+            except KeyboardInterrupt:
+                for k, _, run_id in claimed:
+                    if k not in outcomes:
+                        tracker.end_run(run_id, tracking.KILLED)
+                raise
+        return [outcomes[k] for k in range(len(jobs))]
+
+    def _train_pack(
+        self, claimed: list[tuple[int, RunJob, str]], started: float, outcomes: dict[int, RunOutcome]
+    ) -> None:
+        """Train the claimed runs as one pack, then evaluate each; fills ``outcomes`` as runs end."""
+        from disentbench.core.training.packed.trainer import PackedTrainer, UnpackableModel
+
+        ctx = self._context()
+        registry, config, tracker, device = ctx.registry, ctx.config, ctx.tracker, ctx.device
+        first = claimed[0][1].spec
+        data = ctx.datasets.for_training(first.dataset, first.dataset_params)
+        bar = self.bar or StudyProgress(sum(job.spec.steps for _, job, _ in claimed), enabled=False)
+
+        def solo(reason: str) -> None:
+            bar.message(f"{reason}; training these {len(members)} runs one by one")
+            for k, job, run_id in members:
+                outcomes[k] = self._run_claimed(job, run_id, started)
+
+        members, models = [], []
+        for k, job, run_id in claimed:
+            spec = job.spec
+            try:
+                registration = registry.get("model", spec.model)
+                model_config = registration.make_config(spec.model_params)
+                model = build_model(registration.factory, model_config, data.observation_shape, spec.seed, device)
+            except Exception as exc:
+                outcomes[k] = record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+                continue
+            members.append((k, job, run_id))
+            models.append(model)
+        if len(members) < 2:
+            for k, job, run_id in members:
+                outcomes[k] = self._run_claimed(job, run_id, started)
+            return
+        specs = [job.spec for _, job, _ in members]
+        try:
+            trainer = PackedTrainer(
+                models=models,
+                data=data,
+                seeds=[spec.seed for spec in specs],
+                steps=first.steps,
+                batch_size=first.batch_size,
+                device=device,
+                log_every=config.training.log_every,
+                checkpoint_every=config.training.checkpoint_every,
+                checkpoint_paths=[Path(config.training.checkpoint_dir) / s.run_key / "checkpoint.pt" for s in specs],
+                speed=speed_options(config),
+            )
+        except UnpackableModel as exc:
+            return solo(f"cannot pack {first.model} runs ({exc})")
+        except Exception as exc:  # building the pack failed (its dry run of the loss, out of memory): alone
+            models = None  # free the built models before the solo runs build their own
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {first_line(exc)})")
+        del models  # the trainer holds them
+        run_ids = [run_id for _, _, run_id in members]
+        positions = ",".join(str(job.position) for _, job, _ in members)
+        bar.start_run(f"[{positions}/{members[0][1].total}] pack of {len(members)}: {first.model} on {first.dataset}")
+        reached = [0] * len(members)
+
+        def on_log(i: int, step: int, terms: dict[str, float]) -> None:
+            tracker.log_metrics(run_ids[i], {f"train/{k}": v for k, v in terms.items()}, step)
+
+        def on_progress(i: int, step: int) -> None:
+            reached[i] = step
+            bar.update_run(sum(reached))
+
+        packed = None
+        try:
+            packed = trainer.train(on_log=on_log, on_progress=on_progress)
+        except Exception as exc:  # the batched computation itself failed: no run's checkpoint is harmed
+            reason = f"packed training failed ({type(exc).__name__}: {exc})"
+        if packed is None:
+            trainer = None  # free the pack (e.g. after running out of GPU memory) before training alone
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return solo(reason)
+        bar.finish_run(sum(spec.steps for spec in specs))
+        for run_id in run_ids:
+            tracker.set_tags(run_id, {"pack_size": str(len(members))})
+        for i, (k, job, run_id) in enumerate(members):
+            spec, error, result = job.spec, packed.errors[i], packed.results[i]
+            if error is None and result is None:
+                error = RuntimeError("the packed trainer returned neither a result nor an error")
+            if error is not None:
+                trace = "".join(traceback.format_exception(error))
+                outcomes[k] = record_failure(ctx, bar, spec, run_id, error, trace, started)
+                continue
+            try:
+                scores = evaluate_and_record(spec, ctx, run_id, trainer.trainers[i].model, result)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                outcomes[k] = record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+                continue
+            tracker.end_run(run_id, tracking.FINISHED)
+            outcomes[k] = RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+
+def _train_and_evaluate(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:
+    model, result = _train(spec, ctx, run_id, bar, checkpoint)
+    return evaluate_and_record(spec, ctx, run_id, model, result)
+
+
+def _train(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path):
+    """One run trained alone by the solo Trainer; returns (trained model, TrainResult)."""
+    registry, config, tracker, device = ctx.registry, ctx.config, ctx.tracker, ctx.device
+    data = ctx.datasets.for_training(spec.dataset, spec.dataset_params)
+    model_reg = registry.get("model", spec.model)
+    model = build_model(model_reg.factory, model_reg.make_config(spec.model_params), data.observation_shape, spec.seed, device)
+    trainer = Trainer(
+        model,
+        data,
+        seed=spec.seed,
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        device=device,
+        log_every=config.training.log_every,
+        checkpoint_every=config.training.checkpoint_every,
+        checkpoint_path=checkpoint,
+        channels_last=config.training.channels_last,
+    )
+    result = trainer.train(
+        on_log=lambda step, terms: tracker.log_metrics(run_id, {f"train/{k}": v for k, v in terms.items()}, step),
+        on_progress=bar.update_run,
+    )
+    bar.finish_run(spec.steps)
+    return trainer.model, result
