@@ -35,9 +35,9 @@ _LAZY = {
     "GaussianVAE": "disentbench.core.nets.vae",
     "GaussianVAEConfig": "disentbench.core.nets.vae",
     "GroundTruthData": "disentbench.core.data.ground_truth",
-    "Executor": "disentbench.plugins.executors.local",
-    "RunJob": "disentbench.core.study.run",
-    "RunOutcome": "disentbench.core.study.run",
+    "Executor": "disentbench.core.study.jobs",
+    "RunJob": "disentbench.core.study.jobs",
+    "RunOutcome": "disentbench.core.study.jobs",
     "Analysis": "disentbench.core.analysis.report",
     "AnalysisConfig": "disentbench.core.analysis.report",
     "AnalysisResult": "disentbench.core.analysis.report",
@@ -62,8 +62,8 @@ if TYPE_CHECKING:  # type checkers and IDEs see the real objects
     from disentbench.core.evaluation.api import score_codes, score_representation
     from disentbench.core.nets.vae import GaussianVAE, GaussianVAEConfig
     from disentbench.core.registry import get_plugin_manager
-    from disentbench.core.study.run import RunJob, RunOutcome, run_study
-    from disentbench.plugins.executors.local import Executor
+    from disentbench.core.study.jobs import Executor, RunJob, RunOutcome
+    from disentbench.core.study.run import run_study
 
 
 def __getattr__(name: str):
