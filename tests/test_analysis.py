@@ -12,14 +12,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.analysis.report import (
-    AnalysisResult,
-    AnalysisSkipped,
-    StudyTable,
-    load_study_table,
-    run_analyses,
-    write_report,
-)
+from disentbench.core.analysis.contract import AnalysisResult, AnalysisSkipped
+from disentbench.core.analysis.loading import load_study_table
+from disentbench.core.analysis.report import run_analyses, write_report
+from disentbench.core.analysis.table import StudyTable
 from disentbench.core.cli.main import main
 from disentbench.plugins.analyses.downstream import Downstream
 from disentbench.plugins.analyses.hyperparameter_transfer import HyperparameterTransfer

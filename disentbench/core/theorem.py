@@ -489,7 +489,7 @@ def report_result(demo: Demonstration):
     """The demonstration as an :class:`~disentbench.core.analysis.report.AnalysisResult` (paragraphs, tables, figures)."""
     import pandas as pd
 
-    from disentbench.core.analysis.report import AnalysisResult
+    from disentbench.core.analysis.contract import AnalysisResult
 
     config, numbers = demo.config, demo.numbers
     names = config.marginal_names()
@@ -553,7 +553,7 @@ def report_result(demo: Demonstration):
 def _figures(demo: Demonstration) -> dict[str, Any]:
     import pandas as pd
 
-    from disentbench.core.analysis.report import heatmap, new_figure
+    from disentbench.core.analysis.plots import heatmap, new_figure
 
     z, fz, reference, control = (demo.samples[k] for k in ("z", "f(z)", "reference", "A z"))
     shown = min(len(z), 3000)
@@ -644,7 +644,8 @@ def run_theorem(
     registry=None,
 ):
     """Demonstrate, write the HTML report to ``out_dir`` and log it to MLflow. Returns (demo, report, run_id)."""
-    from disentbench.core.analysis.report import AnalysisOutcome, log_report, write_report
+    from disentbench.core.analysis.contract import AnalysisOutcome
+    from disentbench.core.analysis.report import log_report, write_report
 
     demo = demonstrate(config, registry)
     result = report_result(demo)

@@ -56,7 +56,8 @@ def analyze_cmd(target, out_dir, tracking_uri, only, no_log):
       disentbench analyze study.yaml --only metric_agreement --only downstream
     """
     from disentbench.core.cli import main as cli
-    from disentbench.core.analysis.report import analyze_study, load_study_table
+    from disentbench.core.analysis.loading import load_study_table
+    from disentbench.core.analysis.report import analyze_study
 
     _quiet_mlflow()
     registry = cli._registry()

@@ -17,17 +17,10 @@ import re
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.analysis.report import (
-    AnalysisConfig,
-    AnalysisResult,
-    AnalysisSkipped,
-    StudyTable,
-    constant_columns,
-    describe_range,
-    heatmap_figure,
-    metric_columns,
-    rank_correlation,
-)
+from disentbench.core.analysis.contract import AnalysisConfig, AnalysisResult, AnalysisSkipped, metric_columns
+from disentbench.core.analysis.plots import heatmap_figure
+from disentbench.core.analysis.stats import constant_columns, describe_range, rank_correlation
+from disentbench.core.analysis.table import StudyTable
 
 _ACCURACY = re.compile(r"^(\d+):mean_test_accuracy$")
 

@@ -23,15 +23,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.analysis.report import (
-    AnalysisConfig,
-    AnalysisResult,
-    AnalysisSkipped,
-    StudyTable,
-    heatmap_figure,
-    metric_columns,
-    probability_greater,
-)
+from disentbench.core.analysis.contract import AnalysisConfig, AnalysisResult, AnalysisSkipped, metric_columns
+from disentbench.core.analysis.plots import heatmap_figure
+from disentbench.core.analysis.stats import probability_greater
+from disentbench.core.analysis.table import StudyTable
 
 
 class HyperparameterTransferConfig(AnalysisConfig):

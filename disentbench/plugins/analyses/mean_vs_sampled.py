@@ -15,15 +15,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.analysis.report import (
-    AnalysisConfig,
-    AnalysisResult,
-    AnalysisSkipped,
-    StudyTable,
-    format_value,
-    new_figure,
-    spearman,
-)
+from disentbench.core.analysis.contract import AnalysisConfig, AnalysisResult, AnalysisSkipped
+from disentbench.core.analysis.plots import new_figure
+from disentbench.core.analysis.stats import spearman
+from disentbench.core.analysis.table import StudyTable, format_value
 
 
 class MeanVsSampledConfig(AnalysisConfig):

@@ -21,15 +21,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.analysis.report import (
-    AnalysisConfig,
-    AnalysisResult,
-    AnalysisSkipped,
-    StudyTable,
-    metric_columns,
-    new_figure,
-    probability_greater,
-)
+from disentbench.core.analysis.contract import AnalysisConfig, AnalysisResult, AnalysisSkipped, metric_columns
+from disentbench.core.analysis.plots import new_figure
+from disentbench.core.analysis.stats import probability_greater
+from disentbench.core.analysis.table import StudyTable
 
 
 class SeedsVsHyperparametersConfig(AnalysisConfig):
