@@ -38,11 +38,11 @@ _LAZY = {
     "Executor": "disentbench.core.study.jobs",
     "RunJob": "disentbench.core.study.jobs",
     "RunOutcome": "disentbench.core.study.jobs",
-    "Analysis": "disentbench.core.analysis.report",
-    "AnalysisConfig": "disentbench.core.analysis.report",
-    "AnalysisResult": "disentbench.core.analysis.report",
-    "AnalysisSkipped": "disentbench.core.analysis.report",
-    "StudyTable": "disentbench.core.analysis.report",
+    "Analysis": "disentbench.core.analysis.contract",
+    "AnalysisConfig": "disentbench.core.analysis.contract",
+    "AnalysisResult": "disentbench.core.analysis.contract",
+    "AnalysisSkipped": "disentbench.core.analysis.contract",
+    "StudyTable": "disentbench.core.analysis.table",
     "get_plugin_manager": "disentbench.core.registry",
     "load_study_config": "disentbench.core.config.schema",
     "expand_grid": "disentbench.core.config.grid",
@@ -54,7 +54,8 @@ _LAZY = {
 __all__ = ["__version__", "hookimpl", "Register", *_LAZY]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the real objects
-    from disentbench.core.analysis.report import Analysis, AnalysisConfig, AnalysisResult, AnalysisSkipped, StudyTable
+    from disentbench.core.analysis.contract import Analysis, AnalysisConfig, AnalysisResult, AnalysisSkipped
+    from disentbench.core.analysis.table import StudyTable
     from disentbench.core.config.grid import expand_grid
     from disentbench.core.config.schema import load_study_config
     from disentbench.core.contracts import Metric, Model, ModelConfig, PluginConfig, Scorer, Task

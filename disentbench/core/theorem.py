@@ -486,7 +486,7 @@ def _small_protocol(config_class, samples: int) -> dict[str, int]:
 
 
 def report_result(demo: Demonstration):
-    """The demonstration as an :class:`~disentbench.core.analysis.report.AnalysisResult` (paragraphs, tables, figures)."""
+    """The demonstration as an :class:`~disentbench.core.analysis.contract.AnalysisResult` (paragraphs, tables, figures)."""
     import pandas as pd
 
     from disentbench.core.analysis.contract import AnalysisResult
