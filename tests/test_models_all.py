@@ -69,31 +69,6 @@ def test_every_study_model_is_registered(registry):
             assert registration.config.model_fields[field].description, (name, field)
 
 
-
-#: Built-in registrations deliberately left in the keyword form ``register(name, config=, factory=)``,
-#: as ``(kind, name): reason``. None today: every built-in factory is a class that names itself.
-KEYWORD_FORM: dict[tuple[str, str], str] = {}
-
-
-@pytest.mark.parametrize("kind", ["model", "dataset", "metric", "task"])
-def test_builtins_use_the_one_line_registration(registry, kind):
-    # A class registered as register(cls) carries what the registry shows, so the
-    # two cannot drift apart; third-party authors copy what the built-ins do.
-    builtins = [r for r in registry.all(kind) if r.source == "disentbench"]
-    assert builtins
-    for registration in builtins:
-        if (kind, registration.name) in KEYWORD_FORM:
-            continue
-        factory = registration.factory
-        assert isinstance(factory, type), registration.name
-        # set on the class itself, not inherited from the plugin it specialises
-        assert {"name", "description"} <= set(vars(factory)), registration.name
-        assert factory.name == registration.name
-        assert factory.config_class is registration.config, registration.name
-        assert factory.description == registration.description, registration.name
-    stale = {name for k, name in KEYWORD_FORM if k == kind} - {r.name for r in builtins}
-    assert not stale
-
 @pytest.mark.parametrize(("name", "params", "extra_terms"), STUDY_MODELS, ids=IDS)
 def test_loss_terms_are_the_standard_ones_plus_extras_and_finite(registry, name, params, extra_terms):
     registration = registry.get("model", name)

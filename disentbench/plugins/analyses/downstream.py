@@ -33,6 +33,10 @@ class DownstreamConfig(AnalysisConfig):
 
 
 class Downstream:
+    name = "downstream"
+    description = "Rank correlation of each metric with downstream accuracy and sample efficiency"
+    config_class = DownstreamConfig
+
     def __init__(self, config: DownstreamConfig | None = None):
         self.config = config or DownstreamConfig()
 
@@ -124,9 +128,4 @@ class Downstream:
 
 @hookimpl
 def register_analyses(register):
-    register(
-        "downstream",
-        config=DownstreamConfig,
-        factory=Downstream,
-        description="Rank correlation of each metric with downstream accuracy and sample efficiency",
-    )
+    register(Downstream)

@@ -43,6 +43,10 @@ def beats_random(values_by_hp: dict, chosen) -> float:
 
 
 class HyperparameterTransfer:
+    name = "hyperparameter_transfer"
+    description = "Best hyperparameter per model on one dataset/metric applied to another: P(it beats a random choice)"
+    config_class = HyperparameterTransferConfig
+
     def __init__(self, config: HyperparameterTransferConfig | None = None):
         self.config = config or HyperparameterTransferConfig()
 
@@ -174,9 +178,4 @@ class HyperparameterTransfer:
 
 @hookimpl
 def register_analyses(register):
-    register(
-        "hyperparameter_transfer",
-        config=HyperparameterTransferConfig,
-        factory=HyperparameterTransfer,
-        description="Best hyperparameter per model on one dataset/metric applied to another: P(it beats a random choice)",
-    )
+    register(HyperparameterTransfer)

@@ -28,6 +28,10 @@ class MeanVsSampledConfig(AnalysisConfig):
 
 
 class MeanVsSampled:
+    name = "mean_vs_sampled"
+    description = "Gaussian total correlation of the mean and sampled representations vs regularisation strength, per model"
+    config_class = MeanVsSampledConfig
+
     def __init__(self, config: MeanVsSampledConfig | None = None):
         self.config = config or MeanVsSampledConfig()
 
@@ -153,9 +157,4 @@ class MeanVsSampled:
 
 @hookimpl
 def register_analyses(register):
-    register(
-        "mean_vs_sampled",
-        config=MeanVsSampledConfig,
-        factory=MeanVsSampled,
-        description="Gaussian total correlation of the mean and sampled representations vs regularisation strength, per model",
-    )
+    register(MeanVsSampled)

@@ -19,6 +19,10 @@ class MetricAgreementConfig(AnalysisConfig):
 
 
 class MetricAgreement:
+    name = "metric_agreement"
+    description = "Spearman rank correlation between every pair of metric scores, per dataset (heatmap)"
+    config_class = MetricAgreementConfig
+
     def __init__(self, config: MetricAgreementConfig | None = None):
         self.config = config or MetricAgreementConfig()
 
@@ -74,9 +78,4 @@ class MetricAgreement:
 
 @hookimpl
 def register_analyses(register):
-    register(
-        "metric_agreement",
-        config=MetricAgreementConfig,
-        factory=MetricAgreement,
-        description="Spearman rank correlation between every pair of metric scores, per dataset (heatmap)",
-    )
+    register(MetricAgreement)

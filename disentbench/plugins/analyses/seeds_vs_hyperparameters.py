@@ -68,6 +68,13 @@ def worse_beats_better(frame, score: str, within_objective: bool = False) -> flo
 
 
 class SeedsVsHyperparameters:
+    name = "seeds_vs_hyperparameters"
+    description = (
+        "Score violins per configuration; variance share of objective, hyperparameter and seed; "
+        "P(a worse configuration's seed beats a better one's)"
+    )
+    config_class = SeedsVsHyperparametersConfig
+
     def __init__(self, config: SeedsVsHyperparametersConfig | None = None):
         self.config = config or SeedsVsHyperparametersConfig()
 
@@ -182,10 +189,4 @@ def _violins(table: StudyTable, dataset: str, columns: list[str]):
 
 @hookimpl
 def register_analyses(register):
-    register(
-        "seeds_vs_hyperparameters",
-        config=SeedsVsHyperparametersConfig,
-        factory=SeedsVsHyperparameters,
-        description="Score violins per configuration; variance share of objective, hyperparameter and seed; "
-        "P(a worse configuration's seed beats a better one's)",
-    )
+    register(SeedsVsHyperparameters)

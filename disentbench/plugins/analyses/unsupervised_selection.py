@@ -35,6 +35,10 @@ class UnsupervisedSelectionConfig(AnalysisConfig):
 
 
 class UnsupervisedSelection:
+    name = "unsupervised_selection"
+    description = "Rank correlation of unsupervised scores (reconstruction, KL, ELBO, TC estimate, Gaussian TC) with each metric"
+    config_class = UnsupervisedSelectionConfig
+
     def __init__(self, config: UnsupervisedSelectionConfig | None = None):
         self.config = config or UnsupervisedSelectionConfig()
 
@@ -113,9 +117,4 @@ class UnsupervisedSelection:
 
 @hookimpl
 def register_analyses(register):
-    register(
-        "unsupervised_selection",
-        config=UnsupervisedSelectionConfig,
-        factory=UnsupervisedSelection,
-        description="Rank correlation of unsupervised scores (reconstruction, KL, ELBO, TC estimate, Gaussian TC) with each metric",
-    )
+    register(UnsupervisedSelection)

@@ -126,6 +126,10 @@ def _ray_run(task: ClusterTask, job):
 class RayExecutor:
     """Each run is a Ray task with ``num_gpus_per_run`` GPUs and ``num_cpus_per_run`` CPUs."""
 
+    name = "ray"
+    description = "Each run as a Ray task with GPU/CPU shares, on a Ray cluster or a local one (extra: ray)."
+    config_class = RayConfig
+
     in_process = False
 
     def __init__(self, config: RayConfig | None = None):
@@ -209,6 +213,10 @@ class SlurmConfig(PluginConfig):
 
 class SlurmExecutor:
     """All runs as one Slurm job array (submitit ``map_array``); outcomes come back as tasks finish."""
+
+    name = "slurm"
+    description = "All runs as one Slurm job array through submitit, GPUs per task (extra: slurm)."
+    config_class = SlurmConfig
 
     in_process = False
 
@@ -308,15 +316,5 @@ class SlurmExecutor:
 
 @hookimpl
 def register_executors(register):
-    register(
-        "ray",
-        config=RayConfig,
-        factory=RayExecutor,
-        description="Each run as a Ray task with GPU/CPU shares, on a Ray cluster or a local one (extra: ray).",
-    )
-    register(
-        "slurm",
-        config=SlurmConfig,
-        factory=SlurmExecutor,
-        description="All runs as one Slurm job array through submitit, GPUs per task (extra: slurm).",
-    )
+    register(RayExecutor)
+    register(SlurmExecutor)

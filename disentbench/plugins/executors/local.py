@@ -46,6 +46,10 @@ class LocalConfig(PluginConfig):
 class LocalExecutor:
     """Runs every job in this process, in grid order."""
 
+    name = "local"
+    description = "Run every run in this process, in order."
+    config_class = LocalConfig
+
     in_process = True  # progress is shown by the worker itself
 
     def __init__(self, config: LocalConfig | None = None):
@@ -118,6 +122,10 @@ class MultiprocessExecutor:
     come back when the whole chunk is done.
     """
 
+    name = "multiprocess"
+    description = "A pool of worker processes on this machine (one per GPU, or per 2 CPU cores)."
+    config_class = MultiprocessConfig
+
     in_process = False
 
     def __init__(self, config: MultiprocessConfig | None = None):
@@ -164,10 +172,5 @@ class MultiprocessExecutor:
 
 @hookimpl
 def register_executors(register):
-    register("local", config=LocalConfig, factory=LocalExecutor, description="Run every run in this process, in order.")
-    register(
-        "multiprocess",
-        config=MultiprocessConfig,
-        factory=MultiprocessExecutor,
-        description="A pool of worker processes on this machine (one per GPU, or per 2 CPU cores).",
-    )
+    register(LocalExecutor)
+    register(MultiprocessExecutor)
