@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's device checks in one call, for a session's short GPU lease (at most 8.7 minutes: the steps
+# The packed trainer's device checks in one call, for a session's short GPU lease (at most 8.7 minutes: the steps
 # time out at 180 + 140 + 120 + 80 s). Run from the repository root after installing the project; results go to
 # $OUT (default ./gpu-results): gpu_checks.log (everything printed) and JSON/text files, within the device
 # tool's limit of 8 files. Each step has its own time limit, so one slow or failing step cannot take the others.

@@ -1,4 +1,4 @@
-"""The model interface the trainer uses. The trainer holds no model-specific code.
+"""The plugin contract's bases: models (the interface the trainer uses), metrics and tasks, plugin configs.
 
 A model plugin's factory returns a :class:`Model` (a ``torch.nn.Module``):
 

@@ -1,4 +1,4 @@
-"""Packed training: many runs of one model class trained as one batched computation (issue 6).
+"""Packed training: many runs of one model class trained as one batched computation.
 
 The study's VAEs are far too small to fill a GPU one at a time. A
 :class:`PackedTrainer` takes P runs that share dataset, model class,
