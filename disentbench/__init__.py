@@ -33,7 +33,7 @@ def __getattr__(name):
 
         return get_plugin_manager
     if name == "load_study_config":
-        from disentbench.core.config.schema import load_study_config
+        from disentbench.core.config.load import load_study_config
 
         return load_study_config
     if name == "expand_grid":

@@ -62,7 +62,8 @@ def check_data_root() -> None:
 
 def load_study(config_path: str):
     """The validated study config of a file; on problems, one ``error:`` line each and exit 2."""
-    from disentbench.core.config.schema import ConfigError, load_study_config
+    from disentbench.core.config.load import load_study_config
+    from disentbench.core.config.problems import ConfigError
 
     try:
         return load_study_config(config_path, plugin_registry())

@@ -140,7 +140,7 @@ def theorem_cmd(dims, marginals, samples, seed, alpha, angle, metrics, out_dir, 
     """
     from pydantic import ValidationError
 
-    from disentbench.core.config.schema import _pydantic_problems
+    from disentbench.core.config.problems import pydantic_problems
     from disentbench.core.theorem import TheoremConfig, run_theorem
     try:
         config = TheoremConfig(
@@ -153,7 +153,7 @@ def theorem_cmd(dims, marginals, samples, seed, alpha, angle, metrics, out_dir, 
             metrics=[m.strip() for m in metrics.split(",") if m.strip()],
         )
     except ValidationError as exc:
-        problems = [p.removeprefix("<config>: ") for p in _pydantic_problems(exc)]
+        problems = [p.removeprefix("<config>: ") for p in pydantic_problems(exc)]
         raise BadInput("; ".join(p if p.startswith("--") or ":" not in p.split()[0] else f"--{p}" for p in problems)) from None
     if not no_log:
         _quiet_mlflow()
