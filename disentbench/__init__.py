@@ -44,7 +44,7 @@ _LAZY = {
     "AnalysisSkipped": "disentbench.core.analysis.contract",
     "StudyTable": "disentbench.core.analysis.table",
     "get_plugin_manager": "disentbench.core.registry",
-    "load_study_config": "disentbench.core.config.schema",
+    "load_study_config": "disentbench.core.config.load",
     "expand_grid": "disentbench.core.config.grid",
     "run_study": "disentbench.core.study.run",
     "score_codes": "disentbench.core.evaluation.api",
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # type checkers and IDEs see the real objects
     from disentbench.core.analysis.contract import Analysis, AnalysisConfig, AnalysisResult, AnalysisSkipped
     from disentbench.core.analysis.table import StudyTable
     from disentbench.core.config.grid import expand_grid
-    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.load import load_study_config
     from disentbench.core.contracts import Metric, Model, ModelConfig, PluginConfig, Scorer, Task
     from disentbench.core.data.ground_truth import GroundTruthData
     from disentbench.core.evaluation.api import score_codes, score_representation

@@ -289,7 +289,7 @@ def store(tmp_path_factory):
     and the first half of QUICK_CONFIG's grid."""
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.load import load_study_config
     from disentbench.core.config.grid import expand_grid
 
     root = tmp_path_factory.mktemp("store")

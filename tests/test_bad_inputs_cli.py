@@ -21,7 +21,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from disentbench.core.cli import main as cli
+from disentbench.core.cli import _common as cli_common
+from disentbench.core.cli import run as run_cli
 from disentbench.core.cli.main import main
 import test_bad_inputs
 
@@ -229,14 +230,14 @@ def warning_command():
 
 def test_cli_shows_warnings_as_one_line(warning_command, monkeypatch):
     # pytest records warnings; show them as a plain interpreter would for this test
-    if cli._ORIGINAL_SHOWWARNMSG_IMPL is None:
+    if cli_common._ORIGINAL_SHOWWARNMSG_IMPL is None:
         pytest.skip("no warnings._showwarnmsg_impl in this Python")
     with warnings.catch_warnings():
-        monkeypatch.setattr(warnings, "_showwarnmsg_impl", cli._ORIGINAL_SHOWWARNMSG_IMPL)
-        monkeypatch.setattr(warnings, "showwarning", cli._ORIGINAL_SHOWWARNING)
+        monkeypatch.setattr(warnings, "_showwarnmsg_impl", cli_common._ORIGINAL_SHOWWARNMSG_IMPL)
+        monkeypatch.setattr(warnings, "showwarning", cli_common._ORIGINAL_SHOWWARNING)
         warnings.simplefilter("always")
         result = _invoke(["_probe_warning"])
-        assert warnings.showwarning is cli._ORIGINAL_SHOWWARNING  # restored after the command
+        assert warnings.showwarning is cli_common._ORIGINAL_SHOWWARNING  # restored after the command
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == ["warning: checkpoint x is unreadable (Boom: first)"], result.stderr
 
@@ -330,7 +331,7 @@ def test_run_table_headers_name_each_key_of_a_metric(capsys):
     config = types.SimpleNamespace(name="tiny", experiment_name="tiny",
                                    evaluation=types.SimpleNamespace(representations=["mean"]))
     result = types.SimpleNamespace(config=config, headline_keys=keys, outcomes=[outcome], tracking_uri="sqlite:///x")
-    cli._print_scores(result)
+    run_cli._print_scores(result)
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("model"))
     assert "code_std:mean_std" in header and "code_std:min_std" in header, header
     assert header.count("mig") == 1 and "discrete_mig" not in header, header

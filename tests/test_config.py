@@ -8,7 +8,8 @@ import yaml
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.schema import ConfigError, load_study_config
+from disentbench.core.config.load import load_study_config
+from disentbench.core.config.problems import ConfigError
 
 GOOD = {
     "name": "t",

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.schema import load_study_config
+from disentbench.core.config.load import load_study_config
 from disentbench.plugins.executors.cluster import MissingExtra, RayConfig, SlurmConfig, SlurmExecutor
 from disentbench.core.study.run import run_study
 

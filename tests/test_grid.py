@@ -6,7 +6,7 @@ import sys
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.schema import load_study_config
+from disentbench.core.config.load import load_study_config
 from disentbench.core.config.grid import expand_grid
 
 STUDY = {
@@ -56,7 +56,7 @@ def test_run_key_same_in_another_process(registry):
     code = (
         "import sys; sys._called_from_test = True\n"
         "from disentbench.core.registry import build_registry\n"
-        "from disentbench.core.config.schema import load_study_config\n"
+        "from disentbench.core.config.load import load_study_config\n"
         "from disentbench.core.config.grid import expand_grid\n"
         f"r = build_registry(load_entry_points=False); print(expand_grid(load_study_config({STUDY!r}, r), r)[3].run_key)\n"
     )

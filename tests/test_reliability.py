@@ -129,7 +129,7 @@ def test_nan_loss_fails_that_run_with_the_reason_and_the_others_finish(tmp_path,
     from mlflow.tracking import MlflowClient
     from pydantic import Field
 
-    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.load import load_study_config
     from disentbench.core.study.run import run_study
     from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 

@@ -105,7 +105,7 @@ def test_a_metric_added_after_runs_finished_scores_them_from_their_checkpoints(t
     score equals the one a study with that metric from the start records."""
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.load import load_study_config
     from disentbench.core.registry import get_plugin_manager
     from disentbench.core.study.run import run_study
 

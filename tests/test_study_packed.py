@@ -21,7 +21,7 @@ from conftest import registry_with_model
 from pydantic import Field
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.schema import load_study_config
+from disentbench.core.config.load import load_study_config
 from disentbench.core.study.jobs import RunJob, group_into_packs, pack_key
 from disentbench.core.study.run import run_study
 

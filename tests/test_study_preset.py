@@ -5,7 +5,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.schema import load_study_config
+from disentbench.core.config.load import load_study_config
 from disentbench.core.config.grid import expand_grid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

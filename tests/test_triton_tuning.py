@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.schema import load_study_config
+from disentbench.core.config.load import load_study_config
 from disentbench.core.training.packed.trainer import SpeedOptions
 from disentbench.core.training.kernels.tuning import read_tuning_file, tuning_from_json, tuning_to_json
 

@@ -180,7 +180,7 @@ def test_compare_bad_input_exits_2(store):
 
 
 def test_compare_from_config_shows_only_its_grid(tmp_path, monkeypatch, registry):
-    from disentbench.core.config.schema import load_study_config
+    from disentbench.core.config.load import load_study_config
     from disentbench.core.config.grid import expand_grid
 
     monkeypatch.chdir(tmp_path)

@@ -1,7 +1,10 @@
-"""``disentbench analyze`` and ``disentbench theorem`` (added to the main CLI group in core/cli/main.py).
+"""``disentbench analyze`` and ``disentbench theorem``: the commands that write analysis reports.
 
-Exit codes as everywhere: 0 success, 1 a command or an analysis failed, 2 bad input.
-Heavy imports happen inside the commands so ``disentbench --help`` stays fast.
+Both turn numbers into a self-contained HTML report with figures, logged as
+an MLflow run: ``analyze`` from a study's recorded runs, ``theorem`` from the
+Theorem 1 demonstration it computes itself. Exit codes as everywhere: 0
+success, 1 a command or an analysis failed, 2 bad input. Heavy imports happen
+inside the commands so ``disentbench --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,13 +14,7 @@ from pathlib import Path
 
 import click
 
-EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
-
-
-def _bad_input(message: str):
-    from disentbench.core.cli.main import BadInput  # lazy: core.cli imports this module
-
-    return BadInput(message)
+from disentbench.core.cli._common import EXIT_FAILURE, BadInput, load_study, looks_like_config, plugin_registry
 
 
 def _quiet_mlflow() -> None:
@@ -27,10 +24,6 @@ def _quiet_mlflow() -> None:
     from disentbench.core.tracking.tracker import quiet_mlflow_logs
 
     quiet_mlflow_logs()
-
-
-def _looks_like_config(target: str) -> bool:
-    return Path(target).suffix.lower() in (".yaml", ".yml", ".toml", ".json") or Path(target).is_file()
 
 
 @click.command("analyze")
@@ -55,20 +48,19 @@ def analyze_cmd(target, out_dir, tracking_uri, only, no_log):
       disentbench analyze study_v1_dsprites_small --out /tmp/report
       disentbench analyze study.yaml --only metric_agreement --only downstream
     """
-    from disentbench.core.cli import main as cli
     from disentbench.core.analysis.loading import load_study_table
     from disentbench.core.analysis.report import analyze_study
 
     _quiet_mlflow()
-    registry = cli._registry()
+    registry = plugin_registry()
     known = registry.names("analysis")
     unknown = [name for name in only if name not in known]
     if unknown:
-        raise _bad_input(f"unknown analysis {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
+        raise BadInput(f"unknown analysis {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
 
     config = None
-    if _looks_like_config(target):
-        config = cli._load(target)  # exits 2 with one line per problem
+    if looks_like_config(target):
+        config = load_study(target)  # exits 2 with one line per problem
         experiment = config.experiment_name
         tracking_uri = tracking_uri or config.tracking.uri
     else:
@@ -78,9 +70,9 @@ def analyze_cmd(target, out_dir, tracking_uri, only, no_log):
     try:
         table = load_study_table(tracking_uri, experiment, config=config, registry=registry)
     except LookupError as exc:
-        raise _bad_input(f"{exc}; check the name or pass --tracking-uri") from None
+        raise BadInput(f"{exc}; check the name or pass --tracking-uri") from None
     except TrackingError as exc:
-        raise _bad_input(str(exc)) from None
+        raise BadInput(str(exc)) from None
     except Exception as exc:  # the store itself failed (unreachable server, corrupt file)
         click.echo(f"error: cannot read the study from MLflow: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_FAILURE)
@@ -149,7 +141,7 @@ def theorem_cmd(dims, marginals, samples, seed, alpha, angle, metrics, out_dir, 
     """
     from pydantic import ValidationError
 
-    from disentbench.core.config.schema import _pydantic_problems
+    from disentbench.core.config.problems import pydantic_problems
     from disentbench.core.theorem import TheoremConfig, run_theorem
     try:
         config = TheoremConfig(
@@ -162,19 +154,17 @@ def theorem_cmd(dims, marginals, samples, seed, alpha, angle, metrics, out_dir, 
             metrics=[m.strip() for m in metrics.split(",") if m.strip()],
         )
     except ValidationError as exc:
-        problems = [p.removeprefix("<config>: ") for p in _pydantic_problems(exc)]
-        raise _bad_input("; ".join(p if p.startswith("--") or ":" not in p.split()[0] else f"--{p}" for p in problems)) from None
-    from disentbench.core.cli import main as cli
-
+        problems = [p.removeprefix("<config>: ") for p in pydantic_problems(exc)]
+        raise BadInput("; ".join(p if p.startswith("--") or ":" not in p.split()[0] else f"--{p}" for p in problems)) from None
     if not no_log:
         _quiet_mlflow()
     from disentbench.core.tracking.tracker import TrackingError
 
-    registry = cli._registry()
+    registry = plugin_registry()
     known = registry.names("metric")
     unknown = [name for name in config.metrics if name not in known]
     if unknown:
-        raise _bad_input(
+        raise BadInput(
             f"--metrics: unknown metric {', '.join(map(repr, unknown))}; known: {', '.join(known) or 'none'}"
         )
     try:
@@ -182,7 +172,7 @@ def theorem_cmd(dims, marginals, samples, seed, alpha, angle, metrics, out_dir, 
             config, Path(out_dir), tracking_uri=tracking_uri, experiment=experiment, log=not no_log, registry=registry
         )
     except TrackingError as exc:
-        raise _bad_input(str(exc)) from None
+        raise BadInput(str(exc)) from None
     except Exception as exc:
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_FAILURE)

@@ -3,8 +3,8 @@
 The main scores are each metric's and task's headline keys (the ``headline``
 attribute of its scorer), read from MLflow metrics ``eval/<rep>/<metric>/<key>``
 and ``downstream/<rep>/<task>/<key>``. Output is a rich table on the terminal,
-or CSV / JSON on stdout for scripts. The command is added to the main group in
-core/cli/main.py; exit codes as everywhere: 0 success, 1 the store failed, 2 bad input.
+or CSV / JSON on stdout for scripts. Exit codes as everywhere: 0 success, 1 the
+store failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -14,10 +14,19 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import click
+
+from disentbench.core.cli._common import (
+    EXIT_FAILURE,
+    BadInput,
+    global_options,
+    load_study,
+    looks_like_config,
+    plugin_registry,
+    term_width,
+)
 
 if TYPE_CHECKING:
     from disentbench.core.config.schema import StudyConfig
@@ -392,10 +401,6 @@ def _json_number(value: float | None):
     return value if _finite(value) else None
 
 
-def _looks_like_config(target: str) -> bool:
-    return Path(target).suffix.lower() in (".yaml", ".yml", ".toml", ".json") or Path(target).is_file()
-
-
 # ---------------------------------------------------------------------------
 # the command
 
@@ -429,18 +434,17 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
       disentbench compare quickstart --csv > scores.csv
       disentbench compare quickstart --json | jq '.runs[0]'
     """
-    from disentbench.core.cli import main as cli
     from disentbench.core.tracking.tracker import TrackingError, quiet_mlflow_logs
 
     if as_csv and as_json:
-        raise cli.BadInput("choose one of --csv and --json")
+        raise BadInput("choose one of --csv and --json")
     import mlflow  # noqa: F401  (importing mlflow sets its loggers to INFO; quieten them after)
 
     quiet_mlflow_logs()
-    registry = cli._registry()
+    registry = plugin_registry()
     config = None
-    if _looks_like_config(target):
-        config = cli._load(target)  # exits 2 with one line per problem
+    if looks_like_config(target):
+        config = load_study(target)  # exits 2 with one line per problem
         experiment = config.experiment_name
         tracking_uri = tracking_uri or config.tracking.uri
     else:
@@ -448,12 +452,12 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
     try:
         table = load_compare_table(tracking_uri, experiment, config=config, registry=registry)
     except LookupError as exc:
-        raise cli.BadInput(f"{exc.args[0]}; check the name or pass --tracking-uri") from None
+        raise BadInput(f"{exc.args[0]}; check the name or pass --tracking-uri") from None
     except TrackingError as exc:
-        raise cli.BadInput(str(exc)) from None
+        raise BadInput(str(exc)) from None
     except Exception as exc:  # the store itself failed (unreachable server, corrupt file)
         click.echo(f"error: cannot read the study from MLflow: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(cli.EXIT_FAILURE)
+        sys.exit(EXIT_FAILURE)
 
     known_models = sorted({r.model for r in table.rows})
     known_datasets = sorted({r.dataset for r in table.rows})
@@ -464,7 +468,7 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
             sort_column = table.resolve_sort(sort_key)
         except KeyError:
             choices = ", ".join(dict.fromkeys(table.sort_keys()[: len(TEXT_COLUMNS) + len(table.columns)]))
-            raise cli.BadInput(f"--sort {sort_key!r} is not a column; use one of: {choices}") from None
+            raise BadInput(f"--sort {sort_key!r} is not a column; use one of: {choices}") from None
     table = table.sorted(sort_column, reverse=reverse)
 
     if as_json:
@@ -475,7 +479,7 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
         return
     from rich.console import Console
 
-    quiet = cli._options(ctx)["quiet"]
+    quiet = global_options(ctx)["quiet"]
     if not table.rows:
         click.echo(f"No finished runs in experiment '{experiment}' ({table.tracking_uri}) match.", err=True)
         for option, wanted, known in (("--model", models, known_models), ("--dataset", datasets, known_datasets)):
@@ -483,6 +487,6 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
             if unknown and known:
                 click.echo(f"  {option} {', '.join(unknown)}: none recorded; known: {', '.join(known)}", err=True)
         return
-    Console(width=max(120, cli._term_width())).print(table.rich_table(sort_column, reverse=reverse))
+    Console(width=max(120, term_width())).print(table.rich_table(sort_column, reverse=reverse))
     if not quiet:
         click.echo(f"MLflow: experiment '{experiment}' in {table.tracking_uri} (disentbench ui to browse)")

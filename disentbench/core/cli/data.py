@@ -18,17 +18,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-
-def _bad_input(message: str) -> click.ClickException:
-    from disentbench.core.cli.main import BadInput  # imported late: cli.py imports this module
-
-    return BadInput(message)
-
-
-def _registry():
-    from disentbench.core.cli.main import _registry
-
-    return _registry()
+from disentbench.core.cli._common import BadInput, check_data_root, plugin_registry, term_width
 
 
 @contextlib.contextmanager
@@ -42,7 +32,7 @@ def _file_errors():
             yield
         except (FileNotFoundError, ValueError, ImportError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise _bad_input(message) from None
+            raise BadInput(message) from None
         finally:
             for warning in caught:
                 if issubclass(warning.category, ChecksumWarning):
@@ -52,15 +42,15 @@ def _file_errors():
 
 
 def _dataset(name: str):
-    registry = _registry()
+    registry = plugin_registry()
     try:
         registration = registry.get("dataset", name)
     except KeyError as exc:
-        raise _bad_input(exc.args[0]) from None
+        raise BadInput(exc.args[0]) from None
     try:
         return registration, registration.factory(registration.make_config())
     except Exception as exc:
-        raise _bad_input(f"dataset {name!r} cannot be created: {type(exc).__name__}: {exc}") from None
+        raise BadInput(f"dataset {name!r} cannot be created: {type(exc).__name__}: {exc}") from None
 
 
 def _is_prepared_kind(data) -> bool:
@@ -104,9 +94,7 @@ def data():
       disentbench data show cars3d --out cars3d.png
     """
     # a $DISENTBENCH_DATA that is a file or cannot be written: one line and exit 2, before any command
-    from disentbench.core.cli.main import _check_data_root
-
-    _check_data_root()
+    check_data_root()
 
 
 @data.command("list")
@@ -121,7 +109,7 @@ def list_cmd(as_json):
     from disentbench.core.paths import data_root
 
     rows = []
-    for registration in _registry().all("dataset"):
+    for registration in plugin_registry().all("dataset"):
         try:
             dataset = registration.factory(registration.make_config())
             row = _status(dataset)
@@ -138,9 +126,8 @@ def list_cmd(as_json):
     for row in rows:
         factors = ", ".join(f"{k} {v}" for k, v in row["factors"].items())
         table.add_row(row["name"], factors, f"{row['images']:,}", row["files"], row["prepared"], row["checksums"])
-    from disentbench.core.cli.main import _term_width
 
-    Console(width=max(160, _term_width())).print(table)
+    Console(width=max(160, term_width())).print(table)
     click.echo(f"data root: {data_root()} ($DISENTBENCH_DATA)")
 
 
@@ -167,7 +154,7 @@ def prepare_cmd(name, source, force):
     with _file_errors():
         if not _is_prepared_kind(dataset):
             if source is not None:
-                raise _bad_input(f"{name} has no prepared form; set the dataset's `path` to read other files")
+                raise BadInput(f"{name} has no prepared form; set the dataset's `path` to read other files")
             dataset.check()
             click.echo(f"{name} needs no preparation; its files are valid.")
             return
@@ -247,7 +234,7 @@ def show_cmd(name, out, seed, columns):
 
     out = out or Path(f"{name}_factors.png")
     if out.suffix.lower() != ".png":
-        raise _bad_input(f"--out {out} must end in .png")
+        raise BadInput(f"--out {out} must end in .png")
     _, dataset = _dataset(name)
     random_state = np.random.RandomState(seed)
     with _file_errors():

@@ -1,38 +1,22 @@
-"""Study configs: read YAML/TOML/JSON, validate everything before any work starts.
+"""The study config's schema: the pydantic models a validated study config is made of.
 
-Validation happens in two layers. The study structure (``StudyConfig``) is a
-pydantic model with ``extra="forbid"`` everywhere. Plugin params are then
-checked against each plugin's own config class, sweep values one by one, so
-an error names the exact path (``models[1].sweep.beta[2]``). Plugin entries are
-checked even when the structure has problems elsewhere, and, once everything
-else is valid, the grid is checked for entries that expand to the same run
-(``datasets`` listed twice, ``beta: [1, 1.0]``). Numbers must be finite and
-booleans are not numbers. All problems are collected and raised together as
-one :class:`ConfigError`, one line each.
+These models are the contract between a study file and the engine: every
+setting a study can have, its type, default, bounds and help text, with
+``extra="forbid"`` everywhere so a typo is an error rather than a silently
+ignored key; numbers must be finite and booleans are not numbers. They say
+what a valid structure is and nothing else: plugin params are checked against
+each plugin's own config class, problems are worded and files are read
+elsewhere in ``core.config`` (``load``, ``problems``, ``files``), so the engine
+can import the models without any of that.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from disentbench.core.registry import PluginRegistry
-
-
-class ConfigError(ValueError):
-    """One or more problems with a study config; ``problems`` has one line each."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 
 def _not_a_boolean(what: str) -> Callable[[Any], Any]:
@@ -56,7 +40,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _plugin_shorthand(value: Any) -> Any:
+def plugin_shorthand(value: Any) -> Any:
     # "mig" is shorthand for {"name": "mig"}
     return {"name": value} if isinstance(value, str) else value
 
@@ -188,7 +172,7 @@ class EvaluationConfig(_Strict):
     batch_size: Int = Field(256, ge=1, description="Encoder batch size during evaluation.")
 
     _shorthand = field_validator("metrics", "tasks", mode="before")(
-        lambda values: [_plugin_shorthand(v) for v in values] if isinstance(values, list) else values
+        lambda values: [plugin_shorthand(v) for v in values] if isinstance(values, list) else values
     )
 
     @field_validator("representations")
@@ -223,7 +207,7 @@ class StudyConfig(_Strict):
     executor: PluginRef = Field(default_factory=lambda: PluginRef(name="local"))
 
     _shorthand = field_validator("datasets", "models", "executor", mode="before")(
-        lambda values: [_plugin_shorthand(v) for v in values] if isinstance(values, list) else _plugin_shorthand(values)
+        lambda values: [plugin_shorthand(v) for v in values] if isinstance(values, list) else plugin_shorthand(values)
     )
 
     @field_validator("seeds", mode="before")
@@ -247,318 +231,3 @@ class StudyConfig(_Strict):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
-
-
-# ---------------------------------------------------------------------------
-# error formatting
-
-
-def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Annotated[X, ...] -> X; X | None -> X; a union keeps its one model or container arm."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (Union, types.UnionType):
-            arms = [
-                a
-                for a in typing.get_args(annotation)
-                if (isinstance(a, type) and issubclass(a, BaseModel)) or typing.get_origin(a) in (list, dict)
-            ]
-            if len(arms) != 1:
-                return annotation
-            annotation = arms[0]
-        else:
-            return annotation
-
-
-def _known_keys(root: Any, loc: tuple[Any, ...]) -> list[str] | None:
-    """The field names of the pydantic model at ``loc`` below ``root`` (None if it is not a model)."""
-    node = root
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            if not isinstance(part, str) or part not in node.model_fields:
-                return None
-            node = node.model_fields[part].annotation
-        elif typing.get_origin(node) is list and isinstance(part, int):
-            node = typing.get_args(node)[0]
-        elif typing.get_origin(node) is dict and isinstance(part, str):
-            node = typing.get_args(node)[1]
-        else:
-            return None
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return None
-
-
-def _did_you_mean(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
-def _is_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, str):
-        try:
-            return not math.isfinite(float(value))
-        except ValueError:
-            return False
-    return False
-
-
-def _show_number(value: Any) -> str:
-    return str(float(value)) if isinstance(value, (str, float)) else repr(value)
-
-
-_NUMBER_ERRORS = {
-    "finite_number",
-    "greater_than",
-    "greater_than_equal",
-    "less_than",
-    "less_than_equal",
-    "multiple_of",
-    "int_parsing",
-    "int_from_float",
-    "float_parsing",
-}
-
-_TOO_SHORT = {
-    ("datasets",): "no datasets given; list at least one dataset (see `disentbench plugins`)",
-    ("models",): "no models given; list at least one model (see `disentbench plugins`)",
-}
-
-
-def _message(err: dict[str, Any], loc: tuple[Any, ...], root: Any) -> str:
-    """pydantic's message for one error, reworded where it would not say what to do."""
-    kind, value = err["type"], err.get("input")
-    if kind in _NUMBER_ERRORS and _is_non_finite(value):
-        return f"{_show_number(value)} is not a finite number; give a finite value"
-    if kind == "extra_forbidden" and loc and root is not None:
-        known = _known_keys(root, loc[:-1])
-        if known is not None:
-            key = str(loc[-1])
-            return f"{err['msg']}; {_did_you_mean(key, known)}known keys: {', '.join(known)}"
-    if kind == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NAME_PATTERN:
-        return f"{value!r} may use only letters, digits, '_', '.' and '-' (no spaces); rename it"
-    if kind == "too_short" and loc in _TOO_SHORT and root is StudyConfig:
-        return _TOO_SHORT[loc]
-    return err["msg"].removeprefix("Value error, ")
-
-
-def _pydantic_problems(exc: ValidationError, prefix: str = "", root: Any = None) -> list[str]:
-    """One line per error; ``root`` is the model validated (to name the known keys of a typo)."""
-    problems = []
-    for err in exc.errors():
-        # pydantic puts validator names such as "function-after[...]" in loc; drop them
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        problems.append(f"{_format_loc(prefix, loc) or '<config>'}: {_message(err, loc, root)}")
-    return problems
-
-
-def _value_problems(raw: Any, validated: Any, path: str, problems: list[str]) -> None:
-    """Plugin params after validation: no boolean read as a number, no non-finite number.
-
-    Plugin schemas are the plugins' own pydantic models, so these two rules of the
-    study config are applied here, comparing what was written with what it became.
-    """
-    if isinstance(raw, bool) and not isinstance(validated, bool) and isinstance(validated, (int, float)):
-        problems.append(f"{path}: {str(raw).lower()} is a boolean, not a number; give a number")
-    elif isinstance(validated, float) and not math.isfinite(validated):
-        problems.append(f"{path}: {_show_number(validated)} is not a finite number; give a finite value")
-    elif isinstance(raw, dict) and isinstance(validated, dict):
-        for key in raw:
-            if key in validated:
-                _value_problems(raw[key], validated[key], f"{path}.{key}", problems)
-    elif isinstance(raw, (list, tuple)) and isinstance(validated, (list, tuple)) and len(raw) == len(validated):
-        for i, (r, v) in enumerate(zip(raw, validated)):
-            _value_problems(r, v, f"{path}[{i}]", problems)
-
-
-# ---------------------------------------------------------------------------
-# loading
-
-
-def _yaml_problem(path: Path, exc: Any) -> str:
-    """``FILE line L, column C: problem (...)`` from a PyYAML error, on one line."""
-    import yaml
-
-    mark = exc.problem_mark or exc.context_mark
-    where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
-    problem = " ".join(str(exc.problem or exc.context or "cannot parse YAML").split())
-    if isinstance(exc, yaml.constructor.ConstructorError):
-        hint = "tags such as !!python/... are not allowed in a config; write plain values"
-    else:
-        hint = "check the YAML syntax there"
-    return f"{where}: cannot parse YAML: {problem} ({hint})"
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML, TOML or JSON file into a dict, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"{path}: no such config file"])
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.MarkedYAMLError as exc:
-                raise ConfigError([_yaml_problem(path, exc)]) from None
-        elif suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError([f"{path}: unknown config format {suffix!r}; use .yaml, .yml, .toml or .json"])
-    except ConfigError:
-        raise
-    except Exception as exc:  # parser errors carry line numbers in their text
-        first = " ".join(str(exc).split())
-        raise ConfigError([f"{path}: cannot parse {suffix[1:].upper()}: {first}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of study settings"])
-    return data
-
-
-def validate_plugin_params(
-    registry: PluginRegistry, kind: str, ref: PluginRef, path: str, problems: list[str]
-) -> BaseModel | None:
-    try:
-        registration = registry.get(kind, ref.name)
-    except KeyError as exc:
-        message = str(exc.args[0])
-        close = difflib.get_close_matches(ref.name, registry.names(kind), n=1) if kind in registry.plugins else []
-        if close and "; known:" in message:
-            message = message.replace("; known:", f"; did you mean {close[0]!r}? known:", 1)
-        problems.append(f"{path}.name: {message}")
-        return None
-    try:
-        config = registration.make_config(ref.params)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, f"{path}.params", registration.config))
-        return None
-    found: list[str] = []
-    _value_problems(ref.params, config.model_dump(), f"{path}.params", found)
-    problems.extend(found)
-    return None if found else config
-
-
-def _validate_sweep(registry: PluginRegistry, entry: ModelEntry, path: str, problems: list[str]) -> None:
-    schema = registry.get("model", entry.name).config
-    for param, values in entry.sweep.items():
-        if param not in schema.model_fields:
-            known = list(schema.model_fields)
-            problems.append(
-                f"{path}.sweep.{param}: {entry.name} has no parameter {param!r}; "
-                f"{_did_you_mean(param, known)}known: {', '.join(known)}"
-            )
-            continue
-        for j, value in enumerate(values):
-            where = f"{path}.sweep.{param}[{j}]"
-            try:
-                validated = schema.model_validate({**entry.params, param: value})
-            except ValidationError as exc:
-                for err in exc.errors():
-                    if err["loc"] and err["loc"][0] == param:
-                        problems.append(f"{where}: {_message(err, tuple(err['loc']), schema)}")
-                continue
-            _value_problems(value, validated.model_dump().get(param), where, problems)
-
-
-def _entries(raw: dict[str, Any], key: str, cls: type[PluginRef]) -> list[tuple[int, PluginRef]]:
-    """The entries of the list ``raw[key]`` whose own structure is valid (the rest are schema problems)."""
-    values = raw.get(key)
-    if not isinstance(values, list):
-        return []
-    entries = []
-    for i, value in enumerate(values):
-        try:
-            entries.append((i, cls.model_validate(_plugin_shorthand(value))))
-        except ValidationError:
-            pass
-    return entries
-
-
-def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig:
-    """Validate a raw config dict fully (structure and every plugin's params), reporting every problem at once.
-
-    Plugin params are checked even where the structure has problems elsewhere: each
-    dataset, model, metric, task and executor entry whose own shape is valid is
-    checked against its plugin. Only the grid check (no two grid entries that
-    expand to the same run) needs a config without any other problem.
-    """
-    problems: list[str] = []
-    config: StudyConfig | None = None
-    try:
-        config = StudyConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, root=StudyConfig))
-
-    if config is not None:
-        datasets = list(enumerate(config.datasets))
-        models = list(enumerate(config.models))
-        metrics = list(enumerate(config.evaluation.metrics))
-        tasks = list(enumerate(config.evaluation.tasks))
-        executors = [(0, config.executor)]
-    else:  # the structure has problems: check the plugin entries that are well-formed themselves
-        evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
-        datasets = _entries(raw, "datasets", PluginRef)
-        models = _entries(raw, "models", ModelEntry)
-        metrics = _entries(evaluation, "metrics", PluginRef)
-        tasks = _entries(evaluation, "tasks", PluginRef)
-        executors = _entries({"executor": [raw.get("executor", "local")]}, "executor", PluginRef)
-
-    before = len(problems)
-    for i, ref in datasets:
-        validate_plugin_params(registry, "dataset", ref, f"datasets[{i}]", problems)
-    for i, entry in models:
-        path = f"models[{i}]"
-        fixed = validate_plugin_params(registry, "model", entry, path, problems)
-        if fixed is not None:
-            _validate_sweep(registry, entry, path, problems)
-    for i, ref in metrics:
-        validate_plugin_params(registry, "metric", ref, f"evaluation.metrics[{i}]", problems)
-    for i, ref in tasks:
-        validate_plugin_params(registry, "task", ref, f"evaluation.tasks[{i}]", problems)
-    for _, ref in executors:
-        validate_plugin_params(registry, "executor", ref, "executor", problems)
-    if config is not None and len(problems) == before:
-        from disentbench.core.config.grid import duplicate_run_problems
-
-        problems.extend(duplicate_run_problems(config, registry))
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-def load_study_config(path_or_dict: str | Path | dict[str, Any], registry: PluginRegistry | None = None) -> StudyConfig:
-    """Read and fully validate a study config (file path or dict)."""
-    if registry is None:
-        from disentbench.core.registry import get_plugin_manager
-
-        registry = get_plugin_manager()
-    if isinstance(path_or_dict, dict):
-        raw = path_or_dict
-    else:
-        raw = read_config_file(path_or_dict)
-    return validate_study(raw, registry)

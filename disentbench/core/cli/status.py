@@ -1,0 +1,55 @@
+"""``disentbench status``: where each run of a study stands, read from its MLflow store.
+
+It answers "what is left to do" without training anything: the study's grid
+says which runs should exist, the store says which finished, are running or
+failed, and every run it has not seen is pending. It never creates a store or
+an experiment, so a mistyped ``--tracking-uri`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import click
+
+from disentbench.core.cli._common import BadInput, load_study, plugin_registry, term_width
+
+
+@click.command("status")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--tracking-uri", help="Override the MLflow tracking URI.")
+def status_cmd(config, tracking_uri):
+    """Per run of a study: finished, running, failed or pending (read from MLflow).
+
+    \b
+    Example:
+      disentbench status examples/quickstart.yaml
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from disentbench.core.tracking import tracker as tracking
+    from disentbench.core.config.grid import expand_grid
+
+    study = load_study(config)
+    specs = expand_grid(study, plugin_registry())
+    uri = tracking.resolve_tracking_uri(tracking_uri or study.tracking.uri)
+    try:
+        tracker, experiment_id = tracking.open_existing(uri, study.experiment_name)
+    except tracking.TrackingError as exc:
+        raise BadInput(str(exc)) from None
+    recorded = tracker.runs_by_key(experiment_id) if experiment_id else {}
+    if experiment_id is None:
+        # every run pending is the truth before the first `run`, and a hint when the store is the wrong one
+        click.echo(
+            f"note: no experiment named {study.experiment_name!r} in {uri} yet, so every run is pending; "
+            "if the study has run, pass its --tracking-uri (or run status where it ran)",
+            err=True,
+        )
+    table = Table("#", "run", "run key", "status", box=None, pad_edge=False)
+    counts: dict[str, int] = {}
+    for spec in specs:
+        status = tracking.status_of(recorded.get(spec.run_key, [])).lower()
+        counts[status] = counts.get(status, 0) + 1
+        table.add_row(str(spec.index), spec.run_name, spec.run_key, status)
+    Console(width=max(120, term_width())).print(table)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    click.echo(f"{len(specs)} runs: {summary}")
