@@ -50,9 +50,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from disentbench.core.training.kernels.triton_conv import TUNING_KEYS, tuning_from_json, tuning_key, tuning_to_json
 from disentbench.core.training.packed import bmm as packed_conv
 from disentbench.core.training.packed import grouped as packed_grouped
-from disentbench.core.training.kernels.triton_conv import TUNING_KEYS, tuning_from_json, tuning_key, tuning_to_json
 from disentbench.core.training.trainer import resolve_device
 
 #: (name, kind, C_in, C_out, input height, ReLU after) of the study architecture's strided layers (C = 1 images).

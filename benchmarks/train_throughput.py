@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.registry import build_registry
 from disentbench.core.training.packed.trainer import (
     FORMULATIONS,
     PackedTrainer,
@@ -65,7 +66,6 @@ from disentbench.core.training.packed.trainer import (
     auto_formulation,
     choose_pack_size,
 )
-from disentbench.core.registry import build_registry
 from disentbench.core.training.trainer import Trainer, build_model, resolve_device
 
 STUDY_RUNS = 12_600
@@ -521,7 +521,7 @@ def main(argv=None) -> int:
             )
         except UnpackableModel as exc:
             print(f"  {mode} [{options.formulation}] x{pack}: not possible here ({exc})")
-        except torch.cuda.OutOfMemoryError if cuda else MemoryError:
+        except (torch.cuda.OutOfMemoryError, MemoryError):
             print(f"{mode} x{pack}: out of memory, skipped")
             torch.cuda.empty_cache() if cuda else None
         except Exception:  # noqa: BLE001 - one broken row must not lose the others

@@ -41,8 +41,8 @@ def record_launches(channels: tuple[int, ...], dtypes: tuple[bool, ...]) -> dict
     import torch
     from torch.func import stack_module_state
 
-    from disentbench.core.training.kernels import triton_conv as pt
     from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
+    from disentbench.core.training.kernels import triton_conv as pt
 
     launches: dict = {}
 

@@ -61,7 +61,7 @@ def synthetic_table(datasets=("shapes", "blocks")) -> StudyTable:
     """
     scale = seed_scale(0.8)
     rows = []
-    for d, dataset in enumerate(datasets):
+    for dataset in datasets:
         for (model, value), effect in CONFIG_EFFECTS.items():
             middle = sorted(v for m, v in CONFIG_EFFECTS if m == model)[1]
             for seed, offset in enumerate(SEED_OFFSETS):
@@ -289,8 +289,8 @@ def store(tmp_path_factory):
     and the first half of QUICK_CONFIG's grid."""
     from mlflow.tracking import MlflowClient
 
-    from disentbench.core.config.load import load_study_config
     from disentbench.core.config.grid import expand_grid
+    from disentbench.core.config.load import load_study_config
 
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"

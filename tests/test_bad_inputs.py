@@ -32,11 +32,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 from conftest import config_with
-
-from disentbench.core.tracking import tracker as tracking
-from disentbench.core.cli.main import main
 from test_datasets_formats import mpi3d_grid, shapes_grid, write_mpi3d, write_shapes_h5
 from test_dsprites import header_only, metadata, npy_bytes, write_npz
+
+from disentbench.core.cli.main import main
+from disentbench.core.tracking import tracker as tracking
 
 CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 

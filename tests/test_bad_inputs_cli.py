@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 import pytest
+import test_bad_inputs
 import torch
 import yaml
 from click.testing import CliRunner
@@ -24,7 +25,6 @@ from click.testing import CliRunner
 from disentbench.core.cli import _common as cli_common
 from disentbench.core.cli import run as run_cli
 from disentbench.core.cli.main import main
-import test_bad_inputs
 
 GOOD = {**test_bad_inputs.GOOD, "name": "tiny"}  # the same tiny study, under its own name
 

@@ -7,7 +7,6 @@ malformed YAML without file and position, and problems held back until the next 
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 from click.testing import CliRunner

@@ -158,14 +158,13 @@ def _widen(driver, *columns: tuple[str, int]) -> None:
 
 def test_study_in_the_mlflow_ui(tmp_path, monkeypatch, record_property):
     chromium, chromedriver = _browser_or_skip()
+    from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from click.testing import CliRunner
 
     from disentbench.core.cli.main import main
 

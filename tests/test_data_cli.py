@@ -14,14 +14,6 @@ import matplotlib.image
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from disentbench import hookimpl
-from disentbench.core import registry as plugins
-from disentbench.core.cli.main import main
-from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig
-from disentbench.plugins.datasets.mpi3d import MPI3DConfig, MPI3DData
-from disentbench.plugins.datasets.shapes3d import Shapes3D, Shapes3DConfig
-from disentbench.plugins.datasets.smallnorb import SmallNORB, SmallNORBConfig
 from test_datasets_formats import (
     TINY_CARS,
     TINY_MPI3D,
@@ -34,6 +26,14 @@ from test_datasets_formats import (
     write_mpi3d,
     write_shapes_h5,
 )
+
+from disentbench import hookimpl
+from disentbench.core import registry as plugins
+from disentbench.core.cli.main import main
+from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig
+from disentbench.plugins.datasets.mpi3d import MPI3DConfig, MPI3DData
+from disentbench.plugins.datasets.shapes3d import Shapes3D, Shapes3DConfig
+from disentbench.plugins.datasets.smallnorb import SmallNORB, SmallNORBConfig
 
 
 @hookimpl

@@ -14,7 +14,6 @@ import gzip
 import pickle
 import struct
 import time
-import warnings
 from pathlib import Path
 
 import h5py
@@ -27,7 +26,7 @@ from PIL import Image
 
 from disentbench.core.data.ground_truth import ChecksumWarning, DatasetFormatError, PreparedData, sha256_of
 from disentbench.core.paths import DatasetNotFoundError
-from disentbench.plugins.datasets import cars3d, mpi3d, shapes3d, smallnorb
+from disentbench.plugins.datasets import mpi3d, shapes3d, smallnorb
 from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig, CarsLayout
 from disentbench.plugins.datasets.mpi3d import MPI3DConfig, MPI3DData, MPI3DLayout
 from disentbench.plugins.datasets.shapes3d import Shapes3D, Shapes3DConfig, Shapes3DLayout

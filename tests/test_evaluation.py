@@ -2,11 +2,11 @@
 
 import numpy as np
 import torch
+from test_trainer import Squares
 
 from disentbench.core.evaluation.evaluate import evaluate
 from disentbench.core.training.trainer import build_model
 from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
-from test_trainer import Squares
 
 
 def _model(data):

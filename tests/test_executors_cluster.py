@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
-from disentbench.plugins.executors.cluster import MissingExtra, RayConfig, SlurmConfig, SlurmExecutor
 from disentbench.core.study.run import run_study
+from disentbench.plugins.executors.cluster import MissingExtra, RayConfig, SlurmConfig, SlurmExecutor
 
 
 def _config(tmp_path: Path, name: str, executor: dict) -> dict:

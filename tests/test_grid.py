@@ -6,8 +6,8 @@ import sys
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.load import load_study_config
 from disentbench.core.config.grid import expand_grid
+from disentbench.core.config.load import load_study_config
 
 STUDY = {
     "name": "grid",

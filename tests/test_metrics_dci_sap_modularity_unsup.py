@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.evaluation.api import score_codes, score_representation
 from disentbench.core.evaluation.sampling import generate_batch_factor_code
-from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.plugins.metrics import dci, sap, unsupervised
 from disentbench.plugins.metrics import modularity_explicitness as modexp
 

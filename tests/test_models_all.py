@@ -10,15 +10,15 @@ import math
 import pydantic
 import pytest
 import torch
+from test_trainer import Squares
 
+from disentbench.core.nets.vae import STANDARD_TERMS, GaussianVAEConfig
 from disentbench.core.training.trainer import Trainer, build_model
 from disentbench.plugins.models.annealed_vae import AnnealedVAE
 from disentbench.plugins.models.beta_tcvae import BetaTCVAE
 from disentbench.plugins.models.beta_vae import BetaVAE
 from disentbench.plugins.models.dip_vae import DIPVAE
 from disentbench.plugins.models.factor_vae import FactorVAE
-from disentbench.core.nets.vae import STANDARD_TERMS, GaussianVAEConfig
-from test_trainer import Squares
 
 #: (registered name, params, extra loss terms): one entry per model of the study sweep.
 STUDY_MODELS = [

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from disentbench.plugins.models import beta_vae as beta_vae_module
 from disentbench.core.nets.conv import ARCHITECTURES, ConvEncoder, DeconvDecoder
 from disentbench.core.nets.losses import bernoulli_reconstruction_loss, gaussian_kl
+from disentbench.plugins.models import beta_vae as beta_vae_module
 from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 
 

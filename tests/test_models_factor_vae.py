@@ -8,6 +8,7 @@ import math
 import pydantic
 import pytest
 import torch
+from test_trainer import Squares
 from torch import nn
 
 from disentbench.core.training.trainer import STREAM_DATA, STREAM_LATENT, Trainer, build_model, derive_seed
@@ -17,7 +18,6 @@ from disentbench.plugins.models.factor_vae import (
     FactorVAEConfig,
     permute_dims,
 )
-from test_trainer import Squares
 
 
 @pytest.fixture(autouse=True)

@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 import torch
 
-from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.contracts import Model
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.registry import LOAD_PLUGINS_ENV, build_registry
 
 pytest.importorskip("setuptools", reason="building the plugin packages needs setuptools (no build isolation)")

@@ -253,8 +253,8 @@ def test_bad_pack_size_exits_2_naming_the_field(tmp_path, monkeypatch, value, wo
 
 
 def test_formulation_is_validated_and_reaches_the_packed_trainer(tmp_path, monkeypatch, registry):
-    from disentbench.core.training.packed.trainer import FORMULATIONS
     from disentbench.core.study.packing import speed_options as _speed_options
+    from disentbench.core.training.packed.trainer import FORMULATIONS
 
     monkeypatch.chdir(tmp_path)
     raw = _raw(tmp_path, "bad", 2)
@@ -293,9 +293,9 @@ def test_pack_size_defaults_to_auto_and_packs_nothing_off_cuda(registry):
 
 def test_auto_pack_size_is_probed_once_per_pack_group_and_budgets_the_datasets_images(tmp_path, monkeypatch, registry):
     """Swept values share one memory probe; the dataset's images (not yet on the device) are reserved."""
-    from disentbench.core.training.packed import trainer as packed
     from disentbench.core.config.grid import expand_grid
     from disentbench.core.study.worker import Worker
+    from disentbench.core.training.packed import trainer as packed
 
     raw = _raw(tmp_path, "probe", "auto", sweep={"beta": [1, 2, 4, 8]}, seeds=(0, 1, 2))
     config = load_study_config(raw, registry)

@@ -5,8 +5,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
-from disentbench.core.config.load import load_study_config
 from disentbench.core.config.grid import expand_grid
+from disentbench.core.config.load import load_study_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

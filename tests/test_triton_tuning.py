@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
-from disentbench.core.training.packed.trainer import SpeedOptions
 from disentbench.core.training.kernels.tuning import read_tuning_file, tuning_from_json, tuning_to_json
+from disentbench.core.training.packed.trainer import SpeedOptions
 
 SWEPT = {"conv_transpose": {"BLOCK_K": 64, "num_warps": 8}, "conv_transpose[32,1,4,2]": {"WINDOW": 1}}
 

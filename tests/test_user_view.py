@@ -22,8 +22,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from disentbench.core.display import images
 from disentbench.core.cli.main import main
+from disentbench.core.display import images
 
 MIG = "eval/mean/mig/discrete_mig"
 MIG_SAMPLED = "eval/sampled/mig/discrete_mig"
@@ -180,8 +180,8 @@ def test_compare_bad_input_exits_2(store):
 
 
 def test_compare_from_config_shows_only_its_grid(tmp_path, monkeypatch, registry):
-    from disentbench.core.config.load import load_study_config
     from disentbench.core.config.grid import expand_grid
+    from disentbench.core.config.load import load_study_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

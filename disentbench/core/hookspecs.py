@@ -21,7 +21,8 @@ these hooks, so anything a built-in can do a third-party package can do too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, overload
+from collections.abc import Callable
+from typing import Any, Protocol, overload
 
 import pluggy
 from pydantic import BaseModel

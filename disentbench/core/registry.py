@@ -13,8 +13,9 @@ import importlib
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel

@@ -26,8 +26,9 @@ that the tests do catch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -84,7 +85,7 @@ class TheoremConfig(PluginConfig):
         return values
 
     @model_validator(mode="after")
-    def _angle(self) -> "TheoremConfig":
+    def _angle(self) -> TheoremConfig:
         if self.angle is not None:
             if self.dims != 2:
                 raise ValueError("--angle (a rotation) is for 2-D only; use --alpha for d > 2")
@@ -600,7 +601,7 @@ def _figures(demo: Demonstration) -> dict[str, Any]:
     sweep = np.linspace(0.01, 0.99, 200)
     medians = np.array([m.ppf(0.5) for m in marginals])
     for k, level in enumerate(levels):
-        for axis, (ax, fixed) in enumerate(((left, 1), (right, 0))):
+        for ax, fixed in ((left, 1), (right, 0)):
             points = np.tile(medians, (len(sweep), 1))
             points[:, 1 - fixed] = marginals[1 - fixed].ppf(sweep)
             points[:, fixed] = marginals[fixed].ppf(level)

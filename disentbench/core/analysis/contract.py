@@ -30,7 +30,7 @@ class AnalysisConfig(PluginConfig):
     min_runs: int = Field(3, ge=2, description="Fewest runs (per dataset) a rank correlation is computed on.")
 
 
-def metric_columns(table: "StudyTable", config: AnalysisConfig) -> list[str]:
+def metric_columns(table: StudyTable, config: AnalysisConfig) -> list[str]:
     """The headline score columns an analysis with ``config`` looks at."""
     return table.score_columns(config.representation, config.metrics, config.exclude_metrics)
 
@@ -72,7 +72,7 @@ class AnalysisResult:
 class Analysis(Protocol):
     """The object an analysis plugin's factory returns."""
 
-    def run(self, table: "StudyTable") -> AnalysisResult: ...
+    def run(self, table: StudyTable) -> AnalysisResult: ...
 
 
 @dataclass

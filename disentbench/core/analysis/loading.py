@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from disentbench.core.registry import PluginRegistry
 
 
-def headlines_from_registry(registry: "PluginRegistry") -> dict[str, tuple[str, ...]]:
+def headlines_from_registry(registry: PluginRegistry) -> dict[str, tuple[str, ...]]:
     """Each metric and task plugin's headline keys (the ``headline`` attribute of its factory)."""
     out: dict[str, tuple[str, ...]] = {}
     for kind in ("metric", "task"):
@@ -49,8 +49,8 @@ def load_study_table(
     tracking_uri: str | None,
     experiment: str,
     *,
-    config: "StudyConfig | None" = None,
-    registry: "PluginRegistry | None" = None,
+    config: StudyConfig | None = None,
+    registry: PluginRegistry | None = None,
 ) -> StudyTable:
     """Read a study's runs from MLflow into a :class:`StudyTable`.
 
@@ -61,8 +61,8 @@ def load_study_table(
     """
     import pandas as pd
 
-    from disentbench.core.tracking import tracker as tracking
     from disentbench.core.registry import get_plugin_manager
+    from disentbench.core.tracking import tracker as tracking
 
     registry = registry or get_plugin_manager()
     tracker, experiment_id = tracking.open_existing(tracking_uri, experiment)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 
-def new_figure(width: float, height: float) -> "Figure":
+def new_figure(width: float, height: float) -> Figure:
     """A matplotlib Figure not attached to pyplot (no global state, no GUI backend)."""
     from matplotlib.figure import Figure
 
@@ -45,7 +45,7 @@ def heatmap(ax, matrix, *, vmin: float = -1.0, vmax: float = 1.0, cmap: str = "R
 
 def heatmap_figure(
     panels: dict[str, Any], title: str, *, vmin: float = -1.0, vmax: float = 1.0, cmap: str = "RdBu_r"
-) -> "Figure":
+) -> Figure:
     """One annotated heatmap per DataFrame in ``panels`` (panel title -> matrix), side by side,
     sized so that long row and column labels fit."""
     import textwrap

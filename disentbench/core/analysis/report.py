@@ -15,9 +15,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from disentbench.core.analysis.contract import AnalysisOutcome, AnalysisResult, AnalysisSkipped
 from disentbench.core.analysis.table import StudyTable, format_value, score_gaps
@@ -34,7 +35,7 @@ TAG_KIND_ANALYSIS = "analysis"
 
 def run_analyses(
     table: StudyTable,
-    registry: "PluginRegistry | None" = None,
+    registry: PluginRegistry | None = None,
     *,
     only: Iterable[str] | None = None,
     params: dict[str, dict] | None = None,
@@ -317,7 +318,7 @@ def analyze_study(
     table: StudyTable,
     out_dir: str | Path,
     *,
-    registry: "PluginRegistry | None" = None,
+    registry: PluginRegistry | None = None,
     only: Iterable[str] | None = None,
     log: bool = True,
 ) -> AnalysisRun:

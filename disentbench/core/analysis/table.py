@@ -9,8 +9,9 @@ plugin modules import this one whenever the registry is built.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class StudyTable:
         expected_runs: int | None = None,
         headlines: dict[str, tuple[str, ...]] | None = None,
         notes: Iterable[str] = (),
-    ) -> "StudyTable":
+    ) -> StudyTable:
         """A table from one row per finished run (``model``, ``dataset``, ``seed``, params, scores).
 
         Swept hyperparameters are inferred per model: the ``model.*`` params that

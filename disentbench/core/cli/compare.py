@@ -13,8 +13,9 @@ import csv
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -81,7 +82,7 @@ class CompareTable:
     # -- filtering and sorting ----------------------------------------------------
     def filter(
         self, models: Iterable[str] = (), datasets: Iterable[str] = (), representation: str | None = None
-    ) -> "CompareTable":
+    ) -> CompareTable:
         models, datasets = set(models), set(datasets)
         rows = [
             r for r in self.rows if (not models or r.model in models) and (not datasets or r.dataset in datasets)
@@ -107,7 +108,7 @@ class CompareTable:
             return matches[0]
         raise KeyError(key)
 
-    def sorted(self, key: str | None, reverse: bool = False) -> "CompareTable":
+    def sorted(self, key: str | None, reverse: bool = False) -> CompareTable:
         """Scores best (highest) first, text A to Z; runs without the score last; ``reverse`` flips."""
         if key is None:
             rows = sorted(self.rows, key=lambda r: (r.model, r.dataset, _natural(r.params), r.seed))
@@ -203,8 +204,8 @@ def load_compare_table(
     tracking_uri: str | None,
     experiment: str,
     *,
-    config: "StudyConfig | None" = None,
-    registry: "PluginRegistry | None" = None,
+    config: StudyConfig | None = None,
+    registry: PluginRegistry | None = None,
 ) -> CompareTable:
     """The finished runs of a study's experiment with their headline score columns.
 
@@ -213,8 +214,8 @@ def load_compare_table(
     study invocation recorded (its ``config`` param), else each plugin's
     defaults. Raises ``LookupError`` when the experiment does not exist.
     """
-    from disentbench.core.tracking import tracker as tracking
     from disentbench.core.registry import get_plugin_manager
+    from disentbench.core.tracking import tracker as tracking
 
     registry = registry or get_plugin_manager()
     tracker, experiment_id = tracking.open_existing(tracking_uri, experiment)
@@ -323,7 +324,7 @@ def _refs(evaluation: dict[str, Any] | None, kind: str) -> list[tuple[str, dict[
     return out
 
 
-def _headlines(evaluation: dict[str, Any] | None, registry: "PluginRegistry") -> dict[str, tuple[str, ...]]:
+def _headlines(evaluation: dict[str, Any] | None, registry: PluginRegistry) -> dict[str, tuple[str, ...]]:
     """Each scorer's headline keys: from the scorer built with the study's params, else the plugin's defaults."""
     out: dict[str, tuple[str, ...]] = {}
     configured = {("metric", n): p for n, p in _refs(evaluation, "metric")}

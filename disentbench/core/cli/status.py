@@ -26,8 +26,8 @@ def status_cmd(config, tracking_uri):
     from rich.console import Console
     from rich.table import Table
 
-    from disentbench.core.tracking import tracker as tracking
     from disentbench.core.config.grid import expand_grid
+    from disentbench.core.tracking import tracker as tracking
 
     study = load_study(config)
     specs = expand_grid(study, plugin_registry())

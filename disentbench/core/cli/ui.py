@@ -19,7 +19,6 @@ import click
 
 from disentbench.core.cli._common import EXIT_FAILURE, EXIT_OK, BadInput, global_options, load_study, looks_like_config
 
-
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -75,7 +74,7 @@ def _answers(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _stop_process_group(process: "subprocess.Popen", timeout: float = 10.0) -> None:
+def _stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM the server's whole process group (MLflow starts worker processes), SIGKILL what stays."""
     import signal
 

@@ -13,8 +13,9 @@ can import the models without any of that.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -66,7 +67,7 @@ class ModelEntry(PluginRef):
         return sweep
 
     @model_validator(mode="after")
-    def _no_overlap(self) -> "ModelEntry":
+    def _no_overlap(self) -> ModelEntry:
         both = sorted(set(self.sweep) & set(self.params))
         if both:
             raise ValueError(f"{', '.join(both)} is both fixed in params and swept; keep one")

@@ -9,14 +9,15 @@ GUI backend.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.contracts import Model
+from disentbench.core.data.ground_truth import GroundTruthData
 
 TRAVERSAL_STEPS = 9  # values per latent
 TRAVERSAL_LIMIT = 2.0  # from -limit to +limit: the bulk of the N(0, 1) prior

@@ -17,7 +17,8 @@ random_state) -> dict``; those with an array core also define
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -15,13 +15,13 @@ metric rerun alone reproduces its in-study value.
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.contracts import Model
+from disentbench.core.data.ground_truth import GroundTruthData
 
 RepresentationFn = Callable[[np.ndarray], np.ndarray]
 

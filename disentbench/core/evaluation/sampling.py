@@ -15,7 +15,7 @@ match it for the same ``numpy.random.RandomState`` seed:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

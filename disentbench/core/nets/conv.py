@@ -54,7 +54,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 #: Spatial size the conv architecture is built for (spec §1.1: 64x64 inputs).
 CONV_IMAGE_SIZE = 64
 

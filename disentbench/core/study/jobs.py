@@ -9,8 +9,9 @@ small, picklable vocabulary and never on the code that calls them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from disentbench.core.config.grid import RunSpec, canonical_json
 from disentbench.core.config.schema import StudyConfig

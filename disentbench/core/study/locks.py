@@ -9,9 +9,9 @@ a run theirs, or on the message a run skipped for either reason carries.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from disentbench.core.config.schema import StudyConfig
 from disentbench.core.study.jobs import RunJob, RunOutcome
@@ -30,7 +30,7 @@ class RunLock:
         self.acquired = False
         self._handle = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a+")
         try:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class Worker:
         state["_state"] = None
         return state
 
-    def with_device(self, device: str) -> "Worker":
+    def with_device(self, device: str) -> Worker:
         clone = Worker.__new__(Worker)
         clone.__dict__.update(self.__getstate__())
         clone.device = device

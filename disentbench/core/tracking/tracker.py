@@ -16,8 +16,9 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from disentbench.core.config.grid import RunSpec
 from disentbench.core.messages import first_line

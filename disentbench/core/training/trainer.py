@@ -20,16 +20,16 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from disentbench.core.contracts import Model
 from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.messages import first_line
-from disentbench.core.contracts import Model
 
 # Streams derived from a run's seed; fixed numbers so runs are reproducible.
 STREAM_INIT, STREAM_DATA, STREAM_LATENT, STREAM_EVAL = 0, 1, 2, 3

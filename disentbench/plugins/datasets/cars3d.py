@@ -27,8 +27,8 @@ import numpy as np
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.data.ground_truth import DatasetFormatError, PreparedData
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.data.ground_truth import DatasetFormatError, PreparedData
 from disentbench.core.paths import data_root
 
 FOLDER = "cars"

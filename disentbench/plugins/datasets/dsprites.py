@@ -31,8 +31,8 @@ import numpy as np
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.paths import DatasetNotFoundError, data_root
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")

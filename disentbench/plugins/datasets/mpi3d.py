@@ -31,8 +31,8 @@ import numpy as np
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.data.ground_truth import DatasetFormatError, PreparedData, iter_npz_rows, npz_member_header
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.data.ground_truth import DatasetFormatError, PreparedData, iter_npz_rows, npz_member_header
 from disentbench.core.paths import data_root
 
 FACTOR_NAMES = (

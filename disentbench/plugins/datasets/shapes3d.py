@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from disentbench import hookimpl
+from disentbench.core.contracts import PluginConfig
 from disentbench.core.data.ground_truth import (
     DatasetFormatError,
     PreparedData,
@@ -35,7 +36,6 @@ from disentbench.core.data.ground_truth import (
     iter_npz_rows,
     npz_member_header,
 )
-from disentbench.core.contracts import PluginConfig
 from disentbench.core.paths import data_root
 
 FOLDER = "3dshapes"

@@ -43,8 +43,8 @@ import numpy as np
 from pydantic import Field
 
 from disentbench import hookimpl
-from disentbench.core.data.ground_truth import DatasetFormatError, PreparedData, grid_index_from_factors
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.data.ground_truth import DatasetFormatError, PreparedData, grid_index_from_factors
 from disentbench.core.paths import data_root
 
 FOLDER = "small_norb"

@@ -29,14 +29,15 @@ from __future__ import annotations
 import copy
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from disentbench.core.contracts import PluginConfig
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.messages import first_line
-from disentbench.core.contracts import PluginConfig
 from disentbench.core.study.jobs import RunOutcome
 
 

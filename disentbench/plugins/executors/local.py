@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Iterator
 
 from pydantic import Field, field_validator
 
-from disentbench.core.hookspecs import hookimpl
 from disentbench.core.contracts import PluginConfig
+from disentbench.core.hookspecs import hookimpl
 from disentbench.core.study.jobs import RunOutcome, group_into_packs
 
 
@@ -89,8 +89,9 @@ def _init_process(worker, devices: list[str], counter, threads: int, workers: in
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    import torch
     import warnings
+
+    import torch
 
     from disentbench.core.messages import show_warning_one_line
 

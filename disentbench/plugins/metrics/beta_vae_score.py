@@ -41,7 +41,7 @@ BLAS would spin on a busy machine.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

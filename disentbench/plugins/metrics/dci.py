@@ -39,7 +39,7 @@ so ``n_jobs`` never changes a score.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field, field_validator

@@ -17,7 +17,7 @@ equal the reference's for the same ``numpy.random.RandomState``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

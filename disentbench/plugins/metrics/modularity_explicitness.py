@@ -27,7 +27,7 @@ here it is centred and left unscaled (it stays 0), so such codes get a score.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

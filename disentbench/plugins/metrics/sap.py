@@ -24,7 +24,7 @@ point per entry of S (SAP differences ~1e-4 were measured).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

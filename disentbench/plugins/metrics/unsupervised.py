@@ -16,7 +16,7 @@ With Sigma the sample covariance of the codes (ddof 1) and D = diag(Sigma):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

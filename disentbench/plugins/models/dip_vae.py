@@ -36,7 +36,7 @@ class DIPVAEConfig(GaussianVAEConfig):
     )
 
     @model_validator(mode="after")
-    def _one_diagonal_weight(self) -> "DIPVAEConfig":
+    def _one_diagonal_weight(self) -> DIPVAEConfig:
         if self.lambda_d is not None and self.lambda_d_factor is not None:
             raise ValueError(
                 f"give lambda_d ({self.lambda_d}) or lambda_d_factor ({self.lambda_d_factor}), not both: "

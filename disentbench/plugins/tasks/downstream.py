@@ -46,7 +46,8 @@ scores were identical).
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
 from pydantic import Field, field_validator

@@ -8,7 +8,7 @@ how a VAE with a large KL weight switches latents off.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

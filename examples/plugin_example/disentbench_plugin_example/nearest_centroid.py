@@ -8,7 +8,7 @@ task is given, like the built-in tasks', so scores are reproducible.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field

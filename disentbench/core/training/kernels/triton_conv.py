@@ -170,15 +170,6 @@ from collections.abc import Iterator
 import torch
 
 from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
-from disentbench.core.training.packed.bmm import (
-    _DECODER_DECONVS,
-    _ENCODER_CONVS,
-    _accessors,
-    _compute_dtype,
-    decoder_head,
-    encoder_head,
-)
-
 from disentbench.core.training.kernels.tuning import (  # noqa: F401 - re-exported: benchmarks use them from here
     TUNING_KEYS,
     TUNING_KINDS,
@@ -186,6 +177,14 @@ from disentbench.core.training.kernels.tuning import (  # noqa: F401 - re-export
     tuning_key,
     tuning_key_text,
     tuning_to_json,
+)
+from disentbench.core.training.packed.bmm import (
+    _DECODER_DECONVS,
+    _ENCODER_CONVS,
+    _accessors,
+    _compute_dtype,
+    decoder_head,
+    encoder_head,
 )
 
 try:  # Triton is optional: without it only available() works

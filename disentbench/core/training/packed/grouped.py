@@ -42,7 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from disentbench.core.nets.conv import ConvEncoder
-from disentbench.core.training.packed.bmm import _DECODER_DECONVS, _ENCODER_CONVS, _accessors, decoder_head, encoder_head
+from disentbench.core.training.packed.bmm import (
+    _DECODER_DECONVS,
+    _ENCODER_CONVS,
+    _accessors,
+    decoder_head,
+    encoder_head,
+)
 
 #: (kernel size, stride, padding) of the encoder's convolutions, in order
 _ENCODER_GEOMETRY = ConvEncoder.CONV_GEOMETRY

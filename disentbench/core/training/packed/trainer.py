@@ -119,9 +119,9 @@ import importlib
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -129,9 +129,9 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
-from disentbench.core.nets import losses
-from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.contracts import Model
+from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.nets import losses
 from disentbench.core.training.trainer import NonFiniteLoss, Trainer, TrainResult
 
 #: Pack size :func:`choose_pack_size` returns off CUDA (there packing only saves Python overhead).
@@ -239,7 +239,7 @@ class SpeedOptions:
             except ValueError as exc:
                 raise ValueError(f"triton_tuning: {exc}") from None
 
-    def on(self, device: torch.device) -> "SpeedOptions":
+    def on(self, device: torch.device) -> SpeedOptions:
         """The options that take effect on ``device``: off CUDA only the formulation's (``formulation``,
         ``compile``, ``graph_warmup_steps``, ``fused_loss``, ``triton_tuning``)."""
         if torch.device(device).type == "cuda":
@@ -250,7 +250,7 @@ class SpeedOptions:
         )  # fmt: skip
 
     @classmethod
-    def fastest(cls) -> "SpeedOptions":
+    def fastest(cls) -> SpeedOptions:
         return cls(channels_last=True, autocast_bf16=True, cuda_graphs=True)
 
 
@@ -289,7 +289,7 @@ class _RandomDraw:
     shape: tuple[int, ...] = ()
 
     @classmethod
-    def record(cls, func, args, kwargs) -> "_RandomDraw":
+    def record(cls, func, args, kwargs) -> _RandomDraw:
         name = getattr(func, "__name__", str(func))
         if name.endswith("_"):
             raise UnpackableModel(
@@ -496,7 +496,7 @@ class StackedAdam:
                 param.addcdiv_(exp_avg * shape(negative_step_size), denom)
             self.has_state[j][:] = [True] * len(self.has_state[j])
 
-    def select(self, keep: list[int], params: list[torch.Tensor]) -> "StackedAdam":
+    def select(self, keep: list[int], params: list[torch.Tensor]) -> StackedAdam:
         """The optimizer of the runs at positions ``keep`` (same order), over the compacted ``params``."""
         index = torch.tensor(keep, device=self.steps.device)
         new = StackedAdam.__new__(StackedAdam)
