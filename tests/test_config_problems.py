@@ -1,4 +1,4 @@
-"""Study configs the reviewer found accepted or badly reported: each is exit 2, one line per problem, nothing written.
+"""Config problems and how they are reported: each is exit 2, one line per problem naming its path, nothing written.
 
 Duplicate grid cells (runs sharing a run key), non-finite numbers, booleans read as
 numbers, typos without a suggestion, pydantic wording that does not say what to do,
