@@ -31,22 +31,25 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import config_with
-from test_datasets_formats import mpi3d_grid, shapes_grid, write_mpi3d, write_shapes_h5
-from test_dsprites import header_only, metadata, npy_bytes, write_npz
+from helpers import (
+    TINY_STUDY,
+    config_with,
+    header_only,
+    metadata,
+    mpi3d_grid,
+    npy_bytes,
+    shapes_grid,
+    write_mpi3d,
+    write_npz,
+    write_shapes_h5,
+)
 
 from disentbench.core.cli.main import main
 from disentbench.core.tracking import tracker as tracking
 
 CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 
-GOOD = {
-    "name": "bad_inputs",
-    "datasets": ["dsprites_procedural"],
-    "models": [{"name": "beta_vae", "params": {"num_latent": 4}}],
-    "training": {"steps": 2, "batch_size": 8, "device": "cpu"},
-    "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}]},
-}
+GOOD = TINY_STUDY
 
 
 def _with(**changes):
@@ -467,7 +470,7 @@ BAD_PLUGINS = {
 @pytest.fixture(scope="module")
 def bad_plugin_site(tmp_path_factory):
     pytest.importorskip("setuptools", reason="building the plugin packages needs setuptools (no build isolation)")
-    from test_plugin_example import start_pip_install, write_project
+    from helpers import start_pip_install, write_project
 
     root = tmp_path_factory.mktemp("bad_plugins")
     projects = [
@@ -481,7 +484,7 @@ def bad_plugin_site(tmp_path_factory):
 
 
 def test_bad_plugin_packages(tmp_path, bad_plugin_site):
-    from test_plugin_example import cli_env
+    from helpers import cli_env
 
     env = cli_env(bad_plugin_site)
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -579,7 +582,7 @@ class _Payload:
 
 
 def test_checkpoint_with_code_is_refused_not_run(tmp_path):
-    from test_trainer import _trainer
+    from helpers import _trainer
 
     marker = tmp_path / "code-ran"
     torch.save({"step": 3, "model": _Payload(marker), "optimizers": []}, tmp_path / "ckpt.pt")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import config_with
+from helpers import config_with
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config

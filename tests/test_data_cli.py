@@ -14,7 +14,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_datasets_formats import (
+from helpers import (
     TINY_CARS,
     TINY_MPI3D,
     TINY_NORB,

@@ -10,7 +10,6 @@ are all checked.
 
 from __future__ import annotations
 
-import gzip
 import pickle
 import struct
 import time
@@ -22,22 +21,31 @@ import pytest
 import scipy.io
 import scipy.stats
 import torch
+from helpers import (
+    CAR_NAMES,
+    SHAPES_VALUES,
+    TINY_CARS,
+    TINY_MPI3D,
+    TINY_NORB,
+    TINY_SHAPES,
+    make_cars,
+    make_norb,
+    mpi3d_grid,
+    norb_path,
+    shapes_grid,
+    write_mpi3d,
+    write_norb,
+    write_shapes_h5,
+)
 from PIL import Image
 
 from disentbench.core.data.ground_truth import ChecksumWarning, DatasetFormatError, PreparedData, sha256_of
 from disentbench.core.paths import DatasetNotFoundError
-from disentbench.plugins.datasets import mpi3d, shapes3d, smallnorb
-from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig, CarsLayout
-from disentbench.plugins.datasets.mpi3d import MPI3DConfig, MPI3DData, MPI3DLayout
-from disentbench.plugins.datasets.shapes3d import Shapes3D, Shapes3DConfig, Shapes3DLayout
-from disentbench.plugins.datasets.smallnorb import NorbLayout, SmallNORB, SmallNORBConfig
-
-TINY_NORB = NorbLayout(
-    categories=2, training_instances=(1,), testing_instances=(0,), elevations=2, azimuths=3, lightings=2
-)
-TINY_CARS = CarsLayout(elevations=2, azimuths=3, objects=3)
-TINY_SHAPES = Shapes3DLayout(sizes=(2, 2, 2, 2, 2, 3))
-TINY_MPI3D = MPI3DLayout(sizes=(2, 2, 1, 1, 2, 3, 2))
+from disentbench.plugins.datasets import mpi3d, shapes3d
+from disentbench.plugins.datasets.cars3d import Cars3D, Cars3DConfig
+from disentbench.plugins.datasets.mpi3d import MPI3DConfig, MPI3DData
+from disentbench.plugins.datasets.shapes3d import Shapes3D, Shapes3DConfig
+from disentbench.plugins.datasets.smallnorb import SmallNORB, SmallNORBConfig
 
 
 @pytest.fixture(autouse=True)
@@ -49,50 +57,12 @@ def data_root_in_tmp(monkeypatch, tmp_path):
 # Fixture writers: the original formats, written from their descriptions
 # =============================================================================
 
-NORB_MAGIC = {np.dtype(np.uint8): 0x1E3D4C55, np.dtype("<i4"): 0x1E3D4C54}
 
 
-def write_norb(path: Path, array: np.ndarray, magic: int | None = None) -> Path:
-    """NORB matrix: int32 magic, int32 ndim, max(ndim, 3) int32 dims, data (little-endian)."""
-    array = np.ascontiguousarray(array)
-    magic = NORB_MAGIC[array.dtype] if magic is None else magic
-    dims = list(array.shape) + [1] * max(0, 3 - array.ndim)
-    header = struct.pack("<II", magic, array.ndim) + struct.pack(f"<{len(dims)}i", *dims)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as handle:
-        handle.write(header + array.tobytes())
-    return path
 
 
-def norb_path(folder: Path, split: str, kind: str) -> Path:
-    return folder / smallnorb.SPLIT_FILES[split].format(kind)
 
 
-def make_norb(folder: Path, layout: NorbLayout = TINY_NORB, *, seed: int = 0, gz: bool = False) -> dict:
-    """Six NORB files in shuffled row order; returns {grid vector: (camera 0, camera 1) 96x96 image}."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    expected = {}
-    for split in ("training", "testing"):
-        rows = []
-        for category in range(layout.categories):
-            for instance in layout.split_instances(split):
-                for elevation in range(layout.elevations):
-                    for azimuth in range(layout.azimuths):
-                        for lighting in range(layout.lightings):
-                            rows.append((category, instance, elevation, azimuth, lighting))
-        rows = [rows[i] for i in rng.permutation(len(rows))]  # the reader must not rely on file order
-        size = layout.source_size
-        dat = rng.integers(0, 256, size=(len(rows), 2, size, size), dtype=np.uint8)
-        cat = np.array([r[0] for r in rows], dtype="<i4")
-        info = np.array([(r[1], r[2], 2 * r[3], r[4]) for r in rows], dtype="<i4")  # azimuth stored doubled
-        suffix = ".gz" if gz else ""
-        write_norb(Path(str(norb_path(folder, split, "dat")) + suffix), dat)
-        write_norb(Path(str(norb_path(folder, split, "cat")) + suffix), cat)
-        write_norb(Path(str(norb_path(folder, split, "info")) + suffix), info)
-        for row, pair in zip(rows, dat):
-            expected[row] = pair
-    return expected
 
 
 def pil_resize_64(image: np.ndarray) -> np.ndarray:
@@ -105,62 +75,18 @@ def pil_thumbnail_64(image: np.ndarray) -> np.ndarray:
     return np.asarray(picture)
 
 
-CAR_NAMES = ("car_b_mesh.mat", "car_a_mesh.mat", "car_c_mesh.mat")  # written in unsorted order
 
 
-def make_cars(folder: Path, layout: CarsLayout = TINY_CARS, *, size: int = 96, seed: int = 0) -> dict:
-    """One .mat per car, ``im`` uint8 (H, W, 3, azimuth, elevation); returns {file name: im}."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for name in CAR_NAMES[: layout.objects]:
-        im = rng.integers(0, 256, size=(size, size, 3, layout.azimuths, layout.elevations), dtype=np.uint8)
-        scipy.io.savemat(folder / name, {"im": im})
-        arrays[name] = im
-    return arrays
 
 
-SHAPES_VALUES = (
-    np.linspace(0.0, 0.9, 10),
-    np.linspace(0.0, 0.9, 10),
-    np.linspace(0.0, 0.9, 10),
-    np.linspace(0.75, 1.25, 8),
-    np.arange(4.0),
-    np.linspace(-30.0, 30.0, 15),
-)
 
 
-def shapes_grid(layout: Shapes3DLayout = TINY_SHAPES, *, seed: int = 0):
-    """Grid-ordered (images, labels, factor indices): channel 0 = grid index, the rest random."""
-    rng = np.random.default_rng(seed)
-    sizes = layout.sizes
-    factors = np.stack(np.unravel_index(np.arange(int(np.prod(sizes))), sizes), axis=1)
-    labels = np.stack([SHAPES_VALUES[i][factors[:, i]] for i in range(len(sizes))], axis=1).astype(np.float64)
-    images = rng.integers(0, 256, size=(len(factors), 64, 64, 3), dtype=np.uint8)
-    images[:, :, :, 0] = np.arange(len(factors))[:, None, None]
-    return images, labels, factors
 
 
-def write_shapes_h5(path: Path, images: np.ndarray, labels: np.ndarray, **options) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as handle:
-        handle.create_dataset("images", data=images, **options)
-        handle.create_dataset("labels", data=labels)
-    return path
 
 
-def mpi3d_grid(layout: MPI3DLayout = TINY_MPI3D, *, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    count = int(np.prod(layout.sizes))
-    images = rng.integers(0, 256, size=(count, 64, 64, 3), dtype=np.uint8)
-    images[:, :, :, 0] = np.arange(count)[:, None, None]
-    return images
 
 
-def write_mpi3d(path: Path, images: np.ndarray, compressed: bool = False, **extra) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (np.savez_compressed if compressed else np.savez)(path, images=images, **extra)
-    return path
 
 
 def tiny_norb(folder: Path) -> SmallNORB:

@@ -18,6 +18,7 @@ import numpy as np
 import pydantic
 import pytest
 import torch
+from helpers import header_only, metadata, npy_bytes, write_npz
 
 from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.paths import DatasetNotFoundError, data_root
@@ -261,28 +262,12 @@ def test_sample_batch_on_device_is_reproducible(procedural):
 # -- DeepMind npz reader ------------------------------------------------------------------------
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
-    return buffer.getvalue()
 
 
-def metadata(sizes=(1, 3, 6, 40, 32, 32)) -> np.ndarray:
-    return np.array({"latents_sizes": np.array(sizes), "latents_names": ("color", "shape", "scale", "orientation", "posX", "posY")}, dtype=object)
 
 
-def write_npz(path, members: dict[str, bytes]):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
 
 
-def header_only(shape, dtype=np.uint8) -> bytes:
-    """A .npy header announcing ``shape`` with no pixels behind it (enough for the checks)."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
-    return buffer.getvalue()
 
 
 def test_missing_dsprites_file_raises_a_clear_error(monkeypatch, tmp_path):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from test_trainer import Squares
+from helpers import Squares
 
 from disentbench.core.evaluation.evaluate import evaluate
 from disentbench.core.training.trainer import build_model

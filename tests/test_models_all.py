@@ -10,7 +10,7 @@ import math
 import pydantic
 import pytest
 import torch
-from test_trainer import Squares
+from helpers import Squares
 
 from disentbench.core.nets.vae import STANDARD_TERMS, GaussianVAEConfig
 from disentbench.core.training.trainer import Trainer, build_model

@@ -8,7 +8,7 @@ import math
 import pydantic
 import pytest
 import torch
-from test_trainer import Squares
+from helpers import Squares
 from torch import nn
 
 from disentbench.core.training.trainer import STREAM_DATA, STREAM_LATENT, Trainer, build_model, derive_seed

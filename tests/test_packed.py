@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer import Squares
+from helpers import BATCH, CPU, LOG_EVERY, MODELS, STEPS, Squares, _assert_same_logs, _build, _configs, _max_diff, _solo
 
 from disentbench.core.training.packed.trainer import (
     DEFAULT_CPU_PACK_SIZE,
@@ -25,15 +25,10 @@ from disentbench.core.training.packed.trainer import (
     UnpackableModel,
     choose_pack_size,
 )
-from disentbench.core.training.trainer import NonFiniteLoss, Trainer, build_model
-from disentbench.plugins.models.annealed_vae import AnnealedVAE, AnnealedVAEConfig
+from disentbench.core.training.trainer import NonFiniteLoss, build_model
 from disentbench.plugins.models.beta_tcvae import BetaTCVAE, BetaTCVAEConfig
 from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
 from disentbench.plugins.models.dip_vae import DIPVAE, DIPVAEConfig
-from disentbench.plugins.models.factor_vae import FactorVAE, FactorVAEConfig
-
-CPU = torch.device("cpu")
-STEPS, LOG_EVERY, BATCH = 4, 2, 8
 
 
 @pytest.fixture(autouse=True)
@@ -52,34 +47,12 @@ class Squares64(Squares):
 
 
 #: Every study model, with per-run hyperparameters that differ inside the pack.
-MODELS = {
-    "beta_vae": (BetaVAE, [BetaVAEConfig(beta=b) for b in (1.0, 4.0, 16.0)]),
-    # threshold 3: the capacity schedule changes during the test's steps
-    "annealed_vae": (AnnealedVAE, [AnnealedVAEConfig(c_max=c, iteration_threshold=3) for c in (5.0, 25.0)]),
-    "factor_vae": (FactorVAE, [FactorVAEConfig(gamma=g) for g in (10.0, 40.0)]),
-    "dip_vae_i": (DIPVAE, [DIPVAEConfig(variant="i", lambda_od=v) for v in (1.0, 20.0)]),
-    "dip_vae_ii": (DIPVAE, [DIPVAEConfig(variant="ii", lambda_od=v) for v in (2.0, 50.0)]),
-    "beta_tcvae": (BetaTCVAE, [BetaTCVAEConfig(beta=b) for b in (2.0, 10.0)]),
-}
 
 
-def _configs(name, **update):
-    factory, configs = MODELS[name]
-    return factory, [c.model_copy(update={"num_latent": 3, **update}) for c in configs]
 
 
-def _build(factory, configs, seeds, data, dtype=torch.float32):
-    return [build_model(factory, c, data.observation_shape, s, CPU).to(dtype) for c, s in zip(configs, seeds)]
 
 
-def _solo(model, data, seed, steps=STEPS, checkpoint_path=None, checkpoint_every=10_000):
-    logs = []
-    trainer = Trainer(
-        model, data, seed=seed, steps=steps, batch_size=BATCH, device=CPU, log_every=LOG_EVERY,
-        checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-    )  # fmt: skip
-    trainer.train(on_log=lambda step, terms: logs.append((step, terms)))
-    return logs
 
 
 def _packed(
@@ -98,16 +71,8 @@ def _packed(
     return result, logs
 
 
-def _max_diff(a, b):
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
-def _assert_same_logs(solo_logs, packed_logs, rel=1e-5):
-    assert [step for step, _ in packed_logs] == [step for step, _ in solo_logs]
-    for (_, solo_terms), (_, packed_terms) in zip(solo_logs, packed_logs):
-        assert list(packed_terms) == list(solo_terms)
-        for key, value in solo_terms.items():
-            assert packed_terms[key] == pytest.approx(value, rel=rel, abs=1e-5), key
 
 
 FORMULATIONS = ["bmm", "grouped", "vmap"]
@@ -521,7 +486,7 @@ def test_batched_encoder_decoder_make_no_host_to_device_copies(backend):
     layers: tests/test_packed_triton.py)."""
     import importlib
 
-    from conftest import recorded_ops
+    from helpers import recorded_ops
     from torch.func import stack_module_state
 
     from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder

@@ -234,8 +234,7 @@ def test_tuned_swaps_the_settings_and_restores_them(monkeypatch):
 def test_packed_trainer_steps_under_its_tuning(monkeypatch):
     """SpeedOptions.triton_tuning is in force around each step's compute (eager and graph capture call
     _compute), and only there; other formulations ignore it."""
-    from test_packed import BATCH, _build, _configs
-    from test_trainer import Squares
+    from helpers import BATCH, Squares, _build, _configs
 
     from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions
 
@@ -422,8 +421,7 @@ def test_available_and_module_api(monkeypatch):
     # compiled (not interpreted) kernels need CUDA: the trainer refuses the formulation in one clear line
     monkeypatch.setattr(packed_triton, "_interpreted", lambda: False)
     assert "run on CUDA devices" in packed_triton.available("cpu")
-    from test_packed import _build, _configs
-    from test_trainer import Squares
+    from helpers import Squares, _build, _configs
 
     from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions, UnpackableModel
 
@@ -443,7 +441,7 @@ def test_available_and_module_api(monkeypatch):
 def test_layers_make_no_host_to_device_copies():
     """No tensor is created from host data (``aten.lift_fresh``), which CUDA graph capture forbids,
     in the torch code around the kernels, forward or backward."""
-    from conftest import recorded_ops
+    from helpers import recorded_ops
 
     generator = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE).requires_grad_()  # noqa: E731
@@ -463,8 +461,7 @@ def test_packed_trainer_with_triton_equals_one_by_one(name, large_blocks, monkey
     adam_eps 1e-3 as in tests/test_packed.py): FactorVAE (slow: ~40 s in the interpreter) covers the second
     optimizer (the discriminator). Every stacked parameter is updated by the fused Adam kernel (its
     gradients are permuted views: they once fell back to torch's elementwise Adam, unnoticed)."""
-    from test_packed import BATCH, _assert_same_logs, _build, _configs, _max_diff, _solo
-    from test_trainer import Squares
+    from helpers import BATCH, Squares, _assert_same_logs, _build, _configs, _max_diff, _solo
 
     from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions
 
@@ -499,8 +496,7 @@ def test_overlapped_sampling_replays_the_same_training_on_cuda():
     draws on a side stream; through graph capture and replays the runs end bitwise where the default ends."""
     if DEVICE.type != "cuda":
         pytest.skip("side-stream sampling is CUDA-only")
-    from test_packed import BATCH, _build, _configs
-    from test_trainer import Squares
+    from helpers import BATCH, Squares, _build, _configs
 
     from disentbench.core.training.packed.trainer import PackedTrainer, SpeedOptions
 

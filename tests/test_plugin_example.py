@@ -21,11 +21,9 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli_env, start_pip_install, write_project
 
 from disentbench.core.contracts import Model
 from disentbench.core.data.ground_truth import GroundTruthData
@@ -50,40 +49,8 @@ DUPLICATE_DIST = "disentbench-test-duplicate"
 LOSS_TERMS = {"reconstruction", "kl", "regularizer", "elbo", "total"}
 
 
-def start_pip_install(target: Path, *projects: Path) -> subprocess.Popen:
-    """Start building and installing ``projects`` into the folder ``target`` (offline: no deps, no isolation)."""
-    command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target),
-        *map(str, projects),
-    ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def write_project(root: Path, dist_name: str, module_name: str, entry_point: str, module_source: str) -> Path:
-    """A one-module setuptools project with one ``disentbench`` entry point."""
-    root.mkdir(parents=True)
-    (root / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [build-system]
-            requires = ["setuptools>=69"]
-            build-backend = "setuptools.build_meta"
-
-            [project]
-            name = "{dist_name}"
-            version = "0.0.1"
-
-            [project.entry-points.disentbench]
-            {entry_point} = "{module_name}"
-
-            [tool.setuptools]
-            py-modules = ["{module_name}"]
-            """
-        )
-    )
-    (root / f"{module_name}.py").write_text(textwrap.dedent(module_source))
-    return root
 
 
 def write_bad_projects(workdir: Path) -> list[Path]:
@@ -138,12 +105,6 @@ def plugin_site(tmp_path_factory) -> Path:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def cli_env(site: Path, load_plugins: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != LOAD_PLUGINS_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    if load_plugins is not None:
-        env[LOAD_PLUGINS_ENV] = load_plugins
-    return env
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import registry_with_model
+from helpers import registry_with_model
 
 CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import registry_with_model
+from helpers import registry_with_model
 from pydantic import Field
 
 from disentbench.core.cli.main import main
@@ -318,7 +318,7 @@ def test_auto_pack_size_is_probed_once_per_pack_group_and_budgets_the_datasets_i
 
 def test_training_one_dataset_frees_the_device_copy_of_the_others(registry):
     """A study goes dataset by dataset: only the dataset being trained keeps its images on the device."""
-    from test_trainer import Squares
+    from helpers import Squares
 
     from disentbench.core.config.grid import canonical_json
     from disentbench.core.study.context import DatasetCache as _DatasetCache

@@ -1,42 +1,10 @@
 """The trainer: reproducible, resumable, device-side batches, model-agnostic updates."""
 
-import numpy as np
 import pytest
 import torch
+from helpers import Squares, _trainer
 
-from disentbench.core.data.ground_truth import GroundTruthData
-from disentbench.core.training.trainer import Trainer, build_model, derive_seed
-from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
-
-
-class Squares(GroundTruthData):
-    """A 4x4 grid of 16-pixel squares at x/y positions on a 64x64 canvas."""
-
-    name = "squares"
-    factor_names = ("x", "y")
-    factor_sizes = (4, 4)
-    pixel_scale = 1.0
-
-    def __init__(self):
-        images = np.zeros((16, 1, 64, 64), dtype=np.uint8)
-        for i in range(4):
-            for j in range(4):
-                images[i * 4 + j, 0, 16 * j : 16 * j + 16, 16 * i : 16 * i + 16] = 1
-        self._images = images
-
-    @property
-    def images(self):
-        return self._images
-
-
-def _trainer(tmp_path=None, steps=12, seed=3, checkpoint_every=1000):
-    data = Squares()
-    model = build_model(BetaVAE, BetaVAEConfig(beta=2.0, num_latent=3), data.observation_shape, seed, torch.device("cpu"))
-    return Trainer(
-        model, data, seed=seed, steps=steps, batch_size=8, device=torch.device("cpu"),
-        log_every=4, checkpoint_every=checkpoint_every,
-        checkpoint_path=(tmp_path / "ckpt.pt") if tmp_path else None,
-    )
+from disentbench.core.training.trainer import derive_seed
 
 
 def _params(trainer):

@@ -1,6 +1,6 @@
 """Bad input at the command line: one ``error:`` line naming the problem and the fix, exit 2, nothing written.
 
-Companion to tests/test_bad_inputs.py, for the cases a review found: devices
+Companion to tests/test_bad_inputs.py, for what goes wrong at the command line: devices
 the machine lacks (mps, cuda, cuda:N past the device count), an unusable
 $DISENTBENCH_DATA, read-only commands on a folder without the study's store,
 an uncreatable SQLite store, unknown theorem metrics, click's usage errors,
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import click
 import pytest
-import test_bad_inputs
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import TINY_STUDY
 
 from disentbench.core.cli import _common as cli_common
 from disentbench.core.cli import run as run_cli
 from disentbench.core.cli.main import main
 
-GOOD = {**test_bad_inputs.GOOD, "name": "tiny"}  # the same tiny study, under its own name
+GOOD = {**TINY_STUDY, "name": "tiny"}  # the same tiny study, under its own name
 
 
 def _config(work: Path, config: dict | None = None) -> str:
@@ -202,7 +202,7 @@ def test_help_and_bad_input_keep_their_form(workdir):
 
 
 def test_corrupt_checkpoint_warning_is_one_line(tmp_path):
-    from test_trainer import _trainer
+    from helpers import _trainer
 
     (tmp_path / "ckpt.pt").write_bytes(b"\x80\x02garbage that is no checkpoint" * 20)
     with pytest.warns(UserWarning) as caught:
