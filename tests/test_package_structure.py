@@ -165,3 +165,15 @@ def test_every_module_says_what_it_is_for(module):
     """Each module opens with a docstring, so the tree reads as the architecture without other prose."""
     tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
     assert ast.get_docstring(tree), f"{module} has no module docstring"
+
+
+def test_tests_share_code_only_through_helpers():
+    """A test module imports shared code from tests/helpers.py, never from another test module or conftest."""
+    offenders = []
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name} imports {n}" for n in names if n.startswith(("test_", "conftest"))]
+    assert offenders == []

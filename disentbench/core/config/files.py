@@ -48,7 +48,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[no-redef]  # same-API fallback module on 3.10
             data = tomllib.loads(text)
         elif suffix == ".json":
             data = json.loads(text)

@@ -69,7 +69,7 @@ def _validate_sweep(registry: PluginRegistry, entry: ModelEntry, path: str, prob
             value_problems(value, validated.model_dump().get(param), where, problems)
 
 
-def _entries(raw: dict[str, Any], key: str, cls: type[PluginRef]) -> list[tuple[int, PluginRef]]:
+def _entries(raw: dict[str, Any], key: str, cls: type[_RefT]) -> list[tuple[int, _RefT]]:
     """The entries of the list ``raw[key]`` whose own structure is valid (the rest are schema problems)."""
     values = raw.get(key)
     if not isinstance(values, list):
@@ -105,7 +105,8 @@ def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig
         tasks = list(enumerate(config.evaluation.tasks))
         executors = [(0, config.executor)]
     else:  # the structure has problems: check the plugin entries that are well-formed themselves
-        evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+        raw_evaluation = raw.get("evaluation")
+        evaluation: dict[str, Any] = raw_evaluation if isinstance(raw_evaluation, dict) else {}
         datasets = _entries(raw, "datasets", PluginRef)
         models = _entries(raw, "models", ModelEntry)
         metrics = _entries(evaluation, "metrics", PluginRef)
@@ -130,6 +131,8 @@ def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig
         problems.extend(duplicate_run_problems(config, registry))
     if problems:
         raise ConfigError(problems)
+    if config is None:  # a failed validation always adds a problem
+        raise RuntimeError("study config failed validation without a reported problem")
     return config
 
 

@@ -15,6 +15,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ValidationError
@@ -118,7 +119,7 @@ _TOO_SHORT = {
 }
 
 
-def error_message(err: dict[str, Any], loc: tuple[Any, ...], root: Any) -> str:
+def error_message(err: Mapping[str, Any], loc: tuple[Any, ...], root: Any) -> str:
     """pydantic's message for one error, reworded where it would not say what to do."""
     kind, value = err["type"], err.get("input")
     if kind in _NUMBER_ERRORS and _is_non_finite(value):

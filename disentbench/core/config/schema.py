@@ -163,11 +163,15 @@ class TrainingConfig(_Strict):
         return value
 
 
+def _default_representations() -> list[Literal["mean", "sampled"]]:
+    return ["mean"]
+
+
 class EvaluationConfig(_Strict):
     metrics: list[PluginRef] = Field(default_factory=list, description="Metric plugins to score every run with.")
     tasks: list[PluginRef] = Field(default_factory=list, description="Downstream-task plugins.")
     representations: list[Literal["mean", "sampled"]] = Field(
-        default_factory=lambda: ["mean"], min_length=1, description="Which representations to score."
+        default_factory=_default_representations, min_length=1, description="Which representations to score."
     )
     seed: Int = Field(0, ge=0, description="Evaluation seed: every run is scored on the same data draws.")
     batch_size: Int = Field(256, ge=1, description="Encoder batch size during evaluation.")
