@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,6 +22,8 @@ from disentbench.core.config.grid import duplicate_run_problems
 from disentbench.core.config.problems import ConfigError, did_you_mean, error_message, pydantic_problems, value_problems
 from disentbench.core.config.schema import ModelEntry, PluginRef, StudyConfig, plugin_shorthand
 from disentbench.core.registry import PluginRegistry
+
+_RefT = TypeVar("_RefT", bound=PluginRef)
 
 
 def validate_plugin_params(
