@@ -81,6 +81,30 @@ def looks_like_config(target: str) -> bool:
     return Path(target).suffix.lower() in CONFIG_SUFFIXES or Path(target).is_file()
 
 
+def study_target(target: str, tracking_uri: str | None):
+    """``(config or None, experiment name, tracking URI)`` of a CONFIG|EXPERIMENT argument (a bad config exits 2)."""
+    if looks_like_config(target):
+        config = load_study(target)  # exits 2 with one line per problem
+        return config, config.experiment_name, tracking_uri or config.tracking.uri
+    return None, target, tracking_uri
+
+
+@contextlib.contextmanager
+def reading_study():
+    """Errors while reading a study back from MLflow, as one line: bad input exits 2, a failed store 1."""
+    from disentbench.core.tracking.tracker import TrackingError
+
+    try:
+        yield
+    except LookupError as exc:
+        raise BadInput(f"{exc.args[0] if exc.args else exc}; check the name or pass --tracking-uri") from None
+    except TrackingError as exc:
+        raise BadInput(str(exc)) from None
+    except Exception as exc:  # the store itself failed (unreachable server, corrupt file)
+        click.echo(f"error: cannot read the study from MLflow: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
 def global_options(ctx: click.Context | None = None) -> dict:
     """The global options (``quiet``, ``verbose``) of this invocation; defaults outside the ``main`` group."""
     ctx = ctx or click.get_current_context(silent=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from disentbench.core.cli._common import EXIT_FAILURE, BadInput, load_study, looks_like_config, plugin_registry
+from disentbench.core.cli._common import EXIT_FAILURE, BadInput, plugin_registry, reading_study, study_target
 
 
 def _quiet_mlflow() -> None:
@@ -58,24 +58,9 @@ def analyze_cmd(target, out_dir, tracking_uri, only, no_log):
     if unknown:
         raise BadInput(f"unknown analysis {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
 
-    config = None
-    if looks_like_config(target):
-        config = load_study(target)  # exits 2 with one line per problem
-        experiment = config.experiment_name
-        tracking_uri = tracking_uri or config.tracking.uri
-    else:
-        experiment = target
-    from disentbench.core.tracking.tracker import TrackingError
-
-    try:
+    config, experiment, tracking_uri = study_target(target, tracking_uri)
+    with reading_study():
         table = load_study_table(tracking_uri, experiment, config=config, registry=registry)
-    except LookupError as exc:
-        raise BadInput(f"{exc}; check the name or pass --tracking-uri") from None
-    except TrackingError as exc:
-        raise BadInput(str(exc)) from None
-    except Exception as exc:  # the store itself failed (unreachable server, corrupt file)
-        click.echo(f"error: cannot read the study from MLflow: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
 
     out = Path(out_dir) if out_dir else Path("analysis") / _safe_name(experiment)
     try:

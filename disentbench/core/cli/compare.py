@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from disentbench.core.cli._common import (
-    EXIT_FAILURE,
     BadInput,
     global_options,
-    load_study,
-    looks_like_config,
     plugin_registry,
+    reading_study,
+    study_target,
     term_width,
 )
 
@@ -435,7 +434,7 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
       disentbench compare quickstart --csv > scores.csv
       disentbench compare quickstart --json | jq '.runs[0]'
     """
-    from disentbench.core.tracking.tracker import TrackingError, quiet_mlflow_logs
+    from disentbench.core.tracking.tracker import quiet_mlflow_logs
 
     if as_csv and as_json:
         raise BadInput("choose one of --csv and --json")
@@ -443,22 +442,9 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
 
     quiet_mlflow_logs()
     registry = plugin_registry()
-    config = None
-    if looks_like_config(target):
-        config = load_study(target)  # exits 2 with one line per problem
-        experiment = config.experiment_name
-        tracking_uri = tracking_uri or config.tracking.uri
-    else:
-        experiment = target
-    try:
+    config, experiment, tracking_uri = study_target(target, tracking_uri)
+    with reading_study():
         table = load_compare_table(tracking_uri, experiment, config=config, registry=registry)
-    except LookupError as exc:
-        raise BadInput(f"{exc.args[0]}; check the name or pass --tracking-uri") from None
-    except TrackingError as exc:
-        raise BadInput(str(exc)) from None
-    except Exception as exc:  # the store itself failed (unreachable server, corrupt file)
-        click.echo(f"error: cannot read the study from MLflow: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
 
     known_models = sorted({r.model for r in table.rows})
     known_datasets = sorted({r.dataset for r in table.rows})
