@@ -111,7 +111,7 @@ class Scorer:
     description: ClassVar[str] = ""
     config_class: ClassVar[type[PluginConfig]]
     #: the scores a summary table shows (all of them when empty)
-    headline: ClassVar[tuple[str, ...]] = ()
+    headline: tuple[str, ...] = ()  # a class default; an instance may set its own (from its config)
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.config_class()

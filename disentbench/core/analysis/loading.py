@@ -68,6 +68,8 @@ def load_study_table(
     tracker, experiment_id = tracking.open_existing(tracking_uri, experiment)
     if experiment_id is None:
         raise LookupError(f"no experiment named {experiment!r} in {tracking.resolve_tracking_uri(tracking_uri)}")
+    if tracker is None:  # open_existing gives a tracker whenever it gives an experiment id
+        raise RuntimeError("no tracker for an existing experiment")
     children = tracker.search(f"tags.`{tracking.TAG_KIND}` = 'run'", experiment_id)
     parents = tracker.search(f"tags.`{tracking.TAG_KIND}` = 'study'", experiment_id)
     if not children and not parents and config is None:

@@ -15,7 +15,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +117,7 @@ def write_report(
     outcomes: list[AnalysisOutcome],
     *,
     title: str,
-    overview: list[tuple[str, str]] = (),
+    overview: Sequence[tuple[str, str]] = (),
     missing_runs=None,
     missing_lines: Iterable[str] = (),
     intro: str = "",
@@ -141,14 +141,13 @@ def write_report(
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in overview)
         body.append(f'<table class="overview">{rows}</table>')
 
-    done = [o for o in outcomes if o.result is not None]
-    toc = [f'<li><a href="#{_slug(o.name)}">{html.escape(o.result.title)}</a></li>' for o in done]
+    done = [(o, o.result) for o in outcomes if o.result is not None]
+    toc = [f'<li><a href="#{_slug(o.name)}">{html.escape(result.title)}</a></li>' for o, result in done]
     toc.append('<li><a href="#missing">Missing</a></li>')
     body.append(f"<ul>{''.join(toc)}</ul>")
 
     summary_lines: list[str] = []
-    for outcome in done:
-        result = outcome.result
+    for outcome, result in done:
         body.append(f'<h2 id="{_slug(outcome.name)}">{html.escape(result.title)}</h2>')
         if outcome.description:
             body.append(f'<p class="muted">{html.escape(outcome.description)} (analysis <code>{html.escape(outcome.name)}</code>)</p>')

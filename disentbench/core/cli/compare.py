@@ -220,6 +220,8 @@ def load_compare_table(
     tracker, experiment_id = tracking.open_existing(tracking_uri, experiment)
     if experiment_id is None:
         raise LookupError(f"no experiment named {experiment!r} in {tracking.resolve_tracking_uri(tracking_uri)}")
+    if tracker is None:  # open_existing gives a tracker whenever it gives an experiment id
+        raise RuntimeError("no tracker for an existing experiment")
     children = tracker.search(f"tags.`{tracking.TAG_KIND}` = 'run'", experiment_id)
 
     swept_by_key: dict[str, dict[str, Any]] | None = None
@@ -314,7 +316,7 @@ def _swept_names(recorded: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _refs(evaluation: dict[str, Any] | None, kind: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for ref in (evaluation or {}).get("metrics" if kind == "metric" else "tasks", []) or []:
         if isinstance(ref, str):
             out.append((ref, {}))

@@ -15,7 +15,7 @@ metric rerun alone reproduces its in-study value.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ def evaluate(
     model: Model,
     data: GroundTruthData,
     scorers: list[tuple[str, str, Callable]],
-    representations: list[str],
+    representations: Sequence[str],
     *,
     device: torch.device,
     evaluation_seed: int,

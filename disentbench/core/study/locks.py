@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from disentbench.core.config.schema import StudyConfig
 from disentbench.core.study.jobs import RunJob, RunOutcome
@@ -28,7 +29,7 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path
         self.acquired = False
-        self._handle = None
+        self._handle: TextIO | None = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,8 +72,8 @@ def evaluate_and_record(spec: RunSpec, ctx: StudyContext, run_id: str, model, re
     )
     tracker.log_metrics(run_id, scores, step=spec.steps)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         resolved = {"run_key": spec.run_key, **spec.identity(), "evaluation": config.evaluation.model_dump(mode="json")}
         (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         tracker.log_artifact(run_id, tmp / "config.yaml")

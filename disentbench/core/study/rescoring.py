@@ -31,7 +31,7 @@ from disentbench.core.training.trainer import build_model
 def headline_keys(config: StudyConfig, scorers: list[Scorer], outcomes: list[RunOutcome]) -> list[str]:
     """Full score names of each scorer's ``headline`` keys (all its keys if it declares none)."""
     recorded = {key for outcome in outcomes for key in outcome.scores}
-    keys = []
+    keys: list[str] = []
     for representation in config.evaluation.representations:
         for kind, name, scorer in scorers:
             prefix = score_prefix(kind, representation, name)

@@ -16,12 +16,13 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from disentbench.core.config.grid import RunSpec, canonical_json
 from disentbench.core.config.schema import StudyConfig
+from disentbench.core.contracts import Model
 from disentbench.core.display.progress import StudyProgress
 from disentbench.core.messages import first_line
 from disentbench.core.study.context import StudyContext, build_context
@@ -77,7 +78,7 @@ class Worker:
 
     # -- packing ------------------------------------------------------------------------
     @property
-    def pack_size(self) -> int | str:
+    def pack_size(self) -> int | Literal["auto"]:
         """The configured ``training.pack_size`` (an int, or "auto")."""
         return self.config_data["training"]["pack_size"]
 
@@ -134,6 +135,8 @@ class Worker:
         with lock_and_claim(job, ctx.config, ctx.tracker) as claim:
             if claim.skipped is not None:
                 return claim.skipped
+            if claim.run_id is None:  # a claim is either skipped or has a run id
+                raise RuntimeError("a claim with neither a run id nor a skipped outcome")
             return self._run_claimed(job, claim.run_id, started)
 
     def _run_claimed(self, job: RunJob, run_id: str, started: float) -> RunOutcome:
@@ -178,6 +181,8 @@ class Worker:
                     if claim.skipped is not None:
                         outcomes[k] = claim.skipped
                         continue
+                    if claim.run_id is None:  # a claim is either skipped or has a run id
+                        raise RuntimeError("a claim with neither a run id nor a skipped outcome")
                     claimed.append((k, job, claim.run_id))
                 if len(claimed) == 1:
                     k, job, run_id = claimed[0]
@@ -208,7 +213,8 @@ class Worker:
             for k, job, run_id in members:
                 outcomes[k] = self._run_claimed(job, run_id, started)
 
-        members, models = [], []
+        members: list[tuple[int, RunJob, str]] = []
+        models: list[Model] = []
         for k, job, run_id in claimed:
             spec = job.spec
             try:
@@ -241,7 +247,7 @@ class Worker:
         except UnpackableModel as exc:
             return solo(f"cannot pack {first.model} runs ({exc})")
         except Exception as exc:  # building the pack failed (its dry run of the loss, out of memory): alone
-            models = None  # free the built models before the solo runs build their own
+            del models  # free the built models before the solo runs build their own
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {first_line(exc)})")
@@ -264,7 +270,7 @@ class Worker:
         except Exception as exc:  # the batched computation itself failed: no run's checkpoint is harmed
             reason = f"packed training failed ({type(exc).__name__}: {exc})"
         if packed is None:
-            trainer = None  # free the pack (e.g. after running out of GPU memory) before training alone
+            del trainer  # free the pack (e.g. after running out of GPU memory) before training alone
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             return solo(reason)
@@ -279,6 +285,8 @@ class Worker:
                 trace = "".join(traceback.format_exception(error))
                 outcomes[k] = record_failure(ctx, bar, spec, run_id, error, trace, started)
                 continue
+            if result is None:  # no error means a result (checked just above)
+                raise RuntimeError("the packed trainer returned neither a result nor an error")
             try:
                 scores = evaluate_and_record(spec, ctx, run_id, trainer.trainers[i].model, result)
             except KeyboardInterrupt:

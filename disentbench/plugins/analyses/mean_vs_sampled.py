@@ -12,6 +12,8 @@ as points), and the Spearman correlation of each with the hyperparameter.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from disentbench import hookimpl
@@ -79,7 +81,7 @@ class MeanVsSampled:
                 sub = runs[runs["objective"] == objective]
                 if sub["hp_value"].nunique() < 2:
                     continue
-                row = {"dataset": dataset, "objective": objective, "hyperparameter": table.hyperparameter_name(objective)}
+                row: dict[str, Any] = {"dataset": dataset, "objective": objective, "hyperparameter": table.hyperparameter_name(objective)}
                 low, high = sub["hp_value"].min(), sub["hp_value"].max()
                 row["lowest"], row["highest"] = low, high
                 for representation, column in columns.items():

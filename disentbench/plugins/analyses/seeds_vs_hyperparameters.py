@@ -88,7 +88,7 @@ class SeedsVsHyperparameters:
             raise AnalysisSkipped(f"no metric scores on the {config.representation} representation")
         result = AnalysisResult(title="Seeds vs hyperparameters vs objective")
         rows = []
-        plotted = {}
+        plotted: dict[str, list[str]] = {}
         for dataset in table.datasets:
             runs = table.subset(dataset)
             for column in columns:

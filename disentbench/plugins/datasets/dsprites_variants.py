@@ -177,7 +177,8 @@ def load_painting(path: Path, alternative: str) -> np.ndarray:
     from PIL import Image
 
     check_painting(path, alternative)
-    with Image.open(path) as image:
+    with Image.open(path) as opened:
+        image: Image.Image = opened
         # Thumbnail first, as the study did (lets Pillow use JPEG draft decoding), then RGB.
         image.thumbnail(SCREAM_THUMBNAIL_BOX, Image.Resampling.LANCZOS)
         if image.mode != "RGB":
@@ -411,6 +412,7 @@ class ScreamDSprites(_ScreamNuisance, DSprites):
     name = "scream_dsprites"
     description = "dSprites npz over random tinted crops of The Scream, inverted"
     config_class = ScreamDSpritesConfig
+    config: ScreamDSpritesConfig
 
     _painting_alternative = (
         "or use the `scream_dsprites_procedural` dataset with `texture: plasma` for a procedural stand-in"
@@ -455,6 +457,7 @@ class ScreamDSpritesProcedural(_ScreamNuisance, DSpritesProcedural):
     name = "scream_dsprites_procedural"
     description = "scream_dsprites, local grid; painting or explicit `texture`"
     config_class = ScreamDSpritesProceduralConfig
+    config: ScreamDSpritesProceduralConfig
 
     _painting_alternative = "or set `texture: plasma` to use a procedural stand-in texture"
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -142,7 +142,7 @@ def _description(variant: str) -> str:
 class _MPI3DVariant(MPI3DData):
     """One registered variant: the class fixes the variant, so it is its own factory, ``cls(config)``."""
 
-    variant: ClassVar[str]
+    variant: str  # set by each variant class; MPI3DData stores it per instance
 
     def __init__(self, config: MPI3DConfig | None = None):
         super().__init__(config, variant=self.variant)

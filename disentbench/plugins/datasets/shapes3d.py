@@ -66,7 +66,7 @@ class _Arrays:
     def __init__(self, path: Path):
         self.path = path
         self.kind = "npz" if path.suffix == ".npz" else "h5"
-        self._file = None
+        self._file: Any = None  # an open h5py.File (untyped) for h5 files, after __enter__
 
     def __enter__(self):
         if self.kind == "h5":

@@ -59,7 +59,7 @@ IMAGE_SIZE = 64
 
 UINT8_MAGIC = 0x1E3D4C55
 INT32_MAGIC = 0x1E3D4C54
-_MAGIC_DTYPES = {UINT8_MAGIC: np.dtype(np.uint8), INT32_MAGIC: np.dtype("<i4")}
+_MAGIC_DTYPES: dict[int, np.dtype] = {UINT8_MAGIC: np.dtype(np.uint8), INT32_MAGIC: np.dtype("<i4")}
 #: Other NORB element types: recognised, so the error can say what the file holds.
 _OTHER_MAGICS = {0x1E3D4C51: "float32", 0x1E3D4C53: "float64", 0x1E3D4C56: "int16"}
 

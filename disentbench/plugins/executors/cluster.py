@@ -223,7 +223,7 @@ class SlurmExecutor:
 
     def __init__(self, config: SlurmConfig | None = None):
         self.config = config or SlurmConfig()
-        self._submitit = None
+        self._submitit: Any = None  # a submitit.AutoExecutor once check() has run
 
     def check(self) -> None:
         """Import submitit and set up the executor (options checked) before the study writes anything."""
@@ -286,7 +286,7 @@ class SlurmExecutor:
         delay = 0.2
         try:
             while pending:
-                finished = {}
+                finished: dict[int, Exception | None] = {}
                 for i, (handle, _) in pending.items():
                     try:
                         if handle.done():

@@ -114,6 +114,8 @@ def generate_training_batch(
             codes1 = codes[first : first + batch_size]
             codes2 = codes[first + batch_size : first + 2 * batch_size]
             features[i] = np.mean(np.abs(codes1 - codes2), axis=0)
+    if features is None:  # num_points >= 1, so the loop encoded at least once
+        raise RuntimeError("no points were encoded")
     return features, labels
 
 
@@ -154,6 +156,7 @@ class BetaVAEScore(Metric):
     name = "beta_vae_score"
     description = "BetaVAE score (Higgins et al. 2017): logistic-regression accuracy predicting the fixed factor from mean |code differences|"
     config_class = BetaVAEScoreConfig
+    config: BetaVAEScoreConfig
 
     #: the score a summary table shows
     headline = ("eval_accuracy",)

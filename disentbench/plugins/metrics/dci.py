@@ -91,7 +91,7 @@ def _copy_state(random_state: np.random.RandomState) -> np.random.RandomState:
 
 def _same_state(first: np.random.RandomState, second: np.random.RandomState) -> bool:
     a, b = first.get_state(), second.get_state()
-    return a[2:] == b[2:] and np.array_equal(a[1], b[1])
+    return a[2:] == b[2:] and np.array_equal(a[1], b[1])  # type: ignore[index]  # numpy stubs type legacy get_state() as maybe-dict; it is the tuple
 
 
 def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state):
@@ -247,6 +247,7 @@ class DCI(Metric):
         "feature importances, informativeness as their accuracy"
     )
     config_class = DCIConfig
+    config: DCIConfig
 
     #: the score a summary table shows
     headline = ("disentanglement",)

@@ -133,6 +133,7 @@ class FactorVAEScore(Metric):
     name = "factor_vae_score"
     description = "FactorVAE score (Kim & Mnih 2018): majority-vote accuracy of the least-varying normalised code dim under a fixed factor"
     config_class = FactorVAEScoreConfig
+    config: FactorVAEScoreConfig
 
     #: the score a summary table shows
     headline = ("eval_accuracy",)

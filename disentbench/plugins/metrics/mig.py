@@ -62,6 +62,7 @@ class MIG(Metric):
     name = "mig"
     description = "Mutual Information Gap (Chen et al. 2018): mean normalised MI gap of the top-2 histogram-discretised codes per factor"
     config_class = MIGConfig
+    config: MIGConfig
 
     #: the score a summary table shows
     headline = ("discrete_mig",)

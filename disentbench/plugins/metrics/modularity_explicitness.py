@@ -135,6 +135,7 @@ class ModularityExplicitness(Metric):
         "concentrates on one factor, and the ROC-AUC of logistic regression from all codes to each factor"
     )
     config_class = ModularityExplicitnessConfig
+    config: ModularityExplicitnessConfig
 
     #: the score a summary table shows
     headline = ("modularity_score",)

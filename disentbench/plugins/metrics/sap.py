@@ -90,6 +90,8 @@ def sap_score_matrix(
             if continuous_factors:
                 scores[i, j] = _squared_correlation(codes[:, i], factors[:, j])
             else:
+                if codes_test is None or factors_test is None:  # checked above for discrete factors
+                    raise RuntimeError("SAP with discrete factors needs a test split")
                 scores[i, j] = _svm_accuracy(codes[:, i], factors[:, j], codes_test[:, i], factors_test[:, j])
     return scores
 
@@ -124,6 +126,7 @@ class SAP(Metric):
         "(per-code linear SVM accuracy, or squared correlation for continuous factors)"
     )
     config_class = SAPConfig
+    config: SAPConfig
 
     #: the score a summary table shows
     headline = ("SAP_score",)

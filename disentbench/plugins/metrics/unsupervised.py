@@ -87,6 +87,7 @@ class Unsupervised(Metric):
         "normalised), mean pairwise mutual information between discretised codes"
     )
     config_class = UnsupervisedConfig
+    config: UnsupervisedConfig
 
     #: the score a summary table shows
     headline = ("gaussian_total_correlation",)

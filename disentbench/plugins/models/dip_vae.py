@@ -52,6 +52,8 @@ class DIPVAEConfig(GaussianVAEConfig):
         """The effective lambda_d."""
         if self.lambda_d is not None:
             return self.lambda_d
+        if self.lambda_d_factor is None:  # the validator fills it in when lambda_d is not given
+            raise RuntimeError("DIPVAEConfig has neither lambda_d nor lambda_d_factor")
         return self.lambda_d_factor * self.lambda_od
 
 

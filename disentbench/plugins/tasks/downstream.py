@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -105,8 +105,16 @@ def make_gradient_boosting(seed: int):
     return GradientBoostingClassifier(random_state=seed)
 
 
+class Classifier(Protocol):
+    """What :func:`fit_and_score` uses of an sklearn classifier."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Any: ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
 def fit_and_score(
-    make_predictor: Callable[[int], object],
+    make_predictor: Callable[[int], Classifier],
     seed: int,
     codes_train: np.ndarray,
     labels_train: np.ndarray,
@@ -136,9 +144,10 @@ class DownstreamTask(Task):
     """Base of the downstream tasks: sampling, fitting and keys; subclasses name the predictor."""
 
     #: ``make_predictor(seed) -> unfitted sklearn classifier``
-    make_predictor: Callable[[int], object]
+    make_predictor: Callable[[int], Classifier]
 
     config_class = DownstreamConfig
+    config: DownstreamConfig
 
     def __init__(self, config: DownstreamConfig | None = None):
         super().__init__(config)
