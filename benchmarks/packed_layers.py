@@ -6,7 +6,7 @@ and forward+backward, in every formulation disentbench has for it, so a
 short GPU run says where the time of a packed step goes and which form each
 layer should use:
 
-* 4x4 stride-2 convolutions (encoder e1, e2): ``implicit`` (core.packed_conv's
+* 4x4 stride-2 convolutions (encoder e1, e2): ``implicit`` (core/training/packed/bmm.py's
   shifted-view GEMMs, the bmm formulation's), ``im2col`` (materialised patch
   matrix and one batched GEMM), ``grouped`` (one cuDNN convolution with P
   groups, with vmap's permutations into and out of the grouped layout),

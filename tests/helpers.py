@@ -23,9 +23,7 @@ import scipy.io
 import scipy.stats
 import torch
 
-from disentbench.core.data.ground_truth import (
-    GroundTruthData,
-)
+from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.registry import LOAD_PLUGINS_ENV, build_registry
 from disentbench.core.training.trainer import Trainer, build_model
 from disentbench.plugins.datasets import smallnorb

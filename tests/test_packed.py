@@ -578,3 +578,18 @@ def test_models_say_whether_their_networks_can_be_batched():
     from disentbench.core.contracts import Model
 
     assert Model().batched_networks() is None
+
+
+def test_networks_outside_the_model_are_not_batched():
+    """batched_networks() must hand over the model's own submodules: others would train parameters no run owns."""
+    from disentbench.core.nets.conv import ConvEncoder, DeconvDecoder
+
+    class Foreign(BetaVAE):
+        def batched_networks(self):
+            return ConvEncoder(self.observation_shape, 3), DeconvDecoder(3, self.observation_shape)
+
+    data = Squares()
+    models = [build_model(Foreign, BetaVAEConfig(num_latent=3), data.observation_shape, s, CPU) for s in (1, 2)]
+    assert PackedTrainer(models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU).formulation == "vmap"
+    with pytest.raises(UnpackableModel, match="not submodules of the model"):
+        PackedTrainer(models, data, [1, 2], steps=1, batch_size=BATCH, device=CPU, speed=SpeedOptions(formulation="bmm"))

@@ -738,6 +738,8 @@ class PackedTrainer:
         if not bmm.computes(encoder, decoder):
             return "the model does not use the study's conv encoder and decoder"
         modules = {module: name for name, module in self._call.named_modules()}
+        if encoder not in modules or decoder not in modules:
+            return "the networks batched_networks() returns are not submodules of the model"
         self._network_prefixes = (modules[encoder] + ".", modules[decoder] + ".")
         throwaway = torch.Generator(device=self.device).manual_seed(0)
         x = self.data.sample_batch_on_device(self.batch_size, throwaway, self.device)
