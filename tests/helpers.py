@@ -355,3 +355,24 @@ TINY_STUDY = {
     "training": {"steps": 2, "batch_size": 8, "device": "cpu"},
     "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}]},
 }
+
+
+# -- the study's reference code (disentanglement_lib), for the parity tests ----------------------------
+
+#: The reference the parity tests need, pinned: gin-config 0.5 breaks disentanglement_lib's imports.
+REFERENCE_PINS = {"disentanglement-lib": "1.5", "gin-config": "0.4.0"}
+REFERENCE_INSTALL = "pip install --no-deps disentanglement-lib==1.5 gin-config==0.4.0 absl-py six"
+
+
+def reference_problem() -> str | None:
+    """Why the pinned reference cannot be used here (one line naming the fix), or None if it can."""
+    import importlib.metadata
+
+    for dist, pin in REFERENCE_PINS.items():
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return f"{dist} is not installed (install the pinned reference: {REFERENCE_INSTALL})"
+        if version != pin:
+            return f"{dist} {version} is installed, the parity tests need {dist}=={pin} ({REFERENCE_INSTALL})"
+    return None

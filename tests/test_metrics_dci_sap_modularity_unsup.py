@@ -216,7 +216,8 @@ def test_dci_equals_the_unseeded_reference_after_global_seed(tied_split):
 
 def test_dci_parallel_falls_back_when_draws_differ(tied_split, monkeypatch):
     expected = dci.compute_dci_from_codes(*tied_split, np.random.RandomState(12))
-    monkeypatch.setattr(dci, "_NUM_ESTIMATORS", 99)  # precomputed positions now wrong
+    wrong_count = dci.boosted_tree_draws
+    monkeypatch.setattr(dci, "boosted_tree_draws", lambda labels: wrong_count(labels, 99))  # positions now wrong
     outcomes = []
     fit_parallel = dci._fit_parallel
     monkeypatch.setattr(dci, "_fit_parallel", lambda *args: outcomes.append(fit_parallel(*args)) or outcomes[-1])

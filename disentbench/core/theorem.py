@@ -475,7 +475,7 @@ def _score(config: TheoremConfig, marginals, f: EntanglingBijection, registry):
     return frame, notes
 
 
-def _small_protocol(config_class, samples: int) -> dict[str, int]:
+def _small_protocol(config_class, samples: int) -> dict[str, Any]:
     """Shrink a sampling metric's draw counts (num_train, num_eval, ...) to fit ``samples``."""
     sizes = {"num_train": samples // 4, "num_eval": samples // 8, "num_test": samples // 8,
              "num_variance_estimate": samples}

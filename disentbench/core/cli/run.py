@@ -92,6 +92,12 @@ def _print_run_table(specs) -> None:
     Console(width=max(120, term_width())).print(table)
     if len(shown) < len(specs):
         click.echo(f"(showing the first and last 100 of {len(specs)} runs)")
+    # Steps per model at a glance (a model entry may set its own, e.g. study_v1's FactorVAE).
+    totals: dict[tuple[str, int, int], int] = {}
+    for spec in specs:
+        totals[spec.model, spec.steps, spec.batch_size] = totals.get((spec.model, spec.steps, spec.batch_size), 0) + 1
+    for (model, steps, batch_size), count in totals.items():
+        click.echo(f"{model}: {count} runs x {steps:,} steps at batch {batch_size}")
 
 
 def _print_scores(result) -> None:

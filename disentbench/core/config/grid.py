@@ -101,8 +101,8 @@ def expand_grid(config: StudyConfig, registry: PluginRegistry | None = None) -> 
                         model_params=resolved,
                         swept=swept,
                         seed=seed,
-                        steps=config.training.steps,
-                        batch_size=config.training.batch_size,
+                        steps=model_entry.training.steps or config.training.steps,
+                        batch_size=model_entry.training.batch_size or config.training.batch_size,
                     )
                     specs.append(_with_key(spec))
     return specs
@@ -134,7 +134,8 @@ def duplicate_run_problems(config: StudyConfig, registry: PluginRegistry) -> lis
     override = config.training.learning_rate is not None
     for m, entry in enumerate(config.models):
         for indices, resolved, _ in _model_cells(config, registry, entry):
-            identity = canonical_json({"name": entry.name, "params": resolved})
+            training = (entry.training.steps or config.training.steps, entry.training.batch_size or config.training.batch_size)
+            identity = canonical_json({"name": entry.name, "params": resolved, "training": training})
             if identity not in cells:
                 cells[identity] = (m, indices)
                 continue

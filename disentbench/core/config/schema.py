@@ -53,9 +53,25 @@ class PluginRef(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Plugin parameters.")
 
 
+class TrainingOverride(_Strict):
+    """Training settings one model entry sets for its own runs, over the study's ``training``."""
+
+    steps: Int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps of this model's runs (default: training.steps). study_v1 gives FactorVAE "
+        "150,000: the study's train op advanced its step counter twice per update (VAE and discriminator).",
+    )
+    batch_size: Int | None = Field(None, ge=1, description="Minibatch size of this model's runs (default: training.batch_size).")
+
+
 class ModelEntry(PluginRef):
     sweep: dict[str, list[Any]] = Field(
         default_factory=dict, description="Swept params: {param: [values]}; the grid is their product."
+    )
+    training: TrainingOverride = Field(
+        default_factory=TrainingOverride,
+        description="Per-model training overrides (steps, batch_size); part of each run's identity and key.",
     )
 
     @field_validator("sweep")
@@ -174,6 +190,16 @@ class EvaluationConfig(_Strict):
         default_factory=_default_representations, min_length=1, description="Which representations to score."
     )
     seed: Int = Field(0, ge=0, description="Evaluation seed: every run is scored on the same data draws.")
+    seed_convention: Literal["per_metric", "study", "fixed"] = Field(
+        "per_metric",
+        description="How each metric's random state derives from the seed. per_metric: one stream per metric "
+        "name, shared by the mean and sampled representations (paired comparisons; a metric's draws do not "
+        "depend on which others run). study: the 2019 study pipeline's seeds (dlib_reproduce: one master "
+        "RandomState(seed) drawing a seed per representation and metric config), with the metric's seed "
+        "standing in for numpy's global state where the study left estimators unseeded, so scores equal the "
+        "study code's bit for bit. fixed: RandomState(seed) for every metric, as each metric .gin file of the "
+        "study says when evaluated alone. See docs/fidelity.md.",
+    )
     batch_size: Int = Field(256, ge=1, description="Encoder batch size during evaluation.")
 
     _shorthand = field_validator("metrics", "tasks", mode="before")(

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from disentbench.core.evaluation.sampling import StudyRandomState
 from disentbench.core.registry import PluginRegistry, get_plugin_manager
 
 
@@ -43,6 +44,7 @@ def score_codes(
     factors_test=None,
     *,
     seed: int = 0,
+    study_convention: bool = False,
     registry: PluginRegistry | None = None,
     **params,
 ) -> dict[str, float]:
@@ -50,6 +52,9 @@ def score_codes(
 
     Metrics that need a held-out split (DCI, SAP, explicitness) take
     ``codes_test``/``factors_test``; ``seed`` seeds any estimator randomness.
+    ``study_convention``: estimators the study code left unseeded draw from
+    ``RandomState(seed)`` standing for numpy's global state, so the scores equal
+    the study code's run right after ``np.random.seed(seed)`` (docs/fidelity.md).
     ``params`` are the metric's config fields (``disentbench plugins show metric NAME``).
     """
     scorer = _scorer(name, params, registry)
@@ -64,8 +69,12 @@ def score_codes(
     if codes_test is not None:
         codes_test = np.asarray(codes_test, dtype=np.float64)
         factors_test = np.asarray(factors_test)
-    scores = scorer.score_codes(codes, factors, codes_test, factors_test, np.random.RandomState(seed))
+    scores = scorer.score_codes(codes, factors, codes_test, factors_test, _random_state(seed, study_convention))
     return {key: float(value) for key, value in scores.items()}
+
+
+def _random_state(seed: int, study_convention: bool) -> np.random.RandomState:
+    return StudyRandomState(seed) if study_convention else np.random.RandomState(seed)
 
 
 class _GroundTruthAdapter:
@@ -96,6 +105,7 @@ def score_representation(
     representation: Callable[[np.ndarray], np.ndarray],
     *,
     seed: int = 0,
+    study_convention: bool = False,
     registry: PluginRegistry | None = None,
     **params,
 ) -> dict[str, float]:
@@ -104,11 +114,13 @@ def score_representation(
     ``dataset`` needs ``factor_sizes``, ``sample_factors(n, random_state)`` and
     ``sample_observations_from_factors(factors, random_state)``;
     ``representation`` maps a numpy batch of observations to codes ``(n, d)``.
-    ``seed`` seeds the ``numpy.random.RandomState`` all draws come from.
+    ``seed`` seeds the ``numpy.random.RandomState`` all draws come from;
+    ``study_convention`` as for :func:`score_codes`: with the study's seed for
+    this metric, the scores are the study code's bit for bit.
     """
     for needed in ("factor_sizes", "sample_factors", "sample_observations_from_factors"):
         if not hasattr(dataset, needed):
             raise TypeError(f"dataset lacks {needed!r}; it needs the ground-truth-data interface")
     scorer = _scorer(name, params, registry)
-    scores = scorer(_GroundTruthAdapter(dataset), representation, np.random.RandomState(seed))
+    scores = scorer(_GroundTruthAdapter(dataset), representation, _random_state(seed, study_convention))
     return {key: float(value) for key, value in scores.items()}

@@ -10,18 +10,41 @@ are a paired comparison. The sampled representation's noise is seeded as
 well (the study's was not), from the evaluation seed and the metric's name,
 so a metric's score does not depend on which other metrics ran before it: a
 metric rerun alone reproduces its in-study value.
+
+Seed conventions (``evaluation.seed_convention``), which random state each
+(representation, metric) gets:
+
+* ``per_metric`` (the default): ``RandomState(metric_seed(seed, name))``, as
+  above: mean and sampled scores are paired, and a metric's draws do not
+  depend on which metrics a study lists.
+* ``study``: the 2019 study's pipeline (``dlib_reproduce``): one master
+  ``RandomState(seed)`` (the study: 0) gives two draws for the postprocessing
+  steps (mean, sampled) and then one seed per representation (mean, then
+  sampled) and study metric config, in the sorted order of the config files
+  (:data:`STUDY_METRIC_CONFIGS`); a metric gets ``RandomState`` of its seed.
+  Where the study code left an estimator unseeded (numpy's global state, for
+  gradient-boosted trees), the metric's own seed stands in for the global
+  state (see :class:`~disentbench.core.evaluation.sampling.StudyRandomState`).
+  The same codes then give the study code's numbers bit for bit. A scorer the
+  study did not have gets its ``per_metric`` seed.
+* ``fixed``: every metric gets ``RandomState(seed)`` itself, as the study's
+  metric configs say when evaluated one by one (``evaluation.random_seed = 0``
+  in each ``.gin`` file, which ``dlib_reproduce`` overrides), with the same
+  stand-in for the global state.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
 from disentbench.core.contracts import Model
 from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.evaluation.sampling import StudyRandomState
 
 RepresentationFn = Callable[[np.ndarray], np.ndarray]
 
@@ -29,6 +52,51 @@ RepresentationFn = Callable[[np.ndarray], np.ndarray]
 def metric_seed(evaluation_seed: int, plugin_name: str) -> int:
     """Deterministic per-(seed, plugin) seed for numpy.random.RandomState (< 2**32)."""
     return (evaluation_seed * 1_000_003 + zlib.crc32(plugin_name.encode())) % (2**32)
+
+
+SeedConvention = Literal["per_metric", "study", "fixed"]
+
+#: The study's metric config files (``unsupervised_study_v1/metric_configs/*.gin``) in the order
+#: ``dlib_reproduce`` seeds them (sorted by file name), each with the disentbench scorer it configures.
+STUDY_METRIC_CONFIGS: tuple[tuple[str, str], ...] = (
+    ("beta_vae_sklearn", "beta_vae_score"),
+    ("dci", "dci"),
+    ("downstream_task_boosted_trees", "downstream_gradient_boosting"),
+    ("downstream_task_logistic_regression", "downstream_logistic_regression"),
+    ("factor_vae_metric", "factor_vae_score"),
+    ("mig", "mig"),
+    ("modularity_explicitness", "modularity_explicitness"),
+    ("sap_score", "sap"),
+    ("unsupervised", "unsupervised"),
+)
+#: The study's postprocessing configs, sorted as ``dlib_reproduce`` seeds and evaluates them.
+STUDY_REPRESENTATIONS = ("mean", "sampled")
+
+
+def study_seeds(evaluation_seed: int = 0) -> dict[tuple[str, str], int]:
+    """``{(representation, scorer name): seed}`` exactly as the study pipeline draws them from ``evaluation_seed``."""
+    master = np.random.RandomState(evaluation_seed)
+    for _ in STUDY_REPRESENTATIONS:  # one draw per postprocessing config, before any metric
+        master.randint(2**32)
+    seeds = {}
+    for representation in STUDY_REPRESENTATIONS:
+        for _, scorer in STUDY_METRIC_CONFIGS:
+            seeds[representation, scorer] = int(master.randint(2**32))
+    return seeds
+
+
+def metric_random_state(
+    convention: SeedConvention, evaluation_seed: int, representation: str, name: str
+) -> np.random.RandomState:
+    """The random state scorer ``name`` gets on ``representation`` under a seed convention (module docstring)."""
+    if convention == "per_metric":
+        return np.random.RandomState(metric_seed(evaluation_seed, name))
+    if convention == "fixed":
+        return StudyRandomState(evaluation_seed)
+    if convention == "study":
+        seed = study_seeds(evaluation_seed).get((representation, name))
+        return StudyRandomState(seed if seed is not None else metric_seed(evaluation_seed, name))
+    raise ValueError(f"unknown seed convention {convention!r}; use per_metric, study or fixed")
 
 
 def representation_function(
@@ -71,6 +139,7 @@ def evaluate(
     evaluation_seed: int,
     batch_size: int = 256,
     on_score: Callable[[str, str, str, dict[str, float]], None] | None = None,
+    seed_convention: SeedConvention = "per_metric",
 ) -> dict[str, float]:
     """Score ``model`` with each ``(kind, name, scorer)``; returns flat ``{prefix/name/key: value}``.
 
@@ -85,7 +154,7 @@ def evaluate(
             rep_fn = representation_function(
                 model, representation, device, batch_size=batch_size, seed=metric_seed(evaluation_seed, f"sampled/{name}")
             )
-            random_state = np.random.RandomState(metric_seed(evaluation_seed, name))
+            random_state = metric_random_state(seed_convention, evaluation_seed, representation, name)
             scores = scorer(data, rep_fn, random_state)
             prefix = score_prefix(kind, representation, name)
             for key, value in scores.items():

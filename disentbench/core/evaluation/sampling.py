@@ -136,3 +136,74 @@ def discrete_entropy(factors: np.ndarray) -> np.ndarray:
 
     return np.array([mutual_info_score(factors[:, j], factors[:, j]) for j in range(factors.shape[1])])
 
+
+
+class StudyRandomState(np.random.RandomState):
+    """A metric's ``RandomState(seed)`` under the study seed convention, with a stand-in for numpy's global state.
+
+    Where the study code leaves an estimator's ``random_state`` unset (the
+    gradient-boosted trees of DCI and of the downstream task), scikit-learn
+    draws from numpy's *global* random state, which the study never seeded, so
+    its numbers were not reproducible. Under the study convention that global
+    state is taken to have been seeded with the metric's own seed just before
+    the metric ran (``np.random.seed(seed)``): :attr:`global_stream` is that
+    state, a second ``RandomState(seed)``, independent of the first. Metrics
+    read it with :func:`global_stream`; it never touches numpy's real global
+    state, so evaluations can run side by side in threads.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.global_stream = np.random.RandomState(seed)
+
+
+def global_stream(random_state: np.random.RandomState | None) -> np.random.RandomState | None:
+    """The stand-in for numpy's global state that ``random_state`` carries (study convention), else None."""
+    return getattr(random_state, "global_stream", None)
+
+
+def copy_state(random_state: np.random.RandomState) -> np.random.RandomState:
+    """A new ``RandomState`` at the same position as ``random_state`` (which is not consumed)."""
+    copy = np.random.RandomState()
+    copy.set_state(random_state.get_state())
+    return copy
+
+
+def same_state(first: np.random.RandomState, second: np.random.RandomState) -> bool:
+    """Whether two random states are at the same position of the same stream."""
+    a, b = first.get_state(), second.get_state()
+    return a[2:] == b[2:] and np.array_equal(a[1], b[1])  # type: ignore[index]  # numpy stubs type legacy get_state() as maybe-dict; it is the tuple
+
+
+#: scikit-learn's trees draw one ``randint(0, RAND_R_MAX)`` each for their splitter.
+RAND_R_MAX = 0x7FFFFFFF
+
+
+def boosted_tree_draws(labels: np.ndarray, num_estimators: int = 100) -> int:
+    """Draws a ``GradientBoostingClassifier`` (``subsample=1``) makes from its random state when fitted on ``labels``.
+
+    One tree, and so one draw, per boosting stage and class (one per stage for
+    two classes); none for a single class (scikit-learn refuses to fit it).
+    """
+    num_classes = len(np.unique(labels))
+    if num_classes < 2:
+        return 0
+    return num_estimators * (1 if num_classes == 2 else num_classes)
+
+
+def stream_positions(stream: np.random.RandomState, draws: list[int]) -> tuple[list[np.random.RandomState], np.random.RandomState]:
+    """Where each of a sequence of consumers starts in ``stream`` if the i-th makes ``draws[i]`` draws.
+
+    Returns (a fresh ``RandomState`` at each start, one at the end), so that
+    consumers run in any order or in parallel see exactly the numbers the
+    sequential order would give them; ``stream`` itself is not consumed.
+    Compare each consumer's state after its work with the next start
+    (:func:`same_state`) to prove the assumed draw counts right.
+    """
+    replay = copy_state(stream)
+    starts = []
+    for count in draws:
+        starts.append(copy_state(replay))
+        for _ in range(count):
+            replay.randint(0, RAND_R_MAX)
+    return starts, replay

@@ -69,7 +69,9 @@ def evaluate_and_record(spec: RunSpec, ctx: StudyContext, run_id: str, model, re
         device=device,
         evaluation_seed=config.evaluation.seed,
         batch_size=config.evaluation.batch_size,
+        seed_convention=config.evaluation.seed_convention,
     )
+    tracker.set_tags(run_id, {"evaluation.seed_convention": config.evaluation.seed_convention})
     tracker.log_metrics(run_id, scores, step=spec.steps)
 
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -35,6 +35,12 @@ threads, each starting from the state the sequential order would reach (one
 ``randint(0, 2**31 - 1)`` per tree, as sklearn draws); the chain of states is
 checked after the fits and the sequential path is taken if it does not hold,
 so ``n_jobs`` never changes a score.
+
+Under the study seed convention (``evaluation.seed_convention: study``, see
+:class:`~disentbench.core.evaluation.sampling.StudyRandomState`) the
+classifiers draw instead from the random state's stand-in for numpy's global
+state, ``RandomState(seed)``: the scores are then the reference's run right
+after ``np.random.seed(seed)`` with ``RandomState(seed)``, the study's own seed.
 """
 
 from __future__ import annotations
@@ -45,7 +51,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from disentbench import GroundTruthData, Metric, PluginConfig, hookimpl
-from disentbench.core.evaluation.sampling import check_random_state, generate_batch_factor_code
+from disentbench.core.evaluation.sampling import (
+    boosted_tree_draws,
+    check_random_state,
+    copy_state,
+    generate_batch_factor_code,
+    global_stream,
+    same_state,
+    stream_positions,
+)
 
 
 class DCIConfig(PluginConfig):
@@ -78,22 +92,6 @@ def classifier_seed(random_state: np.random.RandomState | None) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
-#: sklearn's trees draw one ``randint(0, RAND_R_MAX)`` each for their splitter.
-_RAND_R_MAX = 0x7FFFFFFF
-_NUM_ESTIMATORS = 100  # GradientBoostingClassifier's default
-
-
-def _copy_state(random_state: np.random.RandomState) -> np.random.RandomState:
-    copy = np.random.RandomState()
-    copy.set_state(random_state.get_state())
-    return copy
-
-
-def _same_state(first: np.random.RandomState, second: np.random.RandomState) -> bool:
-    a, b = first.get_state(), second.get_state()
-    return a[2:] == b[2:] and np.array_equal(a[1], b[1])  # type: ignore[index]  # numpy stubs type legacy get_state() as maybe-dict; it is the tuple
-
-
 def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state):
     from sklearn.ensemble import GradientBoostingClassifier  # lazy: sklearn is slow to import
 
@@ -115,19 +113,14 @@ def _fit_parallel(jobs, factors, tree_random_state, n_jobs):
     """
     from joblib import Parallel, delayed
 
-    starts, replay = [], _copy_state(tree_random_state)
-    for j in range(factors.shape[1]):
-        starts.append(_copy_state(replay))
-        num_classes = len(np.unique(factors[:, j]))
-        for _ in range(_NUM_ESTIMATORS * (1 if num_classes == 2 else num_classes)):
-            replay.randint(0, _RAND_R_MAX)
-    streams = [_copy_state(start) for start in starts]
+    starts, replay = stream_positions(tree_random_state, [boosted_tree_draws(factors[:, j]) for j in range(factors.shape[1])])
+    streams = [copy_state(start) for start in starts]
     # Threads: the tree builder releases the GIL, and the arrays need no copies.
     results = Parallel(n_jobs=n_jobs, prefer="threads")(
         delayed(_fit_factor)(*job, stream) for job, stream in zip(jobs, streams)
     )
     ends = starts[1:] + [replay]
-    if not all(_same_state(stream, end) for stream, end in zip(streams, ends)):
+    if not all(same_state(stream, end) for stream, end in zip(streams, ends)):
         return None  # sklearn drew differently than assumed: the positions were wrong
     tree_random_state.set_state(replay.get_state())
     return results
@@ -209,11 +202,15 @@ def compute_dci_from_codes(
     factors_test: np.ndarray,
     random_state: np.random.RandomState | None = None,
     n_jobs: int = 1,
+    tree_random_state: np.random.RandomState | None = None,
 ) -> dict[str, float]:
     """DCI of train codes ``(n, d)`` / factors ``(n, k)`` and a test split; keys as the reference.
 
-    The classifiers are seeded from ``random_state``'s current state (see
-    :func:`classifier_seed` and the module docstring; ``None`` acts as ``RandomState(0)``).
+    The classifiers draw from ``tree_random_state`` when given (it is
+    consumed), else from the global-state stand-in of a study-convention
+    ``random_state``, else from a stream seeded from ``random_state``'s
+    current state (see :func:`classifier_seed` and the module docstring;
+    ``None`` acts as ``RandomState(0)``).
     """
     codes, factors = np.asarray(codes), np.asarray(factors)
     if codes_test is None or factors_test is None:
@@ -227,7 +224,8 @@ def compute_dci_from_codes(
             f"train and test splits differ in width: codes {codes.shape} vs {codes_test.shape}, "
             f"factors {factors.shape} vs {factors_test.shape}"
         )
-    tree_random_state = np.random.RandomState(classifier_seed(random_state))
+    if tree_random_state is None:
+        tree_random_state = global_stream(random_state) or np.random.RandomState(classifier_seed(random_state))
     importance, train_accuracy, test_accuracy = importance_matrix_gbt(
         codes, factors, codes_test, factors_test, tree_random_state, n_jobs
     )
@@ -259,17 +257,18 @@ class DCI(Metric):
         random_state: np.random.RandomState,
     ) -> dict[str, float]:
         check_random_state(random_state)
-        # The classifiers' seeds come from the state handed to us, before any
-        # draw: a copy keeps it while the original is consumed by the sampling.
-        seed_source = np.random.RandomState()
-        seed_source.set_state(random_state.get_state())
+        # The classifiers draw from the study convention's stand-in for numpy's
+        # global state; failing that, their seed comes from the state handed to
+        # us, before any draw (a copy keeps it while the original is consumed
+        # by the sampling).
+        trees = global_stream(random_state) or np.random.RandomState(classifier_seed(copy_state(random_state)))
         codes, factors = generate_batch_factor_code(
             data, representation_function, self.config.num_train, random_state, self.config.batch_size
         )
         codes_test, factors_test = generate_batch_factor_code(
             data, representation_function, self.config.num_test, random_state, self.config.batch_size
         )
-        return compute_dci_from_codes(codes, factors, codes_test, factors_test, seed_source, self.config.n_jobs)
+        return compute_dci_from_codes(codes, factors, codes_test, factors_test, n_jobs=self.config.n_jobs, tree_random_state=trees)
 
     def score_codes(self, codes, factors, codes_test=None, factors_test=None, random_state=None) -> dict[str, float]:
         """The array core (``disentbench.score_codes``); the classifiers are seeded from ``random_state``."""

@@ -94,7 +94,8 @@ class FactorVAE(GaussianVAE):
     One step here is one update of each network. The reference's two
     ``minimize`` calls both increment TF's global step, so its 300k "steps"
     are probably about 150k updates of each (spec §1.5, inferred from the
-    code and not verified there). To match that, train for half the steps.
+    code and not verified there). To match that, give the model entry
+    `training: {steps: N // 2}`, as examples/study_v1.yaml does (docs/fidelity.md).
 
     Extra loss terms: ``tc_estimate`` and ``discriminator_loss``.
     """

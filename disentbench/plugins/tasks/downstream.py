@@ -28,7 +28,10 @@ Predictors (the reference's, which pass no ``random_state``):
   each split, which the reference left unseeded (so its numbers were not
   exactly reproducible). Here each fit gets a seed drawn from ``random_state``
   after *all* sampling is done, so the drawn data are the reference's and
-  scores are reproducible.
+  scores are reproducible. Under the study seed convention
+  (``evaluation.seed_convention: study``) the fits draw instead, in the
+  reference's order, from ``RandomState(seed)`` standing for numpy's global
+  state, so the scores are the reference's run right after ``np.random.seed(seed)``.
 
 Where the reference would crash (a factor with a single value in a small
 training set: scikit-learn refuses to fit one class), the predictor is the
@@ -53,7 +56,16 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from disentbench import GroundTruthData, PluginConfig, Task, hookimpl
-from disentbench.core.evaluation.sampling import RepresentationFunction, check_random_state, generate_batch_factor_code
+from disentbench.core.evaluation.sampling import (
+    RepresentationFunction,
+    boosted_tree_draws,
+    check_random_state,
+    copy_state,
+    generate_batch_factor_code,
+    global_stream,
+    same_state,
+    stream_positions,
+)
 
 #: exclusive upper bound of the per-fit seeds (what RandomState.randint draws)
 _SEED_BOUND = 2**31 - 1
@@ -87,7 +99,7 @@ class DownstreamConfig(PluginConfig):
         return value
 
 
-def make_logistic_regression_cv(seed: int):
+def make_logistic_regression_cv(seed: Any):
     """The study's ``logistic_regression_cv`` predictor; it has no randomness, so ``seed`` is unused."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import KFold
@@ -98,8 +110,8 @@ def make_logistic_regression_cv(seed: int):
     return LogisticRegressionCV(Cs=10, cv=KFold(n_splits=5), l1_ratios=(0.0,), scoring="accuracy", **extra)
 
 
-def make_gradient_boosting(seed: int):
-    """The study's ``gradient_boosting_classifier`` (sklearn defaults), its tie-breaking seeded."""
+def make_gradient_boosting(seed: Any):
+    """The study's ``gradient_boosting_classifier`` (sklearn defaults), its tie-breaking seeded (an int or a RandomState)."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     return GradientBoostingClassifier(random_state=seed)
@@ -114,8 +126,8 @@ class Classifier(Protocol):
 
 
 def fit_and_score(
-    make_predictor: Callable[[int], Classifier],
-    seed: int,
+    make_predictor: Callable[[Any], Classifier],
+    seed: Any,
     codes_train: np.ndarray,
     labels_train: np.ndarray,
     codes_test: np.ndarray,
@@ -143,8 +155,10 @@ def sample_efficiency(scores: dict[str, float]) -> float | None:
 class DownstreamTask(Task):
     """Base of the downstream tasks: sampling, fitting and keys; subclasses name the predictor."""
 
-    #: ``make_predictor(seed) -> unfitted sklearn classifier``
-    make_predictor: Callable[[int], Classifier]
+    #: ``make_predictor(seed or RandomState) -> unfitted sklearn classifier``
+    make_predictor: Callable[[Any], Classifier]
+    #: ``predictor_draws(labels) -> int``: draws a predictor fitted on ``labels`` makes from its random state
+    predictor_draws: Callable[[np.ndarray], int]
 
     config_class = DownstreamConfig
     config: DownstreamConfig
@@ -163,33 +177,56 @@ class DownstreamTask(Task):
         """(train accuracies, test accuracies) per dataset, one per factor.
 
         ``datasets`` is a list of (codes_train, factors_train, codes_test,
-        factors_test). Seeds are drawn here, after every sampling draw.
+        factors_test). Seeds are drawn here, after every sampling draw; under
+        the study seed convention the predictors instead draw from the random
+        state's stand-in for numpy's global state, in the reference's order
+        (training-set size by size, factor by factor).
         """
         from joblib import Parallel, delayed
         from threadpoolctl import threadpool_limits
 
         num_factors = datasets[0][1].shape[1]
-        seeds = random_state.randint(_SEED_BOUND, size=(len(datasets), num_factors))
-        jobs = [(d, i) for d in range(len(datasets)) for i in range(num_factors)]
+        order = [(d, i) for d in range(len(datasets)) for i in range(num_factors)]
+        stream = global_stream(random_state)
+        starts: list[np.random.RandomState] = []
+        end: np.random.RandomState | None = None
+        if stream is None:
+            seeds = random_state.randint(_SEED_BOUND, size=(len(datasets), num_factors))
+            randomness: dict[tuple[int, int], Any] = {(d, i): int(seeds[d, i]) for d, i in order}
+        else:
+            draws = [type(self).predictor_draws(datasets[d][1][:, i]) for d, i in order]
+            starts, end = stream_positions(stream, draws)
+            randomness = {job: copy_state(start) for job, start in zip(order, starts)}
+
+        def fit(d: int, i: int, seed_or_stream: Any) -> tuple[float, float]:
+            return fit_and_score(
+                type(self).make_predictor,
+                seed_or_stream,
+                datasets[d][0],
+                datasets[d][1][:, i],
+                datasets[d][2],
+                datasets[d][3][:, i],
+            )
+
         # Largest training sets first, so the long fits do not end up last on one thread.
-        jobs.sort(key=lambda job: -len(datasets[job[0]][0]))
+        jobs = sorted(order, key=lambda job: -len(datasets[job[0]][0]))
         # One BLAS/OpenMP thread per fit: these problems are far too small for
         # threaded BLAS, whose idle threads spin and, on a busy machine, cost
         # several times the useful work; the fits themselves run side by side.
         with threadpool_limits(limits=1):
             outputs = Parallel(n_jobs=self.config.n_jobs, prefer="threads")(
-                delayed(fit_and_score)(
-                    type(self).make_predictor,
-                    int(seeds[d, i]),
-                    datasets[d][0],
-                    datasets[d][1][:, i],
-                    datasets[d][2],
-                    datasets[d][3][:, i],
-                )
-                for d, i in jobs
+                delayed(fit)(d, i, randomness[d, i]) for d, i in jobs
             )
+            results = dict(zip(jobs, outputs))
+            if stream is not None:
+                assert end is not None
+                ends = starts[1:] + [end]
+                if all(same_state(randomness[job], after) for job, after in zip(order, ends)):
+                    stream.set_state(end.get_state())
+                else:  # the predictor drew other than assumed: fit in the reference's order instead
+                    results = {job: fit(*job, stream) for job in order}
         accuracies = [([0.0] * num_factors, [0.0] * num_factors) for _ in datasets]
-        for (d, i), (train_accuracy, test_accuracy) in zip(jobs, outputs):
+        for (d, i), (train_accuracy, test_accuracy) in results.items():
             accuracies[d][0][i] = train_accuracy
             accuracies[d][1][i] = test_accuracy
         return accuracies
@@ -247,6 +284,7 @@ class LogisticRegressionTask(DownstreamTask):
     description = "Downstream task: per-factor accuracy of 5-fold cross-validated logistic regression on the codes, at several training-set sizes"
 
     make_predictor = staticmethod(make_logistic_regression_cv)
+    predictor_draws = staticmethod(lambda labels: 0)
 
 
 class GradientBoostingTask(DownstreamTask):
@@ -254,6 +292,7 @@ class GradientBoostingTask(DownstreamTask):
     description = "Downstream task: per-factor accuracy of gradient-boosted trees (sklearn defaults) on the codes, at several training-set sizes"
 
     make_predictor = staticmethod(make_gradient_boosting)
+    predictor_draws = staticmethod(boosted_tree_draws)
 
 
 @hookimpl
