@@ -27,6 +27,30 @@ def headlines_from_registry(registry: PluginRegistry) -> dict[str, tuple[str, ..
     return out
 
 
+class MixedEvaluationError(ValueError):
+    """A study's finished runs were scored under different evaluation protocols (mode or seed convention)."""
+
+
+def evaluation_protocol(tags: dict[str, str]) -> str:
+    """How a run was scored, from its tags: ``exact, per_metric seeds``. Runs older than the tags were exact/per_metric."""
+    return f"{tags.get('evaluation.mode', 'exact')}, {tags.get('evaluation.seed_convention', 'per_metric')} seeds"
+
+
+def check_one_protocol(runs, experiment: str) -> None:
+    """Refuse to put side by side scores of runs evaluated under different protocols (one line saying which)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        protocol = evaluation_protocol(run.data.tags)
+        counts[protocol] = counts.get(protocol, 0) + 1
+    if len(counts) > 1:
+        found = "; ".join(f"{protocol}: {count} runs" for protocol, count in sorted(counts.items()))
+        raise MixedEvaluationError(
+            f"the runs of {experiment!r} were scored under different evaluation protocols ({found}), whose scores "
+            "are not comparable; give each protocol its own tracking.experiment, or re-run the study with one "
+            "evaluation.fast / evaluation.seed_convention in a new experiment"
+        )
+
+
 def _run_row(run) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     row: dict[str, Any] = {
@@ -78,11 +102,12 @@ def load_study_table(
     by_key: dict[str, list] = {}
     for run in children:
         by_key.setdefault(run.data.tags.get(tracking.TAG_RUN_KEY) or run.info.run_id, []).append(run)
-    finished_rows, unfinished = [], []
+    finished_rows, unfinished, latest_runs = [], [], []
     for key, runs in by_key.items():
         done = [r for r in runs if r.info.status == tracking.FINISHED]
         if done:
             latest = max(done, key=lambda r: r.info.end_time or 0)
+            latest_runs.append(latest)
             finished_rows.append(_run_row(latest))
         else:
             row = _run_row(runs[0])
@@ -91,6 +116,7 @@ def load_study_table(
                  "status": tracking.status_of(runs).lower(), "run_key": key}
             )
 
+    check_one_protocol(latest_runs, experiment)
     notes: list[str] = []
     expected_runs = None
     if config is not None:

@@ -92,10 +92,13 @@ def study_target(target: str, tracking_uri: str | None):
 @contextlib.contextmanager
 def reading_study():
     """Errors while reading a study back from MLflow, as one line: bad input exits 2, a failed store 1."""
+    from disentbench.core.analysis.loading import MixedEvaluationError
     from disentbench.core.tracking.tracker import TrackingError
 
     try:
         yield
+    except MixedEvaluationError as exc:
+        raise BadInput(str(exc)) from None
     except LookupError as exc:
         raise BadInput(f"{exc.args[0] if exc.args else exc}; check the name or pass --tracking-uri") from None
     except TrackingError as exc:

@@ -247,6 +247,9 @@ def load_compare_table(
             continue
         if key not in latest or (run.info.end_time or 0) > (latest[key].info.end_time or 0):
             latest[key] = run
+    from disentbench.core.analysis.loading import check_one_protocol
+
+    check_one_protocol(latest.values(), experiment)
 
     rows = [_row(run, key, swept_by_key) for key, run in latest.items()]
     if swept_by_key is None:

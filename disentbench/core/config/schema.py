@@ -12,6 +12,7 @@ can import the models without any of that.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -201,10 +202,43 @@ class EvaluationConfig(_Strict):
         "study says when evaluated alone. See docs/fidelity.md.",
     )
     batch_size: Int = Field(256, ge=1, description="Encoder batch size during evaluation.")
+    fast: bool = Field(
+        False,
+        description="Fast mode: scorers with a fast variant (a 'fast' config field: DCI and the gradient-boosting "
+        "task, histogram-based boosted trees) use it. Headline scores stay within 0.02 of exact mode on the "
+        "benchmark's cases (benchmarks/README.md); runs are tagged evaluation.mode = fast, so compare and analyze "
+        "never mix them silently with exact ones. Default: exact, the study's estimators.",
+    )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Threads that score a run's (representation, metric) pairs side by side, BLAS held to one "
+        "thread each; scores do not depend on it. auto: one per CPU core, at most 8; 1: in sequence.",
+    )
 
     _shorthand = field_validator("metrics", "tasks", mode="before")(
         lambda values: [plugin_shorthand(v) for v in values] if isinstance(values, list) else values
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"use auto or a whole number of threads >= 1 (1: in sequence); got {value!r}")
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        """Threads for one run's evaluation (``workers``, with auto resolved for this machine)."""
+        if self.workers == "auto":
+            return max(1, min(8, os.cpu_count() or 1))
+        return int(self.workers)
+
+    @property
+    def mode(self) -> str:
+        """``exact`` or ``fast``, as recorded in each run's ``evaluation.mode`` tag."""
+        return "fast" if self.fast else "exact"
 
     @field_validator("representations")
     @classmethod

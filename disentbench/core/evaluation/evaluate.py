@@ -35,6 +35,7 @@ Seed conventions (``evaluation.seed_convention``), which random state each
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -138,27 +139,64 @@ def evaluate(
     device: torch.device,
     evaluation_seed: int,
     batch_size: int = 256,
-    on_score: Callable[[str, str, str, dict[str, float]], None] | None = None,
+    on_score: Callable[[str, str, str, dict[str, float], float], None] | None = None,
     seed_convention: SeedConvention = "per_metric",
+    workers: int = 1,
 ) -> dict[str, float]:
     """Score ``model`` with each ``(kind, name, scorer)``; returns flat ``{prefix/name/key: value}``.
 
     Metric scores are named ``eval/<representation>/<metric>/<key>`` and task
-    scores ``downstream/<representation>/<task>/<key>``.
+    scores ``downstream/<representation>/<task>/<key>``. Each (representation,
+    scorer) pair is one independent job (its own random state and noise
+    stream), so ``workers`` > 1 runs them side by side in threads with the same
+    scores as in sequence; BLAS and OpenMP are then held to one thread each, so
+    the jobs do not oversubscribe the cores. ``on_score(representation, kind,
+    name, scores, seconds)`` is called as each job finishes, in job order. A
+    scorer that raises fails the whole evaluation (after the running jobs end),
+    naming the scorer and representation.
     """
     model.eval()
-    results: dict[str, float] = {}
-    for representation in representations:
-        for kind, name, scorer in scorers:
-            # A fresh noise stream per metric: its sampled codes do not depend on the metrics before it.
-            rep_fn = representation_function(
-                model, representation, device, batch_size=batch_size, seed=metric_seed(evaluation_seed, f"sampled/{name}")
-            )
-            random_state = metric_random_state(seed_convention, evaluation_seed, representation, name)
+    jobs = [(representation, kind, name, scorer) for representation in representations for kind, name, scorer in scorers]
+
+    def run(job) -> tuple[dict[str, float], float]:
+        representation, kind, name, scorer = job
+        started = time.perf_counter()
+        # A fresh noise stream per metric: its sampled codes do not depend on the metrics before it.
+        rep_fn = representation_function(
+            model, representation, device, batch_size=batch_size, seed=metric_seed(evaluation_seed, f"sampled/{name}")
+        )
+        random_state = metric_random_state(seed_convention, evaluation_seed, representation, name)
+        try:
             scores = scorer(data, rep_fn, random_state)
-            prefix = score_prefix(kind, representation, name)
-            for key, value in scores.items():
-                results[prefix + key] = float(value)
-            if on_score:
-                on_score(representation, kind, name, scores)
+        except Exception as exc:
+            raise ScorerError(f"{kind} {name!r} on the {representation} representation failed: {type(exc).__name__}: {exc}") from exc
+        return scores, time.perf_counter() - started
+
+    results: dict[str, float] = {}
+
+    def record(job, scores: dict[str, float], seconds: float) -> None:
+        representation, kind, name, _ = job
+        prefix = score_prefix(kind, representation, name)
+        for key, value in scores.items():
+            results[prefix + key] = float(value)
+        if on_score:
+            on_score(representation, kind, name, scores, seconds)
+
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            record(job, *run(job))
+        return results
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        for job, future in zip(jobs, futures):
+            record(job, *future.result())
     return results
+
+
+class ScorerError(RuntimeError):
+    """A metric or task raised while scoring a model; the message names it and the representation."""

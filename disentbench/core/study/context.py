@@ -55,7 +55,11 @@ def build_scorers(config: StudyConfig, registry: PluginRegistry) -> list[Scorer]
     for kind, refs in (("metric", config.evaluation.metrics), ("task", config.evaluation.tasks)):
         for ref in refs:
             registration = registry.get(kind, ref.name)
-            scorers.append((kind, ref.name, registration.factory(registration.make_config(ref.params))))
+            params = dict(ref.params)
+            # evaluation.fast switches on the fast variant of every scorer that has one (a `fast` config field)
+            if config.evaluation.fast and "fast" in registration.config.model_fields:
+                params.setdefault("fast", True)
+            scorers.append((kind, ref.name, registration.factory(registration.make_config(params))))
     return scorers
 
 

@@ -49,8 +49,22 @@ def record_failure(
     return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
 
 
-def evaluate_and_record(spec: RunSpec, ctx: StudyContext, run_id: str, model, result: TrainResult) -> dict[str, float]:
-    """After training (solo or packed): timing metrics, scores and artifacts of one run; returns its scores."""
+def _evaluation_progress(spec: RunSpec, bar: StudyProgress):
+    def on_score(representation: str, kind: str, name: str, scores: dict[str, float], seconds: float) -> None:
+        if seconds >= 5.0:
+            bar.message(f"  {spec.run_name}: {name} ({representation}) scored in {seconds:.1f} s")
+
+    return on_score
+
+
+def evaluate_and_record(
+    spec: RunSpec, ctx: StudyContext, run_id: str, model, result: TrainResult, bar: StudyProgress | None = None
+) -> dict[str, float]:
+    """After training (solo or packed): timing metrics, scores and artifacts of one run; returns its scores.
+
+    With ``bar``, evaluation progress is shown: each scorer that takes 5 s or more as it finishes, then
+    the run's total.
+    """
     config, tracker, device = ctx.config, ctx.tracker, ctx.device
     data = ctx.datasets.get(spec.dataset, spec.dataset_params)
     scorers = ctx.scorers
@@ -61,6 +75,7 @@ def evaluate_and_record(spec: RunSpec, ctx: StudyContext, run_id: str, model, re
         {"train/seconds": result.seconds, "train/model_steps_per_second": result.steps / max(result.seconds, 1e-9)},
     )
 
+    evaluation_started = time.perf_counter()
     scores = evaluate(
         model,
         data,
@@ -70,8 +85,14 @@ def evaluate_and_record(spec: RunSpec, ctx: StudyContext, run_id: str, model, re
         evaluation_seed=config.evaluation.seed,
         batch_size=config.evaluation.batch_size,
         seed_convention=config.evaluation.seed_convention,
+        workers=config.evaluation.worker_count,
+        on_score=_evaluation_progress(spec, bar) if bar is not None else None,
     )
-    tracker.set_tags(run_id, {"evaluation.seed_convention": config.evaluation.seed_convention})
+    if bar is not None:
+        bar.message(f"evaluated {spec.run_name} in {time.perf_counter() - evaluation_started:.1f} s")
+    tracker.set_tags(
+        run_id, {"evaluation.seed_convention": config.evaluation.seed_convention, "evaluation.mode": config.evaluation.mode}
+    )
     tracker.log_metrics(run_id, scores, step=spec.steps)
 
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -107,7 +107,7 @@ def _score_checkpoint(
             evaluate(
                 model, data, scorers, [representation], device=device,
                 evaluation_seed=config.evaluation.seed, batch_size=config.evaluation.batch_size,
-                seed_convention=config.evaluation.seed_convention,
+                seed_convention=config.evaluation.seed_convention, workers=config.evaluation.worker_count,
             )  # fmt: skip
         )
     tracker.log_metrics(run_id, scores, step=spec.steps)

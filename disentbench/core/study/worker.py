@@ -288,7 +288,7 @@ class Worker:
             if result is None:  # no error means a result (checked just above)
                 raise RuntimeError("the packed trainer returned neither a result nor an error")
             try:
-                scores = evaluate_and_record(spec, ctx, run_id, trainer.trainers[i].model, result)
+                scores = evaluate_and_record(spec, ctx, run_id, trainer.trainers[i].model, result, bar)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
@@ -300,7 +300,7 @@ class Worker:
 
 def _train_and_evaluate(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:
     model, result = _train(spec, ctx, run_id, bar, checkpoint)
-    return evaluate_and_record(spec, ctx, run_id, model, result)
+    return evaluate_and_record(spec, ctx, run_id, model, result, bar)
 
 
 def _train(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path):

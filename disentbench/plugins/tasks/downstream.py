@@ -117,6 +117,25 @@ def make_gradient_boosting(seed: Any):
     return GradientBoostingClassifier(random_state=seed)
 
 
+def make_hist_gradient_boosting(seed: Any):
+    """Fast mode's predictor: histogram-based boosted trees with the study GBT's size (deterministic, seed unused)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
+        max_iter=100, learning_rate=0.1, max_depth=3, min_samples_leaf=1, l2_regularization=0.0,
+        early_stopping=False, random_state=0,
+    )  # fmt: skip
+
+
+class GradientBoostingConfig(DownstreamConfig):
+    fast: bool = Field(
+        False,
+        description="Fast mode (evaluation.fast): histogram-based boosted trees (HistGradientBoostingClassifier, "
+        "100 iterations, learning rate 0.1, depth 3) in place of GradientBoostingClassifier. Not the study's "
+        "numbers: within 0.02 of them on the benchmark's cases (benchmarks/README.md).",
+    )
+
+
 class Classifier(Protocol):
     """What :func:`fit_and_score` uses of an sklearn classifier."""
 
@@ -187,6 +206,11 @@ class DownstreamTask(Task):
 
         num_factors = datasets[0][1].shape[1]
         order = [(d, i) for d in range(len(datasets)) for i in range(num_factors)]
+        fast_predictor = getattr(type(self), "make_fast_predictor", None)
+        fast = bool(getattr(self.config, "fast", False)) and fast_predictor is not None
+        make_predictor: Callable[[Any], Classifier] = type(self).make_predictor
+        if fast and fast_predictor is not None:
+            make_predictor = fast_predictor
         stream = global_stream(random_state)
         starts: list[np.random.RandomState] = []
         end: np.random.RandomState | None = None
@@ -194,13 +218,13 @@ class DownstreamTask(Task):
             seeds = random_state.randint(_SEED_BOUND, size=(len(datasets), num_factors))
             randomness: dict[tuple[int, int], Any] = {(d, i): int(seeds[d, i]) for d, i in order}
         else:
-            draws = [type(self).predictor_draws(datasets[d][1][:, i]) for d, i in order]
+            draws = [0 if fast else type(self).predictor_draws(datasets[d][1][:, i]) for d, i in order]
             starts, end = stream_positions(stream, draws)
             randomness = {job: copy_state(start) for job, start in zip(order, starts)}
 
         def fit(d: int, i: int, seed_or_stream: Any) -> tuple[float, float]:
             return fit_and_score(
-                type(self).make_predictor,
+                make_predictor,
                 seed_or_stream,
                 datasets[d][0],
                 datasets[d][1][:, i],
@@ -291,7 +315,11 @@ class GradientBoostingTask(DownstreamTask):
     name = "downstream_gradient_boosting"
     description = "Downstream task: per-factor accuracy of gradient-boosted trees (sklearn defaults) on the codes, at several training-set sizes"
 
+    config_class = GradientBoostingConfig
+    config: GradientBoostingConfig
+
     make_predictor = staticmethod(make_gradient_boosting)
+    make_fast_predictor = staticmethod(make_hist_gradient_boosting)
     predictor_draws = staticmethod(boosted_tree_draws)
 
 
