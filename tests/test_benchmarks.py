@@ -143,3 +143,17 @@ def test_train_throughput_runs_on_cpu_and_reports_every_row(tmp_path):
     assert set(result["exactness_max_param_diff"]) == {"grouped", "vmap"}
     assert all(diff <= 1e-5 for diff in result["exactness_max_param_diff"].values())
     assert result["study_days"] > 0
+
+
+def test_metric_speed_against_reference_runs_and_reports_exact_parity(tmp_path):
+    """--against-reference on two cheap metrics: both sides, the suite row, and exact mode equal to the study code."""
+    metric_speed = _script("metric_speed")
+    if isinstance(metric_speed.reference_functions(), str):
+        pytest.skip(f"the study's code is not usable here: {metric_speed.reference_functions()}")
+    out = tmp_path / "m.json"
+    assert metric_speed.main(["--against-reference", "--quick", "--only", "mig", "unsupervised", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["config"] for row in result["results"]] == ["mig", "unsupervised"]
+    assert all(row["exact_max_difference"] <= 1e-9 for row in result["results"])
+    assert all(set(row["seconds"]) == {"study", "exact", "fast"} for row in result["results"])
+    assert set(result["suite_seconds"]) == {"study", "exact", "fast"}
