@@ -264,12 +264,14 @@ def local_ray_cluster():
         ray.shutdown()
 
 
-@pytest.mark.slow  # ~70 s (a local Ray cluster starts two torch workers): keeps the default suite under 15 min
+@pytest.mark.slow  # over a minute (a local Ray cluster starts torch workers): keeps the default suite under 15 min
 def test_ray_executor_on_a_local_ray_cluster(tmp_path, registry, local_ray_cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    executor = {"name": "ray", "params": {"num_cpus_per_run": 1}}
-    outcomes = _run_twice(tmp_path, registry, _config(tmp_path, "ray_local", executor))
+    executor = {"name": "ray", "params": {"num_cpus_per_task": 1, "num_cpus_per_evaluation": 1}}
+    config = _config(tmp_path, "ray_local", executor)
+    outcomes = _run_twice(tmp_path, registry, config)
     assert len({o.run_id for o in outcomes}) == 2
+    assert {o.spec.run_key: o.scores for o in outcomes} == _local_scores(tmp_path, registry, config)
     assert local_ray_cluster.is_initialized(), "the executor must not shut down a cluster it did not start"
 
 
@@ -380,7 +382,7 @@ def test_ray_runs_packs_then_cpu_evaluations_and_scores_like_local(tmp_path, reg
     fake_ray.before_task = status_while_running
     outcomes = _run_twice(tmp_path, registry, config)
     assert [name for name, _ in fake_ray.calls] == ["_ray_train", "_ray_evaluate", "_ray_evaluate"]
-    assert "2 runs: 2 running" in seen[0], seen  # trained, evaluation pending: still running, never pending
+    assert "2 runs: 2 evaluating" in seen[0], seen  # trained by the GPU task, evaluation tasks pending
     assert {o.spec.run_key: o.scores for o in outcomes} == _local_scores(tmp_path, registry, config)
     assert not fake_ray.is_initialized(), "a cluster the executor started is shut down after the study"
 
