@@ -13,7 +13,9 @@ Ray cluster where ``disentbench[ray]`` is installed.
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import sys
 import types
 from pathlib import Path
@@ -129,6 +131,78 @@ def test_slurm_local_backend_trains_a_pack_per_task_and_scores_like_local(tmp_pa
     assert [len(t.args[0]) for t in tasks if type(t.function).__name__ == "TrainTask"] == [2]
     local = _local_scores(tmp_path, registry, config)
     assert {o.spec.run_key: o.scores for o in outcomes} == local
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the task's process through /proc")
+def test_slurm_local_task_preempted_mid_pack_is_requeued_and_resumes(tmp_path, registry, monkeypatch):
+    """A real preemption signal (submitit's SIGUSR2) to the training task's process once every run of
+    its pack has a checkpoint: submitit requeues the task, which takes over the same MLflow runs and
+    resumes them from their checkpoints, in the same invocation."""
+    import threading
+    import time
+
+    pytest.importorskip("submitit", reason="the slurm executor needs the extra: pip install 'disentbench[slurm]'")
+    monkeypatch.chdir(tmp_path)
+    executor = {
+        "name": "slurm",
+        "params": {"cluster": "local", "folder": str(tmp_path / "submitit"), "cpus_per_task": 1,
+                   "eval_cpus_per_task": 1, "timeout_min": 10, "poll_seconds": 0.5},
+    }  # fmt: skip
+    config = _config(tmp_path, "slurm_preempt", executor, steps=200, checkpoint_every=10)
+    handles: list = []
+    submit = SlurmExecutor._submit
+
+    def capture(self, executor, task, items):
+        submitted = submit(self, executor, task, items)
+        if isinstance(task, cluster.TrainTask):
+            handles.extend(submitted)
+        return submitted
+
+    monkeypatch.setattr(SlurmExecutor, "_submit", capture)
+    checkpoints = Path(config["training"]["checkpoint_dir"])
+    preempted: list[int] = []
+
+    def preempt_after_first_checkpoints():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not preempted:
+            if handles and len(list(checkpoints.glob("*/checkpoint.pt"))) == 2:
+                import torch
+
+                steps = [torch.load(p, weights_only=True)["step"] for p in checkpoints.glob("*/checkpoint.pt")]
+                # what Slurm sends a task before preempting it (submitit's local controller, handles[0]'s
+                # process, does not forward it: the signal goes to the task process itself)
+                for pid in _descendants(handles[0]._process.pid):
+                    os.kill(pid, signal.SIGUSR2)
+                preempted.append(min(steps))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=preempt_after_first_checkpoints, daemon=True)
+    watcher.start()
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    watcher.join()
+    assert preempted and preempted[0] < 200, "the task was not preempted mid-pack"
+    assert [o.status for o in result.outcomes] == ["finished", "finished"], [o.error for o in result.outcomes]
+    runs = _assert_each_run_finished_once(tmp_path, "slurm_preempt", 2)  # the requeued task took the runs over
+    for run in runs.values():
+        assert int(run.data.tags["resumed_from_step"]) >= 10, run.data.tags
+        assert run.data.tags["pack_size"] == "2"
 
 
 class _FakeWorker:
