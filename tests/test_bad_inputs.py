@@ -98,10 +98,10 @@ CONFIGS = {
         _with(executor={"name": "multiprocess", "params": {"devices": []}}), "executor.params.devices", "at least one device"
     ),
     "ray fractional gpus above 1": (
-        _with(executor={"name": "ray", "params": {"num_gpus_per_run": 1.5}}), "executor.params.num_gpus_per_run", "whole number"
+        _with(executor={"name": "ray", "params": {"num_gpus_per_task": 1.5}}), "executor.params.num_gpus_per_task", "whole number"
     ),
     "ray zero cpus": (
-        _with(executor={"name": "ray", "params": {"num_cpus_per_run": 0}}), "executor.params.num_cpus_per_run", "greater than 0"
+        _with(executor={"name": "ray", "params": {"num_cpus_per_task": 0}}), "executor.params.num_cpus_per_task", "greater than 0"
     ),
     "slurm unknown backend": (
         _with(executor={"name": "slurm", "params": {"cluster": "pbs"}}), "executor.params.cluster", "'slurm', 'local' or 'debug'"

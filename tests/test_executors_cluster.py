@@ -1,37 +1,53 @@
-"""The cluster executors: ``slurm`` through submitit's local backend, ``ray`` on a local Ray cluster.
+"""The cluster executors: packs as tasks (``slurm`` through submitit, ``ray``), evaluation as tasks of its own.
 
-Each runs the same tiny study (2 runs, 5 steps) into a temporary SQLite store;
-every run key must be finished exactly once with its scores, and a second
-invocation must skip both without submitting anything. The ``ray`` test is
-skipped when the ``disentbench[ray]`` extra is not installed.
+Tiny studies (beta-VAE with 4 latents, a few steps of batch 8 on the procedural
+dSprites, CPU) go through the real executors into a temporary SQLite store:
+runs are trained in packs (pack size 2) by training tasks and evaluated by one
+task per run, every run key ends FINISHED exactly once with the scores the
+``local`` executor gives, and a second invocation submits nothing. Ray is not
+installed here, so the Ray path runs on a fake ``ray`` module that runs remote
+functions inline, pickling their arguments and retrying a task whose "process
+died" (``SystemExit``) as Ray does; a ``-m slow`` test runs it on a real local
+Ray cluster where ``disentbench[ray]`` is installed.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
+from helpers import registry_with_model
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
+from disentbench.core.study.jobs import RunJob, group_into_tasks
+from disentbench.core.study.plan import plan_tasks
 from disentbench.core.study.run import run_study
+from disentbench.plugins.executors import cluster
 from disentbench.plugins.executors.cluster import MissingExtra, RayConfig, SlurmConfig, SlurmExecutor
 
 
-def _config(tmp_path: Path, name: str, executor: dict) -> dict:
+def _config(tmp_path: Path, name: str, executor: dict, *, pack_size=2, steps=5, checkpoint_every=10_000) -> dict:
     return {
         "name": name,
         "datasets": ["dsprites_procedural"],
         "models": [{"name": "beta_vae", "sweep": {"beta": [1, 4]}, "params": {"num_latent": 4}}],
         "seeds": 1,
         "training": {
-            "steps": 5,
+            "steps": steps,
             "batch_size": 8,
             "log_every": 5,
+            "checkpoint_every": checkpoint_every,
             "device": "cpu",
-            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "pack_size": pack_size,
+            "checkpoint_dir": str(tmp_path / f"checkpoints_{name}"),
         },
         "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}]},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
@@ -39,21 +55,41 @@ def _config(tmp_path: Path, name: str, executor: dict) -> dict:
     }
 
 
-def _assert_each_run_finished_once(tmp_path: Path, experiment: str, expected: int) -> None:
+def _client(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _runs_by_key(tmp_path: Path, experiment: str) -> dict[str, list]:
+    client = _client(tmp_path)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], "tags.`disentbench.kind` = 'run'")
     by_key: dict[str, list] = {}
-    for run in runs:
+    for run in client.search_runs([exp.experiment_id], "tags.`disentbench.kind` = 'run'"):
         by_key.setdefault(run.data.tags["run_key"], []).append(run)
+    return by_key
+
+
+def _assert_each_run_finished_once(tmp_path: Path, experiment: str, expected: int) -> dict[str, object]:
+    client = _client(tmp_path)
+    by_key = _runs_by_key(tmp_path, experiment)
     assert len(by_key) == expected, {k: [r.info.status for r in v] for k, v in by_key.items()}
     for key, key_runs in by_key.items():
         assert [r.info.status for r in key_runs] == ["FINISHED"], key
         assert "eval/mean/mig/discrete_mig" in key_runs[0].data.metrics
         names = {a.path for a in client.list_artifacts(key_runs[0].info.run_id)}
-        assert {"config.yaml", "scores.json"} <= names, names
+        assert {"config.yaml", "scores.json", "images", "checkpoints"} <= names, names
+    return {key: runs[0] for key, runs in by_key.items()}
+
+
+def _local_scores(tmp_path: Path, registry, config: dict) -> dict[str, dict[str, float]]:
+    """The same study through the local executor (its own experiment and checkpoints): scores by run key."""
+    raw = yaml.safe_load(yaml.safe_dump(config))
+    raw.update(name=config["name"] + "_local", executor={"name": "local"})
+    raw["training"]["checkpoint_dir"] += "_local"
+    result = run_study(load_study_config(raw, registry), registry=registry, progress=False)
+    assert [o.status for o in result.outcomes] == ["finished"] * len(result.outcomes), [o.error for o in result.outcomes]
+    return {o.spec.run_key: o.scores for o in result.outcomes}
 
 
 def _run_twice(tmp_path: Path, registry, config: dict) -> list:
@@ -64,34 +100,116 @@ def _run_twice(tmp_path: Path, registry, config: dict) -> list:
     assert all("eval/mean/mig/discrete_mig" in o.scores for o in first.outcomes)
     second = run_study(study, registry=registry, progress=False)  # idempotent: nothing left to do
     assert [o.status for o in second.outcomes] == ["skipped", "skipped"]
-    _assert_each_run_finished_once(tmp_path, config["name"], 2)
+    runs = _assert_each_run_finished_once(tmp_path, config["name"], 2)
+    for run in runs.values():  # trained as one pack by a training task, evaluated by a task of its own
+        assert run.data.tags["pack_size"] == str(config["training"]["pack_size"]), run.data.tags
+        assert run.data.tags["disentbench.stage"] == "evaluated"
+        assert "train/model_steps_per_second" in run.data.metrics
     return first.outcomes
 
 
 # -- slurm (submitit) ------------------------------------------------------------------
 
 
-def test_slurm_executor_through_submitit_local_backend(tmp_path, registry, monkeypatch):
+def test_slurm_local_backend_trains_a_pack_per_task_and_scores_like_local(tmp_path, registry, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pytest.importorskip("submitit", reason="the slurm executor needs the extra: pip install 'disentbench[slurm]'")
     folder = tmp_path / "submitit"
     executor = {
         "name": "slurm",
-        "params": {"cluster": "local", "folder": str(folder), "cpus_per_task": 1, "timeout_min": 10, "poll_seconds": 1},
-    }
-    outcomes = _run_twice(tmp_path, registry, _config(tmp_path, "slurm_local", executor))
+        "params": {"cluster": "local", "folder": str(folder), "cpus_per_task": 1, "eval_cpus_per_task": 1,
+                   "timeout_min": 10, "poll_seconds": 1},
+    }  # fmt: skip
+    config = _config(tmp_path, "slurm_local", executor)
+    outcomes = _run_twice(tmp_path, registry, config)
     assert len({o.run_id for o in outcomes}) == 2
-    submitted = list(folder.glob("*_submitted.pkl")) + list(folder.glob("*/*.pkl"))
-    assert submitted, "submitit wrote no job pickles: the runs did not go through it"
-    assert list(folder.glob("*_0_result.pkl")), "no task results: the tasks did not run in submitit processes"
-    # the rerun submitted nothing: one job per run, from the first invocation only
-    assert len(list(folder.glob("*_0_log.out"))) == 2
+    # one training task (the pack of two) and one evaluation task per run, all in submitit processes
+    results = sorted(folder.glob("*_result.pkl"))
+    assert len(results) == 3, results
+    tasks = [pickle.loads((folder / p.name.replace("_0_result.pkl", "_submitted.pkl")).read_bytes()) for p in results]
+    assert sorted(type(t.function).__name__ for t in tasks) == ["EvaluateTask", "EvaluateTask", "TrainTask"]
+    assert [len(t.args[0]) for t in tasks if type(t.function).__name__ == "TrainTask"] == [2]
+    local = _local_scores(tmp_path, registry, config)
+    assert {o.spec.run_key: o.scores for o in outcomes} == local
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the task's process through /proc")
+def test_slurm_local_task_preempted_mid_pack_is_requeued_and_resumes(tmp_path, registry, monkeypatch):
+    """A real preemption signal (submitit's SIGUSR2) to the training task's process once every run of
+    its pack has a checkpoint: submitit requeues the task, which takes over the same MLflow runs and
+    resumes them from their checkpoints, in the same invocation."""
+    import threading
+    import time
+
+    pytest.importorskip("submitit", reason="the slurm executor needs the extra: pip install 'disentbench[slurm]'")
+    monkeypatch.chdir(tmp_path)
+    executor = {
+        "name": "slurm",
+        "params": {"cluster": "local", "folder": str(tmp_path / "submitit"), "cpus_per_task": 1,
+                   "eval_cpus_per_task": 1, "timeout_min": 10, "poll_seconds": 0.5},
+    }  # fmt: skip
+    config = _config(tmp_path, "slurm_preempt", executor, steps=200, checkpoint_every=10)
+    handles: list = []
+    submit = SlurmExecutor._submit
+
+    def capture(self, executor, task, items):
+        submitted = submit(self, executor, task, items)
+        if isinstance(task, cluster.TrainTask):
+            handles.extend(submitted)
+        return submitted
+
+    monkeypatch.setattr(SlurmExecutor, "_submit", capture)
+    checkpoints = Path(config["training"]["checkpoint_dir"])
+    preempted: list[int] = []
+
+    def preempt_after_first_checkpoints():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not preempted:
+            if handles and len(list(checkpoints.glob("*/checkpoint.pt"))) == 2:
+                import torch
+
+                steps = [torch.load(p, weights_only=True)["step"] for p in checkpoints.glob("*/checkpoint.pt")]
+                # what Slurm sends a task before preempting it (submitit's local controller, handles[0]'s
+                # process, does not forward it: the signal goes to the task process itself)
+                for pid in _descendants(handles[0]._process.pid):
+                    os.kill(pid, signal.SIGUSR2)
+                preempted.append(min(steps))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=preempt_after_first_checkpoints, daemon=True)
+    watcher.start()
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    watcher.join()
+    assert preempted and preempted[0] < 200, "the task was not preempted mid-pack"
+    assert [o.status for o in result.outcomes] == ["finished", "finished"], [o.error for o in result.outcomes]
+    runs = _assert_each_run_finished_once(tmp_path, "slurm_preempt", 2)  # the requeued task took the runs over
+    for run in runs.values():
+        assert int(run.data.tags["resumed_from_step"]) >= 10, run.data.tags
+        assert run.data.tags["pack_size"] == "2"
 
 
 class _FakeWorker:
     """Enough of core.study.Worker for the executor loop; returns plain tuples (no torch in the task)."""
 
     device = "cpu"
+    pack_size = 1
 
     def __init__(self):
         self.config_data = {"training": {"checkpoint_dir": "relative/checkpoints"}}
@@ -102,10 +220,13 @@ class _FakeWorker:
         clone.device = device
         return clone
 
-    def __call__(self, job):
-        if job.spec == "boom":
-            raise RuntimeError("node lost\nsecond line of a long traceback")
-        return (job.spec, self.device, Path(self.config_data["training"]["checkpoint_dir"]).is_absolute())
+    def train_task(self, jobs):
+        outcomes = []
+        for job in jobs:
+            if job.spec == "boom":
+                raise RuntimeError("node lost\nsecond line of a long traceback")
+            outcomes.append((job.spec, self.device, Path(self.config_data["training"]["checkpoint_dir"]).is_absolute()))
+        return outcomes
 
 
 class _Job:  # the executor reads only .spec (for a failed outcome)
@@ -133,6 +254,16 @@ def test_slurm_executor_reports_a_failed_task_and_continues(tmp_path, monkeypatc
     assert "\n" not in failed.error and "node lost" in failed.error and "re-run the study" in failed.error, failed.error
 
 
+def test_slurm_training_task_requeues_itself_on_preemption(tmp_path):
+    submitit = pytest.importorskip("submitit", reason="the slurm executor needs the extra")
+    task = cluster.TrainTask(_FakeWorker(), "cuda", 4)
+    jobs = [_Job("a"), _Job("b")]
+    again = task.checkpoint(jobs)  # what submitit calls on SIGUSR2 (time limit, preemption) before requeueing
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.function is task and again.args == (jobs,)
+    assert task.worker.evaluate_separately and task.worker.device == "cuda"
+
+
 def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
     pytest.importorskip("submitit", reason="the slurm executor needs the extra: pip install 'disentbench[slurm]'")
     import shutil
@@ -154,6 +285,12 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
         assert f"#SBATCH {line}" in script, (line, script)
     assert "source /shared/venv/bin/activate" in script
     assert executor._submitit._executor.parameters["array_parallelism"] == 64
+    assert executor._submitit._executor.max_num_timeout == 3  # preempted / timed-out training tasks are requeued
+    # evaluation tasks: the same account and setup, no GPU, their own cores and time
+    evaluation = executor._evaluation._executor._make_submission_file_text("python -m task", "uid")
+    for line in ["--partition=gpu", "--cpus-per-task=4", "--time=120", "--account=proj", "--job-name=disentbench-eval"]:
+        assert f"#SBATCH {line}" in evaluation, (line, evaluation)
+    assert "--gpus-per-task" not in evaluation
 
 
 def test_missing_extra_is_a_one_line_error_and_writes_nothing(tmp_path, monkeypatch, registry):
@@ -178,10 +315,10 @@ def test_missing_extra_is_a_one_line_error_and_writes_nothing(tmp_path, monkeypa
 
 
 def test_cluster_configs_validate_without_the_extras():
-    assert SlurmConfig().cluster is None and SlurmConfig().gpus_per_task == 0
-    assert RayConfig(num_gpus_per_run=0.25).num_gpus_per_run == 0.25
+    assert SlurmConfig().cluster is None and SlurmConfig().gpus_per_task is None
+    assert RayConfig(num_gpus_per_task=0.25).num_gpus_per_task == 0.25
     with pytest.raises(ValueError, match="whole number"):
-        RayConfig(num_gpus_per_run=1.5)
+        RayConfig(num_gpus_per_task=1.5)
     with pytest.raises(ValueError):
         SlurmConfig(cluster="pbs")
 
@@ -201,10 +338,247 @@ def local_ray_cluster():
         ray.shutdown()
 
 
-@pytest.mark.slow  # ~70 s (a local Ray cluster starts two torch workers): keeps the default suite under 15 min
+@pytest.mark.slow  # over a minute (a local Ray cluster starts torch workers): keeps the default suite under 15 min
 def test_ray_executor_on_a_local_ray_cluster(tmp_path, registry, local_ray_cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    executor = {"name": "ray", "params": {"num_cpus_per_run": 1}}
-    outcomes = _run_twice(tmp_path, registry, _config(tmp_path, "ray_local", executor))
+    executor = {"name": "ray", "params": {"num_cpus_per_task": 1, "num_cpus_per_evaluation": 1}}
+    config = _config(tmp_path, "ray_local", executor)
+    outcomes = _run_twice(tmp_path, registry, config)
     assert len({o.run_id for o in outcomes}) == 2
+    assert {o.spec.run_key: o.scores for o in outcomes} == _local_scores(tmp_path, registry, config)
     assert local_ray_cluster.is_initialized(), "the executor must not shut down a cluster it did not start"
+
+
+# -- ray through a fake ray module -------------------------------------------------------
+
+
+class _FakeRay(types.ModuleType):
+    """Enough of Ray for the executor: remote functions run inline (their arguments pickled, as Ray
+    ships them) when waited on; a task whose process "dies" (SystemExit) is rerun up to its
+    ``max_retries``, as Ray reruns tasks after a worker or node failure."""
+
+    class _Ref:
+        def __init__(self, fn, args, options):
+            self.fn, self.args, self.options = fn, pickle.dumps(args), options
+
+    def __init__(self):
+        super().__init__("ray")
+        self.initialized = False
+        self.calls: list[tuple[str, int]] = []  # (function name, attempt)
+        self.before_task = None  # a hook: called with the function's name before each attempt
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **_):
+        self.initialized = True
+
+    def shutdown(self):
+        self.initialized = False
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def put(self, value):
+        return value
+
+    def remote(self, **options):
+        ray = self
+
+        class _Remote:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def remote(self, *args):
+                return ray._Ref(self.fn, args, options)
+
+        return _Remote
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        for attempt in range(ref.options.get("max_retries", 3) + 1):
+            self.calls.append((ref.fn.__name__, attempt))
+            if self.before_task is not None:
+                self.before_task(ref.fn.__name__)
+            try:
+                return ref.fn(*pickle.loads(ref.args))
+            except SystemExit as exc:  # the process died
+                error = exc
+        raise RuntimeError(f"worker died: {error}")
+
+    def cancel(self, ref, force=False):
+        pass
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    import torch
+
+    ray = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    threads = torch.get_num_threads()
+    yield ray
+    torch.set_num_threads(threads)
+
+
+def _die_after_first_checkpoint(monkeypatch, runs: int) -> dict:
+    """The first time every run of a pack has written its step-10 checkpoint, the process dies."""
+    from disentbench.core.training.trainer import Trainer
+
+    save = Trainer.save_checkpoint
+    state = {"saved": 0, "died": False}
+
+    def save_then_die(self):
+        save(self)
+        if self.step == 10 and not state["died"]:
+            state["saved"] += 1
+            if state["saved"] == runs:
+                state["died"] = True
+                raise SystemExit("node lost")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    return state
+
+
+def test_ray_runs_packs_then_cpu_evaluations_and_scores_like_local(tmp_path, registry, fake_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "ray_fake", {"name": "ray", "params": {"num_cpus_per_task": 1}})
+    seen: list[str] = []
+
+    def status_while_running(name):  # `status` from another shell, as each evaluation task starts
+        if name == "_ray_evaluate" and not seen:
+            path = tmp_path / "study.yaml"
+            path.write_text(yaml.safe_dump(config))
+            seen.append(CliRunner().invoke(main, ["status", str(path)]).output)
+
+    fake_ray.before_task = status_while_running
+    outcomes = _run_twice(tmp_path, registry, config)
+    assert [name for name, _ in fake_ray.calls] == ["_ray_train", "_ray_evaluate", "_ray_evaluate"]
+    assert "2 runs: 2 evaluating" in seen[0], seen  # trained by the GPU task, evaluation tasks pending
+    assert {o.spec.run_key: o.scores for o in outcomes} == _local_scores(tmp_path, registry, config)
+    assert not fake_ray.is_initialized(), "a cluster the executor started is shut down after the study"
+
+
+def test_ray_task_killed_mid_pack_is_retried_and_resumes_its_runs(tmp_path, registry, fake_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "ray_retry", {"name": "ray", "params": {"max_retries": 2}}, steps=20, checkpoint_every=10)
+    local = _local_scores(tmp_path, registry, config)  # uninterrupted, before the kill is armed
+    died = _die_after_first_checkpoint(monkeypatch, runs=2)
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    assert died["died"] and [o.status for o in result.outcomes] == ["finished", "finished"]
+    assert ("_ray_train", 1) in fake_ray.calls  # the training task ran a second time
+    runs = _assert_each_run_finished_once(tmp_path, "ray_retry", 2)  # the retry took over the runs: no duplicates
+    for run in runs.values():
+        assert run.data.tags["resumed_from_step"] == "10" and run.data.tags["pack_size"] == "2"
+    history = _client(tmp_path).get_metric_history(next(iter(runs.values())).info.run_id, "train/total")
+    assert sorted({m.step for m in history}) == [5, 10, 15, 20]
+    for outcome in result.outcomes:
+        assert outcome.scores == pytest.approx(local[outcome.spec.run_key], abs=1e-6)
+
+
+def test_ray_task_out_of_retries_fails_and_the_next_invocation_resumes(tmp_path, registry, fake_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "ray_lost", {"name": "ray", "params": {"max_retries": 0}}, steps=20, checkpoint_every=10)
+    died = _die_after_first_checkpoint(monkeypatch, runs=2)
+    study = load_study_config(config, registry)
+    first = run_study(study, registry=registry, progress=False)
+    assert died["died"] and [o.status for o in first.outcomes] == ["failed", "failed"]
+    assert all("node lost" in o.error and "re-run the study" in o.error for o in first.outcomes)
+    left = _runs_by_key(tmp_path, "ray_lost")
+    assert [[r.info.status for r in runs] for runs in left.values()] == [["RUNNING"], ["RUNNING"]]
+    second = run_study(study, registry=registry, progress=False)
+    assert [o.status for o in second.outcomes] == ["finished", "finished"]
+    runs = _assert_each_run_finished_once(tmp_path, "ray_lost", 2)
+    assert {r.info.run_id for r in runs.values()} == {rs[0].info.run_id for rs in left.values()}  # same MLflow runs
+    assert all(r.data.tags["resumed_from_step"] == "10" for r in runs.values())
+
+
+def test_ray_nan_run_fails_alone_inside_its_pack(tmp_path, fake_ray, monkeypatch):
+    import torch
+    from pydantic import Field
+
+    from disentbench.core.study import context
+    from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
+
+    class PoisonConfig(BetaVAEConfig):
+        poison: float = Field(0.0, ge=0, description="test: above 0 puts a NaN into a decoder weight")
+
+    class Poisoned(BetaVAE):
+        def __init__(self, config, observation_shape):
+            super().__init__(config, observation_shape)
+            if config.poison > 0:
+                with torch.no_grad():
+                    next(self.decoder.parameters()).view(-1)[0] = float("nan")
+
+    monkeypatch.chdir(tmp_path)
+    registry = registry_with_model("poisoned_vae", PoisonConfig, Poisoned, "test: NaN on demand")
+    monkeypatch.setattr(context, "get_plugin_manager", lambda: registry)  # the task's process finds the test model
+    config = _config(tmp_path, "ray_nan", {"name": "ray"})
+    config["models"] = [{"name": "poisoned_vae", "sweep": {"poison": [0.0, 1.0]}, "params": {"num_latent": 4}}]
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    assert [o.status for o in result.outcomes] == ["finished", "failed"], [o.error for o in result.outcomes]
+    assert "non-finite loss" in result.outcomes[1].error
+    assert [name for name, _ in fake_ray.calls] == ["_ray_train", "_ray_evaluate"]  # one pack; only the good run evaluated
+    client = _client(tmp_path)
+    good, bad = (client.get_run(o.run_id) for o in result.outcomes)
+    assert good.info.status == "FINISHED" and good.data.tags["pack_size"] == "2"
+    assert bad.info.status == "FAILED" and bad.data.tags["error"].startswith("NonFiniteLoss")
+
+
+# -- the dry-run plan ----------------------------------------------------------------------
+
+
+def test_tasks_split_pack_groups_evenly():
+    specs = [_Spec("beta_vae", i) for i in range(300)] + [_Spec("factor_vae", i) for i in range(10)]
+    jobs = [RunJob(spec, "", None, i + 1, len(specs)) for i, spec in enumerate(specs)]
+    tasks = group_into_tasks(jobs, 256, key=lambda job: job.spec.model)
+    assert [len(t) for t in tasks] == [150, 150, 10]  # not 256 + 44: no straggler task
+    assert [job.spec.index for job in tasks[1]] == list(range(150, 300))
+    assert [len(t) for t in group_into_tasks(jobs, 1, key=lambda job: job.spec.model)] == [1] * 310
+
+
+class _Spec:
+    def __init__(self, model, index, steps=1000):
+        self.model, self.index, self.steps, self.dataset = model, index, steps, "d"
+        self.dataset_params, self.model_params, self.swept, self.batch_size = {}, {}, {}, 64
+
+
+def test_plan_estimates_gpu_hours_and_wall_time():
+    specs = [_Spec("beta_vae", i) for i in range(30)]
+    plan = plan_tasks(specs, 8, model_steps_per_second=100.0)
+    assert [t.runs for t in plan.tasks] == [8, 8, 7, 7]
+    assert plan.gpu_hours == pytest.approx(30 * 1000 / 100 / 3600)
+    assert plan.wall_seconds(1) == pytest.approx(300.0)
+    assert plan.wall_seconds(2) == pytest.approx(150.0)  # 80 + 70 on each GPU
+    assert plan.wall_seconds(64) == pytest.approx(80.0)  # the longest task
+
+
+def test_dry_run_prints_the_cluster_plan(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "plan", {"name": "local"}, pack_size=8, steps=1000)
+    config["seeds"] = 15  # 2 betas x 15 seeds: one pack group of 30 runs
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    args = ["run", "s.yaml", "--dry-run", "--executor", "slurm", "--model-steps-per-second", "100", "--gpus", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "slurm: 4 training tasks" in result.output and "2 x 8 runs, 2 x 7 runs" in result.output, result.output
+    assert "30 evaluation tasks" in result.output and "0.1 GPU-hours" in result.output
+    assert "2 GPUs:    2.5 min" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
+    local = CliRunner().invoke(main, ["run", "s.yaml", "--dry-run"])
+    assert local.exit_code == 0 and "training tasks" not in local.output  # the local executor has no tasks to plan
+    bad = CliRunner().invoke(main, [*args[:5], "--model-steps-per-second", "0"])
+    assert bad.exit_code == 2 and "--model-steps-per-second 0 must be positive" in bad.output
+
+
+def test_dry_run_of_the_full_study_on_64_gpus():
+    root = Path(__file__).resolve().parent.parent
+    result = CliRunner().invoke(main, ["run", str(root / "examples" / "study_v1.yaml"), "--dry-run", "--executor", "ray",
+                                       "--gpus", "64"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ray: 42 training tasks" in result.output and "42 x 300 runs" in result.output
+    assert "12600 evaluation tasks" in result.output
+    assert "121.7 GPU-hours" in result.output  # 12,600 x 300,000 model-steps at 8,625/s
+    assert "64 GPUs:      2.9 h  (42 GPUs busy at the start)" in result.output

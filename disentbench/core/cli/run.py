@@ -19,12 +19,27 @@ from disentbench.core.cli._common import EXIT_FAILURE, BadInput, load_study, plu
 
 @click.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Validate and print the run table; train nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate and print the run table; train nothing. With a cluster executor (ray, slurm) also its tasks, "
+    "GPU-hours and projected wall time.",
+)
 @click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N).")
 @click.option("--tracking-uri", help="Override the MLflow tracking URI.")
 @click.option("--executor", help="Override the config's executor (local, multiprocess, ...).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
+@click.option(
+    "--model-steps-per-second",
+    type=float,
+    default=None,
+    help="Dry run: one GPU's packed training throughput for the estimate "
+    "(default 8625, the study's conv VAE packed on an H200).",
+)
+@click.option(
+    "--gpus", type=int, multiple=True, help="Dry run: GPU counts to project the wall time for (repeatable; default 1 8 16 32 64 128)."
+)
+def run_cmd(config, dry_run, device, tracking_uri, executor, quiet, model_steps_per_second, gpus):
     """Run a study: train, score and record every run of the grid in MLflow.
 
     Finished runs (same run key) are skipped, so re-running resumes a study.
@@ -35,6 +50,7 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
       disentbench run examples/quickstart.yaml --dry-run
       disentbench run study.yaml --device cuda:1 --tracking-uri http://mlflow:5000
       disentbench run study.yaml --executor multiprocess
+      disentbench run study.yaml --executor slurm --dry-run --gpus 64
     """
     from disentbench.core.config.grid import expand_grid
 
@@ -50,9 +66,14 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
         known = ", ".join(plugin_registry().names("executor"))
         raise BadInput(f"--executor {executor!r} is not an executor plugin; known: {known}")
     specs = expand_grid(study, plugin_registry())
+    if model_steps_per_second is not None and model_steps_per_second <= 0:
+        raise BadInput(f"--model-steps-per-second {model_steps_per_second:g} must be positive")
+    if any(n < 1 for n in gpus):
+        raise BadInput("--gpus takes GPU counts of 1 or more")
     if dry_run:
         _print_run_table(specs)
         click.echo(f"{len(specs)} runs")
+        _print_cluster_plan(study, specs, executor, model_steps_per_second, gpus)
         return
 
     from disentbench.core.study.run import run_study
@@ -78,6 +99,29 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
             click.echo(f"error: run {outcome.spec.run_name} failed: {reason}", err=True)
         click.echo(f"{len(result.failed)} run(s) failed; see their 'error' tag in MLflow, then re-run to retry.", err=True)
         sys.exit(EXIT_FAILURE)
+
+
+def _print_cluster_plan(study, specs, executor, model_steps_per_second, gpus) -> None:
+    """A cluster executor's tasks and their cost (an executor with ``runs_per_task(config)`` plans tasks)."""
+    from disentbench.core.study.plan import (
+        DEFAULT_GPU_COUNTS,
+        DEFAULT_MODEL_STEPS_PER_SECOND,
+        describe_plan,
+        plan_tasks,
+    )
+
+    ref = study.executor if executor in (None, study.executor.name) else type(study.executor)(name=executor)
+    registration = plugin_registry().get("executor", ref.name)
+    try:
+        executor_obj = registration.factory(registration.make_config(ref.params))
+    except Exception as exc:
+        raise BadInput(f"executor.params: {str(exc).splitlines()[0]}") from None
+    if not hasattr(executor_obj, "runs_per_task"):
+        return
+    rate = model_steps_per_second or DEFAULT_MODEL_STEPS_PER_SECOND
+    plan = plan_tasks(specs, executor_obj.runs_per_task(study), rate)
+    for line in describe_plan(plan, ref.name, gpus or DEFAULT_GPU_COUNTS):
+        click.echo(line)
 
 
 def _print_run_table(specs) -> None:

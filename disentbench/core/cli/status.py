@@ -17,7 +17,7 @@ from disentbench.core.cli._common import BadInput, load_study, plugin_registry, 
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--tracking-uri", help="Override the MLflow tracking URI.")
 def status_cmd(config, tracking_uri):
-    """Per run of a study: finished, running, failed or pending (read from MLflow).
+    """Per run of a study: finished, running, evaluating, failed or pending (read from MLflow).
 
     \b
     Example:
@@ -47,9 +47,16 @@ def status_cmd(config, tracking_uri):
     table = Table("#", "run", "run key", "status", box=None, pad_edge=False)
     counts: dict[str, int] = {}
     for spec in specs:
-        status = tracking.status_of(recorded.get(spec.run_key, [])).lower()
+        runs = recorded.get(spec.run_key, [])
+        status = tracking.status_of(runs).lower()
+        if status == "running" and any(_awaits_evaluation(r) for r in runs):
+            status = "evaluating"  # a cluster run: trained (its GPU task done), evaluated by a CPU task
         counts[status] = counts.get(status, 0) + 1
         table.add_row(str(spec.index), spec.run_name, spec.run_key, status)
     Console(width=max(120, term_width())).print(table)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     click.echo(f"{len(specs)} runs: {summary}")
+
+
+def _awaits_evaluation(run) -> bool:
+    return run.info.status == "RUNNING" and run.data.tags.get("disentbench.stage") in ("trained", "evaluating")

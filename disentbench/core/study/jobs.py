@@ -2,7 +2,9 @@
 
 An executor receives :class:`RunJob` objects and a worker, and yields one
 :class:`RunOutcome` per job; with packed training it may group jobs with
-:func:`group_into_packs` first. These types live apart from the study's
+:func:`group_into_packs` first. Cluster executors ship groups of packable jobs
+(:func:`group_into_tasks`) as tasks, and evaluate each trained run in a task of
+its own (a ``"trained"`` outcome is what a training task hands back for that). These types live apart from the study's
 orchestration so that executors (built-in or third-party) depend only on this
 small, picklable vocabulary and never on the code that calls them.
 """
@@ -20,7 +22,7 @@ from disentbench.core.config.schema import StudyConfig
 @dataclass
 class RunOutcome:
     spec: RunSpec
-    status: str  # "finished" | "skipped" | "failed"
+    status: str  # "finished" | "skipped" | "failed"; "trained" only between a cluster executor's tasks
     run_id: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -96,3 +98,26 @@ def group_into_packs(
             packs.append(current)
         current.append(job)
     return packs
+
+
+def group_into_tasks(
+    jobs: list[RunJob], runs_per_task: int, key: Callable[[RunJob], str] | None = None
+) -> list[list[RunJob]]:
+    """Cluster tasks: the jobs of each pack key (:func:`pack_key` by default) split into the fewest
+    chunks of at most ``runs_per_task``, of near-equal sizes (300 runs, at most 256 a task: 150 + 150,
+    not 256 + 44), so that no task is a straggler.
+
+    Chunks come in the order of their group's first job and keep the jobs' order within.
+    """
+    limit = max(1, runs_per_task)
+    groups = group_into_packs(jobs, len(jobs) + 1 if limit > 1 else 1, key)
+    tasks: list[list[RunJob]] = []
+    for group in groups:
+        count = -(-len(group) // limit)
+        base, extra = divmod(len(group), count)
+        start = 0
+        for i in range(count):
+            size = base + (1 if i < extra else 0)
+            tasks.append(group[start : start + size])
+            start += size
+    return tasks

@@ -57,23 +57,32 @@ def _evaluation_progress(spec: RunSpec, bar: StudyProgress):
     return on_score
 
 
-def evaluate_and_record(
-    spec: RunSpec, ctx: StudyContext, run_id: str, model, result: TrainResult, bar: StudyProgress | None = None
-) -> dict[str, float]:
-    """After training (solo or packed): timing metrics, scores and artifacts of one run; returns its scores.
-
-    With ``bar``, evaluation progress is shown: each scorer that takes 5 s or more as it finishes, then
-    the run's total.
-    """
-    config, tracker, device = ctx.config, ctx.tracker, ctx.device
-    data = ctx.datasets.get(spec.dataset, spec.dataset_params)
-    scorers = ctx.scorers
+def record_training(ctx: StudyContext, run_id: str, result: TrainResult) -> None:
+    """What training leaves before evaluation: its timing metrics and the step it resumed from."""
+    tracker = ctx.tracker
     if result.resumed_from:
         tracker.set_tags(run_id, {"resumed_from_step": str(result.resumed_from)})
     tracker.log_metrics(
         run_id,
         {"train/seconds": result.seconds, "train/model_steps_per_second": result.steps / max(result.seconds, 1e-9)},
     )
+
+
+def evaluate_and_record(
+    spec: RunSpec, ctx: StudyContext, run_id: str, model, result: TrainResult | None, bar: StudyProgress | None = None
+) -> dict[str, float]:
+    """After training (solo or packed): timing metrics, scores and artifacts of one run; returns its scores.
+
+    ``result`` None: training was recorded already (:func:`record_training`, by a cluster's training task).
+    With ``bar``, evaluation progress is shown: each scorer that takes 5 s or more as it finishes, then
+    the run's total.
+    """
+    config, device = ctx.config, ctx.device
+    tracker = ctx.tracker
+    data = ctx.datasets.get(spec.dataset, spec.dataset_params)
+    scorers = ctx.scorers
+    if result is not None:
+        record_training(ctx, run_id, result)
 
     evaluation_started = time.perf_counter()
     scores = evaluate(

@@ -7,11 +7,21 @@ one run, or one pack of runs, is executed there: lock and claim, training
 recording, and the fall-backs when packing is impossible. It travels to other
 processes as plain data and rebuilds its :class:`StudyContext` there, so this
 is the only room an executor's process needs beyond :mod:`~disentbench.core.study.jobs`.
+
+Cluster executors split a run's work in two tasks: :meth:`Worker.train_task`
+(on a GPU) trains a group of jobs in packs and hands each trained run back as a
+``"trained"`` outcome, its final checkpoint written and its MLflow run still
+RUNNING (tag ``disentbench.stage=trained``); :meth:`Worker.evaluate_trained`
+(on CPUs) loads that checkpoint, evaluates, records and finishes the run. Both
+first :meth:`~Worker.refresh` their jobs from the tracking store, so a retried
+or requeued task takes over the runs its dead attempt created instead of
+creating new ones, and skips the runs that attempt finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import traceback
 from collections.abc import Iterator
@@ -29,7 +39,7 @@ from disentbench.core.study.context import StudyContext, build_context
 from disentbench.core.study.jobs import RunJob, RunOutcome, group_into_packs, pack_key
 from disentbench.core.study.locks import lock_and_claim
 from disentbench.core.study.packing import is_cuda, measure_pack_size, parameter_shapes, speed_options
-from disentbench.core.study.recording import evaluate_and_record, record_failure
+from disentbench.core.study.recording import evaluate_and_record, record_failure, record_training, scores_of
 from disentbench.core.tracking import tracker as tracking
 from disentbench.core.training.trainer import Trainer, build_model
 
@@ -55,6 +65,8 @@ class Worker:
         # The share of a GPU's free memory auto packs may use (the multiprocess executor
         # lowers it when several worker processes share one device).
         self.memory_share = 1.0
+        # Cluster training tasks stop after training: trained runs come back "trained", evaluated by another task.
+        self.evaluate_separately = False
         self._state: StudyContext | None = None
 
     def __getstate__(self):
@@ -147,6 +159,9 @@ class Worker:
         checkpoint = Path(ctx.config.training.checkpoint_dir) / spec.run_key / "checkpoint.pt"
         bar.start_run(f"[{job.position}/{job.total}] {spec.run_name}")
         try:
+            if self.evaluate_separately:
+                _, result = _train(spec, ctx, run_id, bar, checkpoint)
+                return self._trained(spec, run_id, result, started)
             scores = _train_and_evaluate(spec, ctx, run_id, bar, checkpoint)
         except KeyboardInterrupt:
             tracker.end_run(run_id, tracking.KILLED)
@@ -287,6 +302,9 @@ class Worker:
                 continue
             if result is None:  # no error means a result (checked just above)
                 raise RuntimeError("the packed trainer returned neither a result nor an error")
+            if self.evaluate_separately:
+                outcomes[k] = self._trained(spec, run_id, result, started)
+                continue
             try:
                 scores = evaluate_and_record(spec, ctx, run_id, trainer.trainers[i].model, result, bar)
             except KeyboardInterrupt:
@@ -296,6 +314,115 @@ class Worker:
                 continue
             tracker.end_run(run_id, tracking.FINISHED)
             outcomes[k] = RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+    # -- cluster tasks: training and evaluation apart ------------------------------------
+    def _trained(self, spec: RunSpec, run_id: str, result, started: float) -> RunOutcome:
+        """A run trained by a cluster training task: timing recorded, final checkpoint on disk, run RUNNING."""
+        ctx = self._context()
+        record_training(ctx, run_id, result)
+        ctx.tracker.set_tags(run_id, {STAGE_TAG: "trained"})
+        return RunOutcome(spec, "trained", run_id, seconds=time.perf_counter() - started)
+
+    def refresh(self, job: RunJob) -> tuple[RunJob, RunOutcome | None]:
+        """``job`` as the tracking store has it now, for a task that may be a retry of a dead one.
+
+        A FINISHED run of its key: the outcome to report instead of any work. A run of this
+        invocation (same parent run) that an earlier attempt of the task created: the job reuses it
+        (never a second MLflow run), or if that attempt recorded it FAILED, its failure is reported.
+        """
+        ctx = self._context()
+        spec = job.spec
+        runs = [
+            r
+            for r in ctx.tracker.search(
+                f"tags.`{tracking.TAG_RUN_KEY}` = '{spec.run_key}' and tags.`{tracking.TAG_KIND}` = 'run'"
+            )
+            if r.info.lifecycle_stage == "active"
+        ]
+        for run in runs:
+            if run.info.status == tracking.FINISHED:
+                return job, RunOutcome(spec, "skipped", run.info.run_id, scores_of(run.data.metrics))
+        ours = sorted(
+            (r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == job.parent_run_id),
+            key=lambda r: (r.info.start_time, r.info.run_id),
+        )
+        if job.reuse_run_id is None and ours:
+            run = ours[0]
+            if run.info.status == tracking.FAILED:
+                error = run.data.tags.get("error", "failed in an earlier attempt of this task")
+                return job, RunOutcome(spec, "failed", run.info.run_id, error=error)
+            job = dataclasses.replace(job, reuse_run_id=run.info.run_id)
+        return job, None
+
+    def train_task(self, jobs: list[RunJob]) -> list[RunOutcome]:
+        """A cluster training task: ``jobs`` refreshed, then trained in packs sized on this device as
+        locally (:meth:`run_in_packs`); outcomes in the order of ``jobs``, trained runs as ``"trained"``
+        when :attr:`evaluate_separately` is set."""
+        outcomes: dict[str, RunOutcome] = {}
+        todo: list[RunJob] = []
+        for job in jobs:
+            job, done = self.refresh(job)
+            if done is not None:
+                outcomes[job.spec.run_key] = done
+            else:
+                todo.append(job)
+        results = self.run_in_packs(todo) if self.may_pack() else (self(job) for job in todo)
+        for outcome in results:
+            outcomes[outcome.spec.run_key] = outcome
+        return [outcomes[job.spec.run_key] for job in jobs]
+
+    def evaluate_trained(self, job: RunJob) -> RunOutcome:
+        """A cluster evaluation task: the run ``job.reuse_run_id``, trained by a training task, is loaded
+        from its final checkpoint on this worker's device, evaluated, recorded and FINISHED."""
+        ctx = self._context()
+        job, done = self.refresh(job)
+        if done is not None:
+            return done
+        started = time.perf_counter()
+        spec, tracker = job.spec, ctx.tracker
+        bar = self.bar or StudyProgress(1, enabled=False)
+        with lock_and_claim(job, ctx.config, tracker) as claim:
+            if claim.skipped is not None:
+                return claim.skipped
+            run_id = claim.run_id
+            if run_id is None:  # a claim is either skipped or has a run id
+                raise RuntimeError("a claim with neither a run id nor a skipped outcome")
+            try:
+                tracker.set_tags(run_id, {STAGE_TAG: "evaluating"})
+                model = self._trained_model(spec, run_id)
+                scores = evaluate_and_record(spec, ctx, run_id, model, None)
+            except KeyboardInterrupt:
+                tracker.end_run(run_id, tracking.KILLED)
+                raise
+            except Exception as exc:
+                return record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+            tracker.set_tags(run_id, {STAGE_TAG: "evaluated"})
+            tracker.end_run(run_id, tracking.FINISHED)
+            return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+
+    def _trained_model(self, spec: RunSpec, run_id: str) -> Model:
+        """The run's model from its final checkpoint, in the memory format the local path evaluates it in."""
+        ctx = self._context()
+        path = Path(ctx.config.training.checkpoint_dir) / spec.run_key / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint {path}: is training.checkpoint_dir on a filesystem all nodes see?")
+        state = torch.load(path, map_location=ctx.device, weights_only=True)
+        if int(state["step"]) != spec.steps:
+            raise RuntimeError(f"checkpoint {path} is at step {state['step']} of {spec.steps}; re-run to train it")
+        registration = ctx.registry.get("model", spec.model)
+        data = ctx.datasets.get(spec.dataset, spec.dataset_params)
+        model = build_model(
+            registration.factory, registration.make_config(spec.model_params), data.observation_shape, spec.seed, ctx.device
+        )
+        model.load_state_dict(state["model"])
+        packed = ctx.tracker.client.get_run(run_id).data.tags.get("pack_size")
+        if ctx.config.training.channels_last and not packed:  # a solo Trainer trains (and leaves) it channels-last
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.eval()
+        return model
+
+
+STAGE_TAG = "disentbench.stage"  # a cluster run's stage: trained (evaluation pending), evaluating, evaluated
 
 
 def _train_and_evaluate(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:

@@ -22,7 +22,8 @@ Built-ins, registered through the same hook as any third-party executor:
   packable jobs and packs them itself (on its own device, so ``auto`` measures
   the GPU it uses).
 
-The cluster executors (``ray``, ``slurm``) ship one job per task and never pack.
+The cluster executors (``ray``, ``slurm``) ship a pack group per training task
+and each trained run's evaluation as a CPU task of its own (``cluster.py``).
 """
 
 from __future__ import annotations
