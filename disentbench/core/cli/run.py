@@ -24,7 +24,11 @@ from disentbench.core.cli._common import EXIT_FAILURE, BadInput, load_study, plu
 @click.option("--tracking-uri", help="Override the MLflow tracking URI.")
 @click.option("--executor", help="Override the config's executor (local, multiprocess, ...).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
+@click.option(
+    "--max-runs", type=click.IntRange(min=1), default=None,
+    help="Allow a grid of up to N runs (default: the config's max_runs, 100,000).",
+)
+def run_cmd(config, dry_run, device, tracking_uri, executor, quiet, max_runs):
     """Run a study: train, score and record every run of the grid in MLflow.
 
     Finished runs (same run key) are skipped, so re-running resumes a study.
@@ -38,7 +42,7 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet):
     """
     from disentbench.core.config.grid import expand_grid
 
-    study = load_study(config)
+    study = load_study(config, max_runs=max_runs)
     if device is not None:
         from disentbench.core.config.schema import TrainingConfig
 
