@@ -743,3 +743,34 @@ def test_corrupt_procedural_cache_is_bad_input(workdir, damage, words):
     result = _invoke(["run", _write(workdir, GOOD), "-q"])
     assert_one_line_error(result, 2, "dsprites_procedural cache", str(cache), "delete it to re-render", *words)
     assert_nothing_created(workdir)
+
+
+def test_metric_whose_constructor_raises_is_named_with_its_package():
+    from disentbench import Metric, PluginConfig, hookimpl
+    from disentbench.core.config.load import load_study_config
+    from disentbench.core.registry import build_registry
+    from disentbench.core.study.context import build_scorers
+
+    class Broken(Metric):
+        name = "broken_metric"
+        description = "raises when built"
+        config_class = PluginConfig
+
+        def __init__(self, config):
+            raise ZeroDivisionError("division by zero")
+
+    class Plugin:
+        __name__ = "broken-metric-test-plugin"
+
+        @staticmethod
+        @hookimpl
+        def register_metrics(register):
+            register(Broken)
+
+    registry = build_registry(load_entry_points=False, extra_plugins=[Plugin])
+    config = load_study_config(_with(evaluation__metrics=["broken_metric"]), registry)
+    with pytest.raises(RuntimeError) as caught:
+        build_scorers(config, registry)
+    message = str(caught.value)
+    assert "metric plugin 'broken_metric' (package " in message and "ZeroDivisionError: division by zero" in message
+    assert "\n" not in message

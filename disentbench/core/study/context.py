@@ -55,7 +55,15 @@ def build_scorers(config: StudyConfig, registry: PluginRegistry) -> list[Scorer]
     for kind, refs in (("metric", config.evaluation.metrics), ("task", config.evaluation.tasks)):
         for ref in refs:
             registration = registry.get(kind, ref.name)
-            scorers.append((kind, ref.name, registration.factory(registration.make_config(ref.params))))
+            try:
+                scorer = registration.factory(registration.make_config(ref.params))
+            except Exception as exc:  # a plugin's own bug: name it and where it comes from
+                first = (str(exc).splitlines() or [""])[0]
+                raise RuntimeError(
+                    f"{kind} plugin {ref.name!r} (package {registration.source}) failed to start: "
+                    f"{type(exc).__name__}: {first}; report it to that package's authors or leave it out of the config"
+                ) from exc
+            scorers.append((kind, ref.name, scorer))
     return scorers
 
 
