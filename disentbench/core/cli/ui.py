@@ -185,8 +185,9 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
     database = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else None
     if database and not os.path.exists(os.path.expanduser(database)):
         # `mlflow ui` would create an empty store there; status, compare and analyze never do either
+        missing = f"no experiment named {experiment!r} in {uri}: " if experiment else ""
         raise BadInput(
-            f"no MLflow store at {database}; run a study first (disentbench run CONFIG) or pass --tracking-uri"
+            f"{missing}no MLflow store at {database}; run a study first (disentbench run CONFIG) or pass --tracking-uri"
         )
     try:
         check_sqlite_uri(uri)
