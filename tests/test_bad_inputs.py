@@ -601,3 +601,176 @@ def test_first_line_is_what_every_one_line_message_shows():
     assert first_line("") == ""
     long = first_line("x" * 500, limit=50)
     assert len(long) == 50 and long.endswith("...")
+
+
+# =============================================================================
+# hostile inputs (issue 24): limits before expansion, names, stores, caches, files
+# =============================================================================
+
+
+def assert_nothing_created(work: Path) -> None:
+    """No store, no artifacts and no checkpoint folder beside the config."""
+    assert_nothing_written(work)
+    assert not (work / ".disentbench").exists(), "a checkpoint folder was created"
+
+
+LIMITS = {
+    "a billion seeds": (_with(seeds=1_000_000_000), ["<config>", "1,000,000,000 runs", "--max-runs"]),
+    "a million sweep values": (
+        _with(models=[{"name": "beta_vae", "sweep": {"beta": [float(i + 1) for i in range(1_000_000)]}}]),
+        ["1,000,000 runs", "1,000,000 model cell(s)", "max_runs"],
+    ),
+    "grid over the config's own limit": (_with(seeds=3, max_runs=2), ["3 runs", "limit of 2"]),
+    "batch larger than the dataset": (
+        _with(training__batch_size=1_000_000_000_000), ["training.batch_size", "737,280 observations", "dsprites_procedural"]
+    ),
+    "study name '..'": (_with(name=".."), ["name", "not a usable folder name"]),
+    "study name too long for MLflow": (_with(name="n" * 300), ["name", "at most 200 characters"]),
+    "experiment name too long for MLflow": (
+        _with(tracking={"experiment": "e" * 501}), ["tracking.experiment", "501 characters", "at most 500"]
+    ),
+    "experiment name '..'": (_with(tracking={"experiment": "a/../b"}), ["tracking.experiment", "'..' path component"]),
+    "experiment name empty": (_with(tracking={"experiment": " "}), ["tracking.experiment", "empty"]),
+}
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("case", list(LIMITS))
+def test_limits_and_names_refused_before_anything(workdir, case, dry_run):
+    if case == "a million sweep values" and not dry_run:
+        pytest.skip("the same check as the dry run; writing a million values twice is slow")
+    config, words = LIMITS[case]
+    result = _invoke(["run", _write(workdir, config), "-q", *(["--dry-run"] if dry_run else [])])
+    assert_one_line_error(result, 2, *words)
+    assert_nothing_created(workdir)
+
+
+def test_max_runs_option_raises_the_limit(workdir):
+    name = _write(workdir, _with(seeds=3, max_runs=2))
+    assert_one_line_error(_invoke(["run", name, "--dry-run", "--max-runs", "2"]), 2, "3 runs", "limit of 2")
+    result = _invoke(["run", name, "--dry-run", "--max-runs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "3 runs" in result.output
+
+
+def test_seed_count_capped_even_with_a_raised_limit(workdir):
+    result = _invoke(["run", _write(workdir, _with(seeds=10**9, max_runs=10**10)), "--dry-run"])
+    assert_one_line_error(result, 2, "seeds", "10,000,000 seeds")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name: a\nseeds: 1\nname: b\n", ["line 3", "key 'name' is given twice (first on line 1)"]),
+    ("name: a\ntraining:\n  steps: 2\n  steps: 3\n", ["line 4", "key 'steps' is given twice (first on line 3)"]),
+])
+def test_duplicate_yaml_keys_rejected(workdir, text, words):
+    (workdir / "dup.yaml").write_text(text)
+    assert_one_line_error(_invoke(["run", "dup.yaml", "--dry-run"]), 2, "dup.yaml", *words)
+    assert_nothing_created(workdir)
+
+
+def test_fifo_and_symlink_loop_as_config(workdir):
+    os.mkfifo(workdir / "fifo.yaml")
+    os.symlink(workdir / "loop.yaml", workdir / "loop.yaml")
+    os.symlink(workdir / "gone.yaml", workdir / "dangling.yaml")
+    assert_one_line_error(_invoke(["run", "fifo.yaml", "--dry-run"]), 2, "fifo.yaml", "FIFO", "not a regular file")
+    assert_one_line_error(_invoke(["run", "loop.yaml", "--dry-run"]), 2, "loop.yaml", "symbolic link loop")
+    assert_one_line_error(_invoke(["run", "dangling.yaml", "--dry-run"]), 2, "dangling.yaml", "does not exist")
+    assert_nothing_created(workdir)
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("garbage", ["'garbage'", "unsupported URI (no scheme)"]),
+    ("garbage://x", ["'garbage://x'", "unknown scheme 'garbage:'"]),
+    ("closed", ["unreachable", "connection refused", "tried for up to 5 s"]),
+])
+def test_tracking_uri_refused_before_any_folder(workdir, monkeypatch, uri, words):
+    # MLflow's own retry settings left at their defaults: the connect probe alone must answer
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    if uri == "closed":
+        uri = f"http://127.0.0.1:{_closed_port()}"
+    result = _invoke(["run", _write(workdir, GOOD), "-q", "--tracking-uri", uri])
+    assert_one_line_error(result, 2, *words)
+    assert_nothing_created(workdir)
+    assert not (workdir / "garbage").exists()
+
+
+def test_connect_probe_times_out(monkeypatch):
+    """A server that never answers (a blackholed address): the probe gives up after its timeout, saying so."""
+    import socket as socket_module
+
+    def hang(address, timeout=None):
+        assert timeout is not None and timeout <= 15, timeout  # the probe always bounds its wait
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket_module, "create_connection", hang)
+    with pytest.raises(tracking.TrackingError, match=r"unreachable \(timed out, tried for up to 5 s\)"):
+        tracking.check_tracking_uri("http://10.255.255.1:5000")
+
+
+def test_mlflow_refusing_an_experiment_name_is_reported(workdir):
+    """Whatever MLflow refuses at creation comes back as its own message, never as an AttributeError."""
+    tracker = tracking.Tracker(f"sqlite:///{workdir / 'mlflow.db'}", "x" * 600)  # past the config's own check
+    with pytest.raises(tracking.TrackingError, match="MLflow cannot create experiment .*exceeds the maximum length"):
+        tracker.experiment_id
+
+
+def _procedural_cache(data_root: Path) -> Path:
+    from disentbench.plugins.datasets.dsprites import PROCEDURAL_FILENAME
+
+    folder = data_root / "dsprites_procedural"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / PROCEDURAL_FILENAME
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("garbage", ["not a readable .npy"]),
+    ("wrong shape", ["uint8 (10, 1, 64, 64)", "expected uint8 (737280, 1, 64, 64)"]),
+    ("truncated", ["truncated or padded"]),
+])
+def test_corrupt_procedural_cache_is_bad_input(workdir, damage, words):
+    cache = _procedural_cache(Path(os.environ["DISENTBENCH_DATA"]))
+    if damage == "garbage":
+        cache.write_bytes(b"not an npy file at all")
+    elif damage == "wrong shape":
+        np.save(cache, np.zeros((10, 1, 64, 64), dtype=np.uint8))
+    else:
+        header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1, 64, 64), dtype=np.uint8))
+        header["shape"] = (737280, 1, 64, 64)
+        with open(cache, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            handle.write(b"\0" * 100)
+    result = _invoke(["run", _write(workdir, GOOD), "-q"])
+    assert_one_line_error(result, 2, "dsprites_procedural cache", str(cache), "delete it to re-render", *words)
+    assert_nothing_created(workdir)
+
+
+def test_metric_whose_constructor_raises_is_named_with_its_package():
+    from disentbench import Metric, PluginConfig, hookimpl
+    from disentbench.core.config.load import load_study_config
+    from disentbench.core.registry import build_registry
+    from disentbench.core.study.context import build_scorers
+
+    class Broken(Metric):
+        name = "broken_metric"
+        description = "raises when built"
+        config_class = PluginConfig
+
+        def __init__(self, config):
+            raise ZeroDivisionError("division by zero")
+
+    class Plugin:
+        __name__ = "broken-metric-test-plugin"
+
+        @staticmethod
+        @hookimpl
+        def register_metrics(register):
+            register(Broken)
+
+    registry = build_registry(load_entry_points=False, extra_plugins=[Plugin])
+    config = load_study_config(_with(evaluation__metrics=["broken_metric"]), registry)
+    with pytest.raises(RuntimeError) as caught:
+        build_scorers(config, registry)
+    message = str(caught.value)
+    assert "metric plugin 'broken_metric' (package " in message and "ZeroDivisionError: division by zero" in message
+    assert "\n" not in message

@@ -149,6 +149,9 @@ def test_compare_filters(store):
     empty = _compare(uri, "--model", "dip_vae")
     assert empty.exit_code == 0
     assert "No finished runs" in empty.output and "known: beta_vae, factor_vae" in empty.output
+    typo = _compare(uri, "--model", "nosuch")  # neither recorded nor a plugin: bad input naming the known models
+    assert typo.exit_code == 2, typo.output
+    assert "error: --model nosuch: no such model; known: beta_vae, factor_vae" in typo.output
 
 
 def test_compare_csv(store):

@@ -60,13 +60,16 @@ def check_data_root() -> None:
         raise BadInput(str(exc)) from None
 
 
-def load_study(config_path: str):
-    """The validated study config of a file; on problems, one ``error:`` line each and exit 2."""
+def load_study(config_path: str, max_runs: int | None = None):
+    """The validated study config of a file; on problems, one ``error:`` line each and exit 2.
+
+    ``max_runs`` overrides the config's limit on the grid's size (``run --max-runs``).
+    """
     from disentbench.core.config.load import load_study_config
     from disentbench.core.config.problems import ConfigError
 
     try:
-        return load_study_config(config_path, plugin_registry())
+        return load_study_config(config_path, plugin_registry(), max_runs=max_runs)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)

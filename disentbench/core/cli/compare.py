@@ -453,6 +453,13 @@ def compare_cmd(ctx, target, sort_key, reverse, models, datasets, representation
 
     known_models = sorted({r.model for r in table.rows})
     known_datasets = sorted({r.dataset for r in table.rows})
+    for option, kind, wanted, known in (("--model", "model", models, known_models), ("--dataset", "dataset", datasets, known_datasets)):
+        # a name neither recorded nor a plugin is a typo (a plugin without runs just matches nothing)
+        kind_plugins = registry.plugins.get(kind, {})
+        unknown = [w for w in wanted if w not in known and w not in kind_plugins]
+        if unknown:
+            names = known or registry.names(kind)
+            raise BadInput(f"{option} {', '.join(unknown)}: no such {kind}; known: {', '.join(names)}")
     table = table.filter(models, datasets, representation)
     sort_column = None
     if sort_key is not None:

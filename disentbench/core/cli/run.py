@@ -39,7 +39,11 @@ from disentbench.core.cli._common import EXIT_FAILURE, BadInput, load_study, plu
 @click.option(
     "--gpus", type=int, multiple=True, help="Dry run: GPU counts to project the wall time for (repeatable; default 1 8 16 32 64 128)."
 )
-def run_cmd(config, dry_run, device, tracking_uri, executor, quiet, model_steps_per_second, gpus):
+@click.option(
+    "--max-runs", type=click.IntRange(min=1), default=None,
+    help="Allow a grid of up to N runs (default: the config's max_runs, 100,000).",
+)
+def run_cmd(config, dry_run, device, tracking_uri, executor, quiet, model_steps_per_second, gpus, max_runs):
     """Run a study: train, score and record every run of the grid in MLflow.
 
     Finished runs (same run key) are skipped, so re-running resumes a study.
@@ -54,7 +58,7 @@ def run_cmd(config, dry_run, device, tracking_uri, executor, quiet, model_steps_
     """
     from disentbench.core.config.grid import expand_grid
 
-    study = load_study(config)
+    study = load_study(config, max_runs=max_runs)
     if device is not None:
         from disentbench.core.config.schema import TrainingConfig
 

@@ -4,8 +4,9 @@ The MLflow UI is a separate server process (with worker processes of its own),
 so this room holds what running one safely takes: picking and checking a port,
 warning when the bind exposes the UI to the network, waiting until the server
 answers before printing the URL, showing its log when it fails, and stopping
-its whole process group on Ctrl-C, SIGTERM or any other way out, so no server
-is ever left behind.
+its whole process group on Ctrl-C, SIGTERM, SIGHUP or any other way out, and
+(on Linux) when ``ui`` itself is killed, so no server is ever left behind; a
+folder with no store gets an error, never a new empty store.
 """
 
 from __future__ import annotations
@@ -99,6 +100,25 @@ def _stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> Non
     process.wait()
 
 
+def _new_session_dying_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The server's own session (its group is stopped as one), and on Linux SIGTERM when ``ui`` dies.
+
+    PR_SET_PDEATHSIG covers ``kill -9`` of ``ui``, where no handler of ours runs;
+    MLflow's launcher forwards that SIGTERM to its server processes.
+    """
+    import signal
+
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _set_signal(sig, handler) -> None:
     import signal
 
@@ -162,6 +182,13 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
     if uri.startswith(("http://", "https://")):
         raise BadInput(f"{uri} is already a tracking server; open it in a browser instead")
     experiment_id = None
+    database = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else None
+    if database and not os.path.exists(os.path.expanduser(database)):
+        # `mlflow ui` would create an empty store there; status, compare and analyze never do either
+        missing = f"no experiment named {experiment!r} in {uri}: " if experiment else ""
+        raise BadInput(
+            f"{missing}no MLflow store at {database}; run a study first (disentbench run CONFIG) or pass --tracking-uri"
+        )
     try:
         check_sqlite_uri(uri)
         if experiment:
@@ -196,15 +223,18 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
         "--workers", "1",
     ]
     log = None if options["verbose"] else tempfile.TemporaryFile()  # server logs: shown with --verbose or on failure
-    popen_kwargs = {"start_new_session": True} if os.name == "posix" else {
+    popen_kwargs = {"preexec_fn": _new_session_dying_with_parent} if os.name == "posix" else {
         "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
     }
 
-    def interrupted(signum, frame):  # SIGTERM stops the UI like Ctrl-C
+    def interrupted(signum, frame):  # SIGTERM and SIGHUP (the terminal closed) stop the UI like Ctrl-C
         raise KeyboardInterrupt
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopping = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.getsignal(sig) for sig in stopping}
     _set_signal(signal.SIGTERM, interrupted)
+    if hasattr(signal, "SIGHUP"):
+        _set_signal(signal.SIGHUP, interrupted)
     _set_signal(signal.SIGINT, signal.default_int_handler)  # even where the shell started us with SIGINT ignored
     process = None
     try:

@@ -12,6 +12,8 @@ collected, worded (``problems``) and raised together as one
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from disentbench.core.config.files import read_config_file
 from disentbench.core.config.grid import duplicate_run_problems
 from disentbench.core.config.problems import ConfigError, did_you_mean, error_message, pydantic_problems, value_problems
-from disentbench.core.config.schema import ModelEntry, PluginRef, StudyConfig, plugin_shorthand
+from disentbench.core.config.schema import DEFAULT_MAX_RUNS, ModelEntry, PluginRef, StudyConfig, plugin_shorthand
 from disentbench.core.registry import PluginRegistry
 
 _RefT = TypeVar("_RefT", bound=PluginRef)
@@ -85,14 +87,116 @@ def _entries(raw: dict[str, Any], key: str, cls: type[_RefT]) -> list[tuple[int,
     return entries
 
 
-def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig:
+def _count(value: Any) -> int | None:
+    """How many entries a list setting has (a non-list: one entry), None when it is not a list or a string/mapping."""
+    if isinstance(value, list):
+        return len(value)
+    return 1 if isinstance(value, (str, dict)) else None
+
+
+def grid_size(raw: dict[str, Any]) -> tuple[int, str] | None:
+    """The number of runs ``raw`` expands to and how (``2 datasets x 36 model cells x 50 seeds``), by arithmetic.
+
+    Computed from the raw config before anything is validated or expanded, so a
+    grid of 10^9 runs costs nothing to refuse. None when the structure is too
+    broken to count (the schema check then says why).
+    """
+    datasets = _count(raw.get("datasets"))
+    models = raw.get("models")
+    models = [models] if isinstance(models, (str, dict)) else models
+    if datasets is None or not isinstance(models, list):
+        return None
+    cells = 0
+    for entry in models:
+        sweep = entry.get("sweep") if isinstance(entry, dict) else None
+        product = 1
+        if isinstance(sweep, dict):
+            for values in sweep.values():
+                if isinstance(values, list):
+                    product *= max(len(values), 1)
+        cells += product
+    seeds_raw = raw.get("seeds", 1)
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+        seeds = max(seeds_raw, 1)
+    elif isinstance(seeds_raw, list):
+        seeds = max(len(seeds_raw), 1)
+    else:
+        return None
+    total = datasets * cells * seeds
+    return total, f"{datasets:,} dataset(s) x {cells:,} model cell(s) x {seeds:,} seed(s)"
+
+
+def grid_limit_problem(raw: dict[str, Any], max_runs: int | None = None) -> str | None:
+    """One line when the grid has more runs than ``max_runs`` (else the config's ``max_runs``, else the default)."""
+    size = grid_size(raw)
+    if size is None:
+        return None
+    total, how = size
+    configured = raw.get("max_runs")
+    if max_runs is None:
+        max_runs = configured if isinstance(configured, int) and not isinstance(configured, bool) else DEFAULT_MAX_RUNS
+    if total <= max_runs:
+        return None
+    return (
+        f"<config>: the grid has {total:,} runs ({how}), more than the limit of {max_runs:,}; give fewer seeds or "
+        "sweep values, or raise the limit with `max_runs: N` in the config or `disentbench run --max-runs N`"
+    )
+
+
+def _total_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return None
+
+
+def batch_size_problems(config: StudyConfig, registry: PluginRegistry) -> list[str]:
+    """``training.batch_size`` against each dataset: no more than its observations, one batch fits in memory.
+
+    Dataset plugins are built from their validated params (cheap: no pixels are
+    read); a plugin that cannot say its size is skipped here and fails later as before.
+    """
+    from disentbench.core.data.ground_truth import GroundTruthData
+
+    problems: list[str] = []
+    batch = config.training.batch_size
+    memory = _total_memory()
+    for i, ref in enumerate(config.datasets):
+        try:
+            registration = registry.get("dataset", ref.name)
+            dataset = registration.factory(registration.make_config(ref.params))
+            size = int(dataset.num_observations)
+            shape_known = type(dataset).observation_shape is not GroundTruthData.observation_shape
+            shape = tuple(dataset.observation_shape) if shape_known else None
+        except Exception:
+            continue
+        if batch > size:
+            problems.append(
+                f"training.batch_size: {batch:,} is more than the {size:,} observations of datasets[{i}] "
+                f"({ref.name}); use at most {size:,} (the study uses 64)"
+            )
+        elif shape is not None and memory is not None and batch * math.prod(shape) * 4 > memory:
+            gib = batch * math.prod(shape) * 4 / 2**30
+            problems.append(
+                f"training.batch_size: one batch of {batch:,} {ref.name} images is {gib:,.0f} GiB as float32, "
+                f"more than this machine's {memory / 2**30:,.0f} GiB of memory; use a smaller batch (the study uses 64)"
+            )
+    return problems
+
+
+def validate_study(raw: dict[str, Any], registry: PluginRegistry, max_runs: int | None = None) -> StudyConfig:
     """Validate a raw config dict fully (structure and every plugin's params), reporting every problem at once.
 
     Plugin params are checked even where the structure has problems elsewhere: each
     dataset, model, metric, task and executor entry whose own shape is valid is
     checked against its plugin. Only the grid check (no two grid entries that
-    expand to the same run) needs a config without any other problem.
+    expand to the same run) needs a config without any other problem. A grid
+    larger than ``max_runs`` (default: the config's ``max_runs``) is refused
+    first, by arithmetic, before any list in it is validated or expanded.
     """
+    too_big = grid_limit_problem(raw, max_runs)
+    if too_big is not None:
+        raise ConfigError([too_big])
     problems: list[str] = []
     config: StudyConfig | None = None
     try:
@@ -131,6 +235,7 @@ def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig
         validate_plugin_params(registry, "executor", ref, "executor", problems)
     if config is not None and len(problems) == before:
         problems.extend(duplicate_run_problems(config, registry))
+        problems.extend(batch_size_problems(config, registry))
     if problems:
         raise ConfigError(problems)
     if config is None:  # a failed validation always adds a problem
@@ -138,8 +243,10 @@ def validate_study(raw: dict[str, Any], registry: PluginRegistry) -> StudyConfig
     return config
 
 
-def load_study_config(path_or_dict: str | Path | dict[str, Any], registry: PluginRegistry | None = None) -> StudyConfig:
-    """Read and fully validate a study config (file path or dict)."""
+def load_study_config(
+    path_or_dict: str | Path | dict[str, Any], registry: PluginRegistry | None = None, max_runs: int | None = None
+) -> StudyConfig:
+    """Read and fully validate a study config (file path or dict); ``max_runs`` overrides the config's limit."""
     if registry is None:
         from disentbench.core.registry import get_plugin_manager
 
@@ -148,4 +255,4 @@ def load_study_config(path_or_dict: str | Path | dict[str, Any], registry: Plugi
         raw = path_or_dict
     else:
         raw = read_config_file(path_or_dict)
-    return validate_study(raw, registry)
+    return validate_study(raw, registry, max_runs)

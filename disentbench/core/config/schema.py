@@ -36,6 +36,23 @@ Float = Annotated[float, BeforeValidator(_not_a_boolean("a number"))]
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 
+#: MLflow's own limits (mlflow.utils.validation): an experiment name, a run name (the parent run is
+#: named "STUDY YYYY-MM-DD HH:MM:SS", 20 characters more than the study's name).
+MAX_EXPERIMENT_NAME_LENGTH = 500
+MAX_STUDY_NAME_LENGTH = 200
+#: Default limit on the number of runs a study's grid may expand to (study_v1 is 12,600); raise it with
+#: ``max_runs`` in the config or ``disentbench run --max-runs N``.
+DEFAULT_MAX_RUNS = 100_000
+#: A seed count above this is refused even under a raised max_runs: the list alone would not fit in memory.
+MAX_SEED_COUNT = 10_000_000
+
+
+def _path_safe(what: str, value: str) -> str:
+    """A name used as a folder name (reports, checkpoints) must not be '.', '..' or only dots."""
+    if value.strip(".") == "":
+        raise ValueError(f"{what} {value!r} is not a usable folder name ('.' and '..' mean other folders); rename it")
+    return value
+
 
 class _Strict(BaseModel):
     # allow_inf_nan=False: .inf / .nan in a float setting is an error, not a value
@@ -252,7 +269,10 @@ class TrackingConfig(_Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."
     )
-    experiment: str | None = Field(None, description="MLflow experiment name; default the study name.")
+    experiment: str | None = Field(
+        None,
+        description=f"MLflow experiment name; default the study name (at most {MAX_EXPERIMENT_NAME_LENGTH} characters).",
+    )
     index_tag: str | None = Field(
         None,
         pattern=NAME_PATTERN,
@@ -260,9 +280,32 @@ class TrackingConfig(_Strict):
         "which then equals the original study's model number).",
     )
 
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("the experiment name is empty; give a name or leave tracking.experiment out")
+        if len(value) > MAX_EXPERIMENT_NAME_LENGTH:
+            raise ValueError(
+                f"the experiment name has {len(value)} characters; MLflow allows at most {MAX_EXPERIMENT_NAME_LENGTH}"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("the experiment name contains control characters (a newline, a tab...); remove them")
+        for part in value.split("/"):
+            if part in (".", ".."):
+                raise ValueError(f"the experiment name {value!r} has a {part!r} path component; rename it")
+        return value
+
 
 class StudyConfig(_Strict):
-    name: str = Field(min_length=1, pattern=NAME_PATTERN, description="Study name (letters, digits, _ . -).")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_STUDY_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description=f"Study name (letters, digits, _ . -; at most {MAX_STUDY_NAME_LENGTH} characters).",
+    )
     datasets: list[PluginRef] = Field(min_length=1)
     models: list[ModelEntry] = Field(min_length=1)
     seeds: list[Int] = Field(default_factory=lambda: [0], description="Seeds: a list, or a count n meaning 0..n-1.")
@@ -270,6 +313,12 @@ class StudyConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     executor: PluginRef = Field(default_factory=lambda: PluginRef(name="local"))
+    max_runs: Int = Field(
+        DEFAULT_MAX_RUNS,
+        ge=1,
+        description="Refuse a grid of more runs than this (checked before the grid is expanded); "
+        "`disentbench run --max-runs N` overrides it.",
+    )
 
     _shorthand = field_validator("datasets", "models", "executor", mode="before")(
         lambda values: [plugin_shorthand(v) for v in values] if isinstance(values, list) else plugin_shorthand(values)
@@ -281,6 +330,8 @@ class StudyConfig(_Strict):
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError("a seed count must be at least 1")
+            if value > MAX_SEED_COUNT:
+                raise ValueError(f"a seed count of {value} is more than {MAX_SEED_COUNT:,} seeds; give fewer")
             return list(range(value))
         return value
 
@@ -292,6 +343,11 @@ class StudyConfig(_Strict):
         if any(s < 0 for s in seeds):
             raise ValueError("seeds must be >= 0")
         return seeds
+
+    @field_validator("name")
+    @classmethod
+    def _name_path_safe(cls, value: str) -> str:
+        return _path_safe("the study name", value)
 
     @property
     def experiment_name(self) -> str:

@@ -59,7 +59,15 @@ def build_scorers(config: StudyConfig, registry: PluginRegistry) -> list[Scorer]
             # evaluation.fast switches on the fast variant of every scorer that has one (a `fast` config field)
             if config.evaluation.fast and "fast" in registration.config.model_fields:
                 params.setdefault("fast", True)
-            scorers.append((kind, ref.name, registration.factory(registration.make_config(params))))
+            try:
+                scorer = registration.factory(registration.make_config(params))
+            except Exception as exc:  # a plugin's own bug: name it and where it comes from
+                first = (str(exc).splitlines() or [""])[0]
+                raise RuntimeError(
+                    f"{kind} plugin {ref.name!r} (package {registration.source}) failed to start: "
+                    f"{type(exc).__name__}: {first}; report it to that package's authors or leave it out of the config"
+                ) from exc
+            scorers.append((kind, ref.name, scorer))
     return scorers
 
 

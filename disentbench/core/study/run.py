@@ -66,7 +66,7 @@ def run_study(
         raise DeviceUnavailable(str(exc) if device else f"training.device: {exc}") from None
     device = device or config.training.device
     check_data_root()
-    tracking.check_sqlite_uri(tracking.resolve_tracking_uri(tracking_uri or config.tracking.uri))
+    tracking.check_tracking_uri(tracking.resolve_tracking_uri(tracking_uri or config.tracking.uri))
 
     # Check every dataset's files first: a missing file is a one-line error
     # before anything is written to the tracking store.

@@ -28,6 +28,8 @@ FINISHED, RUNNING, FAILED, KILLED, PENDING = "FINISHED", "RUNNING", "FAILED", "K
 TAG_RUN_KEY = "run_key"
 TAG_STUDY = "study"
 TAG_KIND = "disentbench.kind"
+#: MLflow 3's UI opens an experiment with this tag value in its classic model-training view, not GenAI's.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_OWNER = "disentbench.owner"  # token of the invocation currently training a run  # "study" for parent runs, "run" for children
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -112,7 +114,7 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         self.experiment_name = experiment
-        check_sqlite_uri(self.uri)
+        check_tracking_uri(self.uri)
         try:
             with _sqlite_init_lock(self.uri) as database:
                 if database is not None and _interrupted_sqlite_init(database):
@@ -161,11 +163,18 @@ class Tracker:
         if existing is not None:
             if existing.lifecycle_stage == "deleted":
                 self.client.restore_experiment(existing.experiment_id)
+            if TAG_EXPERIMENT_KIND not in existing.tags:  # made before disentbench tagged its experiments
+                self.client.set_experiment_tag(existing.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return existing.experiment_id
         try:
-            return self.client.create_experiment(self.experiment_name)
-        except MlflowException:  # another process created it first
-            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+            return self.client.create_experiment(self.experiment_name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except MlflowException as exc:  # another process created it first, or MLflow refused the name
+            raced = self.client.get_experiment_by_name(self.experiment_name)
+            if raced is None:
+                raise TrackingError(
+                    f"MLflow cannot create experiment {self.experiment_name[:80]!r}: {first_line(exc)}"
+                ) from None
+            return raced.experiment_id
 
     def existing_experiment_id(self) -> str | None:
         """The experiment's id if it exists, without creating it (for read-only commands)."""
@@ -411,6 +420,51 @@ def check_sqlite_uri(uri: str) -> None:
     reason = unwritable_reason(path, folder=False)
     if reason is not None:
         raise TrackingError(f"tracking URI {uri!r}: {reason}; use sqlite:///PATH/mlflow.db in a writable folder")
+
+
+#: How long the connect probe of a tracking server waits (the issue's bound: fail within ~15 s).
+CONNECT_TIMEOUT_S = 5.0
+_KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks", "uc")
+_USE = "use sqlite:///PATH/mlflow.db, http(s)://HOST:PORT or a database URI"
+
+
+def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, in one line, on a tracking URI that cannot work, before anything is created.
+
+    ``sqlite:`` URIs get :func:`check_sqlite_uri`; an unknown scheme or a URI
+    with none is refused (MLflow would answer with its model registry's
+    message, or make a folder of that name); an ``http(s)`` server must accept
+    a TCP connection within ``timeout`` seconds (MLflow's client retries an
+    unreachable server for minutes).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme == "sqlite":
+        check_sqlite_uri(uri)
+        return
+    if scheme not in _KNOWN_SCHEMES or (len(scheme) == 1 and os.name == "nt"):
+        what = f"unknown scheme {scheme + ':'!r}" if scheme else "no scheme"
+        raise TrackingError(f"cannot use tracking URI {uri!r}: unsupported URI ({what}); {_USE}")
+    if scheme not in ("http", "https"):
+        return
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        raise TrackingError(f"cannot use tracking URI {uri!r}: Invalid url ({exc}); {_USE}") from None
+    if not host:
+        raise TrackingError(f"cannot use tracking URI {uri!r}: Invalid url (no host); {_USE}")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
+        raise TrackingError(
+            f"cannot use tracking URI {uri!r}: the tracking server at {host}:{port} is unreachable ({why}, "
+            f"tried for up to {timeout:g} s); start it, or check tracking.uri, --tracking-uri or $MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def open_existing(uri: str | None, experiment: str) -> tuple[Tracker | None, str | None]:

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from disentbench import hookimpl
 from disentbench.core.contracts import PluginConfig
-from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.data.ground_truth import DatasetFormatError, GroundTruthData
 from disentbench.core.paths import DatasetNotFoundError, data_root
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -469,6 +469,43 @@ class DSpritesProcedural(_DSpritesGrid):
             if self.config.path
             else data_root() / "dsprites_procedural" / PROCEDURAL_FILENAME
         )
+
+    def check(self) -> None:
+        """An existing cache must be a whole uint8 ``.npy`` of the grid (header and size only); none is fine.
+
+        Checked before a study writes anything, so a damaged or foreign cache is
+        bad input naming the file (exit 2), not a failure of every run.
+        """
+        if not self.path.exists():
+            return  # rendered on first use
+        expected = (NUM_IMAGES,) + IMAGE_SHAPE
+        fix = "delete it to re-render (or point `path` elsewhere)"
+        if not self.path.is_file():
+            raise DatasetFormatError(f"dsprites_procedural cache {self.path} is not a file; {fix}", self.path)
+        try:
+            with open(self.path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read_header:
+                    raise ValueError(f"unsupported .npy version {version}")
+                shape, fortran, dtype = read_header[version](handle)
+                offset = handle.tell()
+            size = self.path.stat().st_size
+        except (OSError, ValueError) as exc:
+            raise DatasetFormatError(
+                f"dsprites_procedural cache {self.path} is not a readable .npy ({exc}); {fix}", self.path
+            ) from None
+        if tuple(shape) != expected or fortran or dtype != np.uint8:
+            raise DatasetFormatError(
+                f"dsprites_procedural cache {self.path} is {dtype} {tuple(shape)}, expected uint8 {expected}; {fix}",
+                self.path,
+            )
+        if size != offset + int(np.prod(expected)):
+            raise DatasetFormatError(
+                f"dsprites_procedural cache {self.path} is truncated or padded ({size:,} bytes, expected "
+                f"{offset + int(np.prod(expected)):,}); {fix}",
+                self.path,
+            )
 
     def ensure_cache(self) -> Path:
         """Render the cache file unless it exists; returns its path."""
