@@ -171,7 +171,9 @@ def _print_scores(result) -> None:
         spec = outcome.spec
         params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.swept.items())
         values = [f"{outcome.scores[c]:.3f}" if c in outcome.scores else "-" for c in columns]
-        table.add_row(spec.model, params, spec.dataset, str(spec.seed), outcome.status, *values)
+        # "skipped (done)" (finished earlier) vs "skipped (owned by HOST:PID)" (another process trains it)
+        status = f"skipped ({outcome.error or 'done'})" if outcome.status == "skipped" else outcome.status
+        table.add_row(spec.model, params, spec.dataset, str(spec.seed), status, *values)
     Console(width=max(120, term_width())).print(table)
     click.echo(f"Results are in MLflow ({result.tracking_uri}), experiment '{result.config.experiment_name}'.")
     click.echo(f"Open the MLflow UI: disentbench ui --tracking-uri {result.tracking_uri}")

@@ -24,6 +24,7 @@ from disentbench.core.display.progress import StudyProgress
 from disentbench.core.evaluation.evaluate import evaluate
 from disentbench.core.study.context import StudyContext
 from disentbench.core.study.jobs import RunOutcome
+from disentbench.core.study.locks import RunRef
 from disentbench.core.tracking import tracker as tracking
 from disentbench.core.training.trainer import TrainResult
 
@@ -49,6 +50,33 @@ def record_failure(
     return RunOutcome(spec, "failed", run_id, error=message, seconds=time.perf_counter() - started)
 
 
+def fresh_run_for_restart(tracker: tracking.Tracker, ref: RunRef, resumed_from: int) -> None:
+    """Before training: a run restarting from step 0 whose MLflow run holds points of an earlier attempt
+    (killed before its first checkpoint, a corrupt or unreachable checkpoint) moves to a fresh MLflow run.
+
+    MLflow cannot delete metric points, so the old run (its curve of the
+    abandoned attempt) is replaced: the fresh run takes its tags, params and
+    lease and the old one goes to MLflow's trash (:meth:`Tracker.replace_run
+    <disentbench.core.tracking.tracker.Tracker.replace_run>`). A run with no
+    points yet, or one resuming from a checkpoint, keeps its MLflow run.
+    """
+    if resumed_from:
+        return
+    if tracker.client.get_run(ref.run_id).data.metrics:
+        ref.replace(tracker.replace_run(ref.run_id))
+
+
+def _log_new_metrics(tracker: tracking.Tracker, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log the metrics the run does not have yet: a resumed evaluation never logs a score twice.
+
+    A run's evaluation is deterministic given its trained weights (the
+    checkpoint is bit-identical on resume), so a key already recorded by an
+    attempt killed mid-recording holds the same value.
+    """
+    present = tracker.client.get_run(run_id).data.metrics
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in present}, step=step)
+
+
 def _evaluation_progress(spec: RunSpec, bar: StudyProgress):
     def on_score(representation: str, kind: str, name: str, scores: dict[str, float], seconds: float) -> None:
         if seconds >= 5.0:
@@ -62,9 +90,9 @@ def record_training(ctx: StudyContext, run_id: str, result: TrainResult) -> None
     tracker = ctx.tracker
     if result.resumed_from:
         tracker.set_tags(run_id, {"resumed_from_step": str(result.resumed_from)})
-    tracker.log_metrics(
-        run_id,
-        {"train/seconds": result.seconds, "train/model_steps_per_second": result.steps / max(result.seconds, 1e-9)},
+    steps, seconds = result.cumulative
+    _log_new_metrics(
+        tracker, run_id, {"train/seconds": seconds, "train/model_steps_per_second": steps / max(seconds, 1e-9)}
     )
 
 
@@ -102,7 +130,7 @@ def evaluate_and_record(
     tracker.set_tags(
         run_id, {"evaluation.seed_convention": config.evaluation.seed_convention, "evaluation.mode": config.evaluation.mode}
     )
-    tracker.log_metrics(run_id, scores, step=spec.steps)
+    _log_new_metrics(tracker, run_id, scores, step=spec.steps)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

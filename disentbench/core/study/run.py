@@ -25,6 +25,10 @@ trained alone.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from disentbench.core.config.grid import canonical_json, expand_grid
@@ -34,6 +38,7 @@ from disentbench.core.paths import check_data_root
 from disentbench.core.registry import PluginRegistry, get_plugin_manager
 from disentbench.core.study.context import DatasetCache, build_scorers
 from disentbench.core.study.jobs import RunJob, RunOutcome, StudyResult
+from disentbench.core.study.locks import keep_lease
 from disentbench.core.study.recording import scores_of
 from disentbench.core.study.rescoring import headline_keys, score_finished_runs
 from disentbench.core.study.worker import Worker
@@ -66,6 +71,7 @@ def run_study(
         raise DeviceUnavailable(str(exc) if device else f"training.device: {exc}") from None
     device = device or config.training.device
     check_data_root()
+    tracking.lease_seconds()  # a bad $DISENTBENCH_LEASE_SECONDS is bad input, found before any write
     tracking.check_tracking_uri(tracking.resolve_tracking_uri(tracking_uri or config.tracking.uri))
 
     # Check every dataset's files first: a missing file is a one-line error
@@ -86,6 +92,8 @@ def run_study(
     except OSError as exc:
         raise ValueError(f"training.checkpoint_dir {str(checkpoint_root)!r}: cannot create it ({exc.strerror})") from None
 
+    # Scorers are built (a constructor that raises stops here) before anything is written.
+    scorers = build_scorers(config, registry)
     tracker = tracking.Tracker(tracking_uri or config.tracking.uri, config.experiment_name)
     recorded = tracker.runs_by_key()
     todo, outcomes_by_key = [], {}
@@ -96,17 +104,75 @@ def run_study(
         if tracking.status_of(runs) == tracking.FINISHED:
             finished = next(r for r in runs if r.info.status == tracking.FINISHED)
             finished_runs[spec.run_key] = finished
-            outcomes_by_key[spec.run_key] = RunOutcome(spec, "skipped", finished.info.run_id, scores_of(finished.data.metrics))
+            outcomes_by_key[spec.run_key] = RunOutcome(
+                spec, "skipped", finished.info.run_id, scores_of(finished.data.metrics), error="done"
+            )
         else:
             if runs:  # interrupted or failed before: continue that run, never a duplicate
                 reuse[spec.run_key] = runs[0].info.run_id
             todo.append(spec)
 
     # The parent creates the experiment and its run before any worker starts;
-    # workers log to explicit run ids.
+    # workers log to explicit run ids. Parents of dead invocations are ended KILLED first.
+    tracker.end_stale_study_runs()
     parent_run_id = tracker.start_study_run(config.name, len(specs), config_path)
-    tracker.log_params(parent_run_id, {"config": canonical_json(config.model_dump(mode="json"))[:6000]})
-    scorers = build_scorers(config, registry)
+    with _ended_on_the_way_out(tracker, parent_run_id), keep_lease(tracker, parent_run_id), _sigterm_interrupts():
+        tracker.log_params(parent_run_id, {"config": canonical_json(config.model_dump(mode="json"))[:6000]})
+        return _run_jobs(
+            config, registry, tracker, parent_run_id, specs, todo, reuse, finished_runs, outcomes_by_key,
+            datasets, scorers, executor_obj, device, progress,
+        )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a study: handled as Ctrl-C is (runs in progress end KILLED, exit 130, resumable)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises :class:`Terminated` instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # no signals here (embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _ended_on_the_way_out(tracker: tracking.Tracker, parent_run_id: str) -> Iterator[None]:
+    """The study's parent run ends KILLED on an interrupt (Ctrl-C, SIGTERM), FAILED on any other exception.
+
+    A normal return has ended it already (FINISHED, or FAILED if a run
+    failed). An invocation killed outright (``kill -9``, power loss) cannot end
+    it: its lease expires and the next invocation ends it KILLED.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        status = tracking.KILLED if isinstance(exc, (KeyboardInterrupt, SystemExit)) else tracking.FAILED
+        with contextlib.suppress(Exception):  # the store itself may be what failed: the lease runs out then
+            if status == tracking.FAILED:
+                tracker.set_tags(parent_run_id, {"error": f"{type(exc).__name__}: {exc}"[:5000]})
+            tracker.end_run(parent_run_id, status)
+        raise
+
+
+def _run_jobs(
+    config, registry, tracker, parent_run_id, specs, todo, reuse, finished_runs, outcomes_by_key,
+    datasets, scorers, executor_obj, device, progress,
+) -> StudyResult:
+    """Hand the jobs to the executor, re-score finished runs, end the parent run; the outcomes in grid order."""
 
     worker = Worker(config, tracker.uri, tracker.experiment_id, device, progress)
     bar = StudyProgress(sum(s.steps for s in todo), enabled=progress)
@@ -124,11 +190,8 @@ def run_study(
             [(spec, finished_runs[spec.run_key]) for spec in specs if spec.run_key in finished_runs],
             worker._context(), outcomes_by_key, bar,
         )
-    except KeyboardInterrupt:
-        tracker.end_run(parent_run_id, tracking.KILLED)
+    finally:
         bar.close()
-        raise
-    bar.close()
     missing = [s for s in specs if s.run_key not in outcomes_by_key]
     for spec in missing:  # an executor that lost a job (a crashed worker process)
         outcomes_by_key[spec.run_key] = RunOutcome(spec, "failed", error="the executor returned no result")

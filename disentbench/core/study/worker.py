@@ -37,9 +37,15 @@ from disentbench.core.display.progress import StudyProgress
 from disentbench.core.messages import first_line
 from disentbench.core.study.context import StudyContext, build_context
 from disentbench.core.study.jobs import RunJob, RunOutcome, group_into_packs, pack_key
-from disentbench.core.study.locks import lock_and_claim
+from disentbench.core.study.locks import LeaseLost, RunRef, lock_and_claim
 from disentbench.core.study.packing import is_cuda, measure_pack_size, parameter_shapes, speed_options
-from disentbench.core.study.recording import evaluate_and_record, record_failure, record_training, scores_of
+from disentbench.core.study.recording import (
+    evaluate_and_record,
+    fresh_run_for_restart,
+    record_failure,
+    record_training,
+    scores_of,
+)
 from disentbench.core.tracking import tracker as tracking
 from disentbench.core.training.trainer import Trainer, build_model
 
@@ -149,10 +155,14 @@ class Worker:
                 return claim.skipped
             if claim.run_id is None:  # a claim is either skipped or has a run id
                 raise RuntimeError("a claim with neither a run id nor a skipped outcome")
-            return self._run_claimed(job, claim.run_id, started)
+            return self._run_claimed(job, claim.ref(), started)
 
-    def _run_claimed(self, job: RunJob, run_id: str, started: float) -> RunOutcome:
-        """Train, evaluate and record one claimed run alone (its lock held by the caller)."""
+    def _run_claimed(self, job: RunJob, ref: RunRef, started: float) -> RunOutcome:
+        """Train, evaluate and record one claimed run alone (its lock and lease held by the caller).
+
+        A run whose lease another owner took meanwhile (this process stalled
+        past it) stops at its next curve point and records nothing more.
+        """
         ctx = self._context()
         tracker, spec = ctx.tracker, job.spec
         bar = self.bar or StudyProgress(spec.steps, enabled=False)
@@ -160,16 +170,22 @@ class Worker:
         bar.start_run(f"[{job.position}/{job.total}] {spec.run_name}")
         try:
             if self.evaluate_separately:
-                _, result = _train(spec, ctx, run_id, bar, checkpoint)
-                return self._trained(spec, run_id, result, started)
-            scores = _train_and_evaluate(spec, ctx, run_id, bar, checkpoint)
+                _, result = _train(spec, ctx, ref, bar, checkpoint)
+                ref.check()
+                return self._trained(spec, ref.run_id, result, started)
+            scores = _train_and_evaluate(spec, ctx, ref, bar, checkpoint)
+            ref.check()
+        except LeaseLost:
+            return _lost(spec, ref, started)
         except KeyboardInterrupt:
-            tracker.end_run(run_id, tracking.KILLED)
+            tracker.end_run(ref.run_id, tracking.KILLED)
             raise
         except Exception as exc:
-            return record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
-        tracker.end_run(run_id, tracking.FINISHED)
-        return RunOutcome(spec, "finished", run_id, scores, seconds=time.perf_counter() - started)
+            if ref.lost:
+                return _lost(spec, ref, started)
+            return record_failure(ctx, bar, spec, ref.run_id, exc, traceback.format_exc(), started)
+        tracker.end_run(ref.run_id, tracking.FINISHED)
+        return RunOutcome(spec, "finished", ref.run_id, scores, seconds=time.perf_counter() - started)
 
     # -- one pack ------------------------------------------------------------------------
     def run_one_pack(self, jobs: list[RunJob]) -> list[RunOutcome]:
@@ -187,7 +203,7 @@ class Worker:
         ctx = self._context()
         tracker = ctx.tracker
         outcomes: dict[int, RunOutcome] = {}
-        claimed: list[tuple[int, RunJob, str]] = []
+        claimed: list[tuple[int, RunJob, RunRef]] = []
         started = time.perf_counter()
         with contextlib.ExitStack() as locks:
             try:
@@ -198,21 +214,21 @@ class Worker:
                         continue
                     if claim.run_id is None:  # a claim is either skipped or has a run id
                         raise RuntimeError("a claim with neither a run id nor a skipped outcome")
-                    claimed.append((k, job, claim.run_id))
+                    claimed.append((k, job, claim.ref()))
                 if len(claimed) == 1:
-                    k, job, run_id = claimed[0]
-                    outcomes[k] = self._run_claimed(job, run_id, started)
+                    k, job, ref = claimed[0]
+                    outcomes[k] = self._run_claimed(job, ref, started)
                 elif claimed:
                     self._train_pack(claimed, started, outcomes)
             except KeyboardInterrupt:
-                for k, _, run_id in claimed:
+                for k, _, ref in claimed:
                     if k not in outcomes:
-                        tracker.end_run(run_id, tracking.KILLED)
+                        tracker.end_run(ref.run_id, tracking.KILLED)
                 raise
         return [outcomes[k] for k in range(len(jobs))]
 
     def _train_pack(
-        self, claimed: list[tuple[int, RunJob, str]], started: float, outcomes: dict[int, RunOutcome]
+        self, claimed: list[tuple[int, RunJob, RunRef]], started: float, outcomes: dict[int, RunOutcome]
     ) -> None:
         """Train the claimed runs as one pack, then evaluate each; fills ``outcomes`` as runs end."""
         from disentbench.core.training.packed.trainer import PackedTrainer, UnpackableModel
@@ -225,25 +241,25 @@ class Worker:
 
         def solo(reason: str) -> None:
             bar.message(f"{reason}; training these {len(members)} runs one by one")
-            for k, job, run_id in members:
-                outcomes[k] = self._run_claimed(job, run_id, started)
+            for k, job, ref in members:
+                outcomes[k] = self._run_claimed(job, ref, started)
 
-        members: list[tuple[int, RunJob, str]] = []
+        members: list[tuple[int, RunJob, RunRef]] = []
         models: list[Model] = []
-        for k, job, run_id in claimed:
+        for k, job, ref in claimed:
             spec = job.spec
             try:
                 registration = registry.get("model", spec.model)
                 model_config = registration.make_config(spec.model_params)
                 model = build_model(registration.factory, model_config, data.observation_shape, spec.seed, device)
             except Exception as exc:
-                outcomes[k] = record_failure(ctx, bar, spec, run_id, exc, traceback.format_exc(), started)
+                outcomes[k] = record_failure(ctx, bar, spec, ref.run_id, exc, traceback.format_exc(), started)
                 continue
-            members.append((k, job, run_id))
+            members.append((k, job, ref))
             models.append(model)
         if len(members) < 2:
-            for k, job, run_id in members:
-                outcomes[k] = self._run_claimed(job, run_id, started)
+            for k, job, ref in members:
+                outcomes[k] = self._run_claimed(job, ref, started)
             return
         specs = [job.spec for _, job, _ in members]
         try:
@@ -267,7 +283,9 @@ class Worker:
                 torch.cuda.empty_cache()
             return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {first_line(exc)})")
         del models  # the trainer holds them
-        run_ids = [run_id for _, _, run_id in members]
+        for i, (_, _, ref) in enumerate(members):  # resume each run now: one restarting from 0 gets a fresh run
+            fresh_run_for_restart(tracker, ref, trainer.trainers[i].maybe_resume())
+        run_ids = [ref.run_id for _, _, ref in members]
         positions = ",".join(str(job.position) for _, job, _ in members)
         bar.start_run(f"[{positions}/{members[0][1].total}] pack of {len(members)}: {first.model} on {first.dataset}")
         reached = [0] * len(members)
@@ -292,8 +310,12 @@ class Worker:
         bar.finish_run(sum(spec.steps for spec in specs))
         for run_id in run_ids:
             tracker.set_tags(run_id, {"pack_size": str(len(members))})
-        for i, (k, job, run_id) in enumerate(members):
+        for i, (k, job, ref) in enumerate(members):
+            run_id = ref.run_id
             spec, error, result = job.spec, packed.errors[i], packed.results[i]
+            if ref.lost:
+                outcomes[k] = _lost(spec, ref, started)
+                continue
             if error is None and result is None:
                 error = RuntimeError("the packed trainer returned neither a result nor an error")
             if error is not None:
@@ -425,12 +447,19 @@ class Worker:
 STAGE_TAG = "disentbench.stage"  # a cluster run's stage: trained (evaluation pending), evaluating, evaluated
 
 
-def _train_and_evaluate(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:
-    model, result = _train(spec, ctx, run_id, bar, checkpoint)
-    return evaluate_and_record(spec, ctx, run_id, model, result, bar)
+def _lost(spec: RunSpec, ref: RunRef, started: float) -> RunOutcome:
+    return RunOutcome(
+        spec, "skipped", ref.run_id, error="lost its lease to another owner", seconds=time.perf_counter() - started
+    )
 
 
-def _train(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, checkpoint: Path):
+def _train_and_evaluate(spec: RunSpec, ctx: StudyContext, ref: RunRef, bar: StudyProgress, checkpoint: Path) -> dict[str, float]:
+    model, result = _train(spec, ctx, ref, bar, checkpoint)
+    ref.check()
+    return evaluate_and_record(spec, ctx, ref.run_id, model, result, bar)
+
+
+def _train(spec: RunSpec, ctx: StudyContext, ref: RunRef, bar: StudyProgress, checkpoint: Path):
     """One run trained alone by the solo Trainer; returns (trained model, TrainResult)."""
     registry, config, tracker, device = ctx.registry, ctx.config, ctx.tracker, ctx.device
     data = ctx.datasets.for_training(spec.dataset, spec.dataset_params)
@@ -448,9 +477,12 @@ def _train(spec: RunSpec, ctx: StudyContext, run_id: str, bar: StudyProgress, ch
         checkpoint_path=checkpoint,
         channels_last=config.training.channels_last,
     )
-    result = trainer.train(
-        on_log=lambda step, terms: tracker.log_metrics(run_id, {f"train/{k}": v for k, v in terms.items()}, step),
-        on_progress=bar.update_run,
-    )
+    fresh_run_for_restart(tracker, ref, trainer.maybe_resume())
+
+    def on_log(step: int, terms: dict[str, float]) -> None:
+        ref.check()  # never a curve point from a process that lost the run
+        tracker.log_metrics(ref.run_id, {f"train/{k}": v for k, v in terms.items()}, step)
+
+    result = trainer.train(on_log=on_log, on_progress=bar.update_run)
     bar.finish_run(spec.steps)
     return trainer.model, result

@@ -13,10 +13,12 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import sys
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +26,31 @@ from disentbench.core.config.grid import RunSpec
 from disentbench.core.messages import first_line
 
 FINISHED, RUNNING, FAILED, KILLED, PENDING = "FINISHED", "RUNNING", "FAILED", "KILLED", "PENDING"
+STALE = "STALE"  # RUNNING in MLflow, but its owner is gone (lease expired): not a status MLflow knows
 
 TAG_RUN_KEY = "run_key"
 TAG_STUDY = "study"
 TAG_KIND = "disentbench.kind"
 #: MLflow 3's UI opens an experiment with this tag value in its classic model-training view, not GenAI's.
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-TAG_OWNER = "disentbench.owner"  # token of the invocation currently training a run  # "study" for parent runs, "run" for children
 PARENT_TAG = "mlflow.parentRunId"
+
+# The lease of a run (child or study): who trains it, and until when that holds. See Lease.
+TAG_OWNER = "disentbench.owner"  # id of the process that holds the lease
+TAG_OWNER_HOST = "disentbench.owner_host"
+TAG_OWNER_PID = "disentbench.owner_pid"
+TAG_HEARTBEAT = "disentbench.heartbeat"  # unix seconds of the owner's last heartbeat
+TAG_LEASE_SECONDS = "disentbench.lease_seconds"  # how long a heartbeat holds
+TAG_CLAIM_PREFIX = "disentbench.claim."  # + owner id: a claim in progress ("UNIX_SECONDS HOST:PID")
+TAG_REPLACES = "disentbench.replaces"  # a run restarted from step 0: the id of the run it replaced
+TAG_REPLACED_BY = "disentbench.replaced_by"
+
+LEASE_ENV = "DISENTBENCH_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 60.0
+#: How long a claimant waits between writing its claim and reading all claims back. A claimant whose
+#: read-then-write took longer than this starts over, which is what makes two winners impossible.
+CLAIM_SETTLE_SECONDS = 0.5
+CLAIM_ATTEMPTS = 8
 
 
 def quiet_mlflow_logs() -> None:
@@ -69,6 +88,150 @@ def run_params(spec: RunSpec) -> dict[str, str]:
 
 class TrackingError(ValueError):
     """The tracking store cannot be used (bad URI, unreachable server)."""
+
+
+# -- leases ------------------------------------------------------------------------
+def lease_seconds() -> float:
+    """The lease duration: ``$DISENTBENCH_LEASE_SECONDS`` or 60 s; ValueError (one line) for a bad value."""
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if not text:
+        return DEFAULT_LEASE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1.0 and value < 10**7):
+        raise ValueError(f"${LEASE_ENV}={text!r} is not a lease duration; use a number of seconds of at least 1, e.g. 60")
+    return value
+
+
+def heartbeat_interval(lease: float) -> float:
+    """How often an owner renews its lease: a quarter of it, at most every 10 s."""
+    return min(10.0, lease / 4)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """This process as a lease owner: a random id (unique per process), the host name and the pid."""
+
+    id: str
+    host: str
+    pid: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+_OWNER: Owner | None = None
+
+
+def this_owner() -> Owner:
+    """The owner identity of the calling process (a new one after a fork or in a spawned worker)."""
+    global _OWNER
+    if _OWNER is None or _OWNER.pid != os.getpid():
+        _OWNER = Owner(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+    return _OWNER
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's process), or we cannot tell: assume alive
+    return True
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A run's lease as its tags record it: owner, host, pid, last heartbeat and duration.
+
+    It is alive while the run is RUNNING and the last heartbeat is younger than
+    the lease duration; on the owner's own host it dies at once with the owner
+    process (its pid no longer exists), so a rerun after ``kill -9`` on the same
+    machine takes the run over without waiting for the lease to run out.
+    """
+
+    owner: str
+    host: str
+    pid: int
+    heartbeat: float
+    seconds: float
+
+    @classmethod
+    def of(cls, run) -> Lease | None:
+        tags = run.data.tags
+        if TAG_OWNER not in tags:
+            return None
+        try:
+            return cls(
+                tags[TAG_OWNER], tags.get(TAG_OWNER_HOST, ""), int(tags.get(TAG_OWNER_PID, "0") or 0),
+                float(tags.get(TAG_HEARTBEAT, "0") or 0), float(tags.get(TAG_LEASE_SECONDS, "0") or 0),
+            )
+        except ValueError:
+            return None
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    def expired(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        if self.heartbeat + self.seconds < now:
+            return True
+        return self.host == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid)
+
+
+def live_lease(run) -> Lease | None:
+    """The run's lease if someone holds it now (the run is RUNNING and its lease has not expired)."""
+    if run.info.status != RUNNING:
+        return None
+    lease = Lease.of(run)
+    return lease if lease is not None and not lease.expired() else None
+
+
+def run_state(run) -> str:
+    """A run's status as ``status`` shows it: MLflow's, but a RUNNING run whose owner is gone is STALE."""
+    if run.info.status == RUNNING and live_lease(run) is None:
+        return STALE
+    return run.info.status
+
+
+def lease_tags(owner: Owner, seconds: float, now: float | None = None) -> dict[str, str]:
+    return {
+        TAG_OWNER: owner.id,
+        TAG_OWNER_HOST: owner.host,
+        TAG_OWNER_PID: str(owner.pid),
+        TAG_HEARTBEAT: f"{time.time() if now is None else now:.3f}",
+        TAG_LEASE_SECONDS: f"{seconds:g}",
+    }
+
+
+def _claims(run, fresh_within: float) -> list[tuple[float, str, str]]:
+    """Claims in progress on ``run`` younger than ``fresh_within`` s: (time, owner id, HOST:PID), oldest first."""
+    now = time.time()
+    found = []
+    for key, value in run.data.tags.items():
+        if not key.startswith(TAG_CLAIM_PREFIX):
+            continue
+        stamp, _, label = value.partition(" ")
+        try:
+            when = float(stamp)
+        except ValueError:
+            continue
+        if now - when < fresh_within:
+            found.append((when, key[len(TAG_CLAIM_PREFIX) :], label))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What :meth:`Tracker.claim_run` got: the run id, or why not (``done`` or ``owned by HOST:PID``)."""
+
+    run_id: str | None
+    reason: str | None = None
 
 
 _TRANSIENT = ("database is locked", "database table is locked", "deadlock", "connection reset")
@@ -199,9 +362,13 @@ class Tracker:
         return grouped
 
     def start_study_run(self, study: str, num_runs: int, config_path: Path | None = None) -> str:
+        """The invocation's parent run, with this process's lease on it (renewed by the caller's heartbeat)."""
         run = self.client.create_run(
             self.experiment_id,
-            tags={TAG_KIND: "study", TAG_STUDY: study, "disentbench.version": _version()},
+            tags={
+                TAG_KIND: "study", TAG_STUDY: study, "disentbench.version": _version(),
+                **lease_tags(this_owner(), lease_seconds()),
+            },
             run_name=f"{study} {time.strftime('%Y-%m-%d %H:%M:%S')}",
         )
         self.client.log_param(run.info.run_id, "num_runs", num_runs)
@@ -209,10 +376,16 @@ class Tracker:
             self.client.log_artifact(run.info.run_id, str(config_path))
         return run.info.run_id
 
-    def start_run(
-        self, spec: RunSpec, parent_run_id: str, reuse_run_id: str | None = None, index_tag: str | None = None
-    ) -> str:
-        """A child run for ``spec``; an unfinished run of the same key is reused, never duplicated."""
+    def end_stale_study_runs(self) -> list[str]:
+        """Mark KILLED every study (parent) run left RUNNING by an invocation whose lease expired; their ids."""
+        ended = []
+        for run in self.search(f"tags.`{TAG_KIND}` = 'study' and attributes.status = 'RUNNING'"):
+            if live_lease(run) is None:
+                self.client.set_terminated(run.info.run_id, status=KILLED)
+                ended.append(run.info.run_id)
+        return ended
+
+    def _run_tags(self, spec: RunSpec, parent_run_id: str, index_tag: str | None) -> dict[str, str]:
         tags = {
             PARENT_TAG: parent_run_id,
             TAG_KIND: "run",
@@ -225,44 +398,139 @@ class Tracker:
         }
         if index_tag:
             tags[index_tag] = str(spec.index)
-        if reuse_run_id is not None:
-            for key, value in tags.items():
-                self.client.set_tag(reuse_run_id, key, value)
-            self.client.update_run(reuse_run_id, status=RUNNING)
-            return reuse_run_id
+        return tags
+
+    def _create_run(self, spec: RunSpec, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=spec.run_name)
         self.log_params(run.info.run_id, run_params(spec))
         return run.info.run_id
 
-    def claim_run(
-        self, spec: RunSpec, parent_run_id: str, reuse_run_id: str | None = None, index_tag: str | None = None
-    ) -> str | None:
-        """Start (or continue) the one MLflow run of ``spec.run_key``; None if another invocation owns it.
+    def runs_of_key(self, run_key: str) -> list:
+        """The active child runs of one run key, canonical first (oldest start time, then run id)."""
+        runs = self.search(f"tags.`{TAG_RUN_KEY}` = '{run_key}' and tags.`{TAG_KIND}` = 'run'")
+        return sorted(
+            (r for r in runs if r.info.lifecycle_stage == "active"), key=lambda r: (r.info.start_time or 0, r.info.run_id)
+        )
 
-        Optimistic claim: create the run, then look for other live runs of the
-        same key. The oldest (start time, then run id) wins; a loser deletes its
-        own fresh run, so racing invocations never leave two runs for one key.
-        A reused run (interrupted earlier) is taken over by writing an owner
-        token and reading it back: the last writer owns it.
+    def claim_run(
+        self, spec: RunSpec, parent_run_id: str, index_tag: str | None = None, settle: float | None = None
+    ) -> ClaimResult:
+        """Take the lease on the one MLflow run of ``spec.run_key`` (creating the run if there is none).
+
+        A run whose lease is alive (someone trains it) or that FINISHED is left
+        alone (``reason`` says which); any other state (FAILED, KILLED, RUNNING
+        with an expired lease, a fresh key) is claimed. MLflow has no
+        compare-and-set, so a claim is a protocol over tags:
+
+        1. read the key's runs; stop if one finished, or has a live lease or a
+           fresh claim of someone else;
+        2. write a claim tag (or, for a new key, create the run carrying the
+           claim and the lease);
+        3. if step 1's read to step 2's write took longer than ``settle`` seconds,
+           withdraw and start over;
+        4. wait ``settle`` seconds, read again: the oldest fresh claim wins (for
+           a new key: the canonical run, oldest start time then run id); the
+           winner writes its lease, then drops its claim tag.
+
+        Two claimants that both pass step 3 see each other's claims in step 4
+        and pick the same winner; a claimant that did not see another's claim
+        must have read before that claim was written and written after it was
+        read back, so its step 3 took longer than ``settle`` and it started over.
         """
-        if reuse_run_id is not None:
-            token = uuid.uuid4().hex
-            self.client.set_tag(reuse_run_id, TAG_OWNER, token)
-            time.sleep(0.2)
-            if self.client.get_run(reuse_run_id).data.tags.get(TAG_OWNER) != token:
-                return None
-            return self.start_run(spec, parent_run_id, reuse_run_id, index_tag)
-        run_id = self.start_run(spec, parent_run_id, None, index_tag)
-        rivals = [
-            r
-            for r in self.search(f"tags.`{TAG_RUN_KEY}` = '{spec.run_key}'")
-            if r.info.lifecycle_stage == "active" and r.info.status != FAILED and r.info.status != KILLED
-        ]
-        winner = min(rivals, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
-        if winner is not None and winner.info.run_id != run_id:
-            self.client.delete_run(run_id)
-            return None
-        return run_id
+        settle = CLAIM_SETTLE_SECONDS if settle is None else settle
+        owner, seconds = this_owner(), lease_seconds()
+        claim_key = TAG_CLAIM_PREFIX + owner.id
+        tags = self._run_tags(spec, parent_run_id, index_tag)
+        for attempt in range(CLAIM_ATTEMPTS):
+            if attempt:
+                time.sleep(settle * random.uniform(0.5, 1.5) * min(attempt, 4))
+            started = time.monotonic()
+            runs = self.runs_of_key(spec.run_key)
+            busy = self._busy(runs, owner, seconds)
+            if busy is not None:
+                return ClaimResult(None, busy)
+            if not runs:
+                run_id = self._create_run(
+                    spec, {**tags, **lease_tags(owner, seconds), claim_key: f"{time.time():.3f} {owner.label}"}
+                )
+                if time.monotonic() - started > settle:
+                    self.client.delete_run(run_id)
+                    continue
+                time.sleep(settle)
+                runs = self.runs_of_key(spec.run_key)
+                if not runs or runs[0].info.run_id != run_id:
+                    self.client.delete_run(run_id)  # a rival's run of this key is the one run: claim that one
+                    continue
+                self.client.delete_tag(run_id, claim_key)
+                return ClaimResult(run_id)
+            target = runs[0].info.run_id
+            self.client.set_tag(target, claim_key, f"{time.time():.3f} {owner.label}")
+            if time.monotonic() - started > settle:
+                self._drop_claim(target, claim_key)
+                continue
+            time.sleep(settle)
+            run = self.client.get_run(target)
+            busy = self._busy([run], owner, seconds)
+            claims = _claims(run, seconds)
+            if busy is None and (not claims or claims[0][1] != owner.id):
+                busy = f"owned by {claims[0][2]}" if claims else "claimed by another invocation"
+            if busy is not None:
+                self._drop_claim(target, claim_key)
+                return ClaimResult(None, busy)
+            self.set_tags(target, {**tags, **lease_tags(owner, seconds)})  # the lease first, then drop the claim
+            self.client.update_run(target, status=RUNNING)
+            self._drop_claim(target, claim_key)
+            return ClaimResult(target)
+        return ClaimResult(None, f"claimed by another invocation (no claim settled in {CLAIM_ATTEMPTS} tries)")
+
+    def _busy(self, runs: list, owner: Owner, seconds: float) -> str | None:
+        """Why the key of ``runs`` is not ours to claim (done, leased or being claimed by another), or None."""
+        if any(r.info.status == FINISHED for r in runs):
+            return "done"
+        for run in runs:
+            lease = live_lease(run)
+            if lease is not None and lease.owner != owner.id:
+                return f"owned by {lease.label}"
+            for _, claimant, label in _claims(run, seconds):
+                if claimant != owner.id:
+                    return f"owned by {label}"
+        return None
+
+    def _drop_claim(self, run_id: str, claim_key: str) -> None:
+        with contextlib.suppress(Exception):  # already gone: nothing to drop
+            self.client.delete_tag(run_id, claim_key)
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Renew this process's lease on ``run_id``; False (and nothing written) if another owner holds it now."""
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(TAG_OWNER) != this_owner().id:
+            return False
+        self.client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.3f}")
+        return True
+
+    def replace_run(self, run_id: str) -> str:
+        """A fresh run for ``run_id``'s key that takes over its tags, params and lease; the old run is deleted.
+
+        For a run restarted from step 0 whose old curve must not mix with the
+        new one. The old run goes to MLflow's trash (restorable) with a
+        ``disentbench.replaced_by`` tag; the new one carries ``disentbench.replaces``.
+        The new run exists before the old one is deleted, and carries this
+        process's lease, so the key is never without a leased run.
+        """
+        old = self.client.get_run(run_id)
+        keep = {k: v for k, v in old.data.tags.items() if not k.startswith(("mlflow.", TAG_CLAIM_PREFIX))}
+        if PARENT_TAG in old.data.tags:
+            keep[PARENT_TAG] = old.data.tags[PARENT_TAG]
+        keep.update(lease_tags(this_owner(), lease_seconds()))
+        keep[TAG_REPLACES] = run_id
+        keep.pop("error", None)
+        keep.pop("resumed_from_step", None)
+        run = self.client.create_run(self.experiment_id, tags=keep, run_name=old.info.run_name)
+        new_id = run.info.run_id
+        self.log_params(new_id, dict(old.data.params))
+        self.client.set_tag(run_id, TAG_REPLACED_BY, new_id)
+        self.client.delete_run(run_id)
+        return new_id
 
     # -- logging -----------------------------------------------------------------
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
@@ -512,9 +780,12 @@ def safe_artifact_path(artifact_path: str | None) -> str | None:
 
 
 def status_of(runs: Iterable) -> str:
-    """Summarise the runs recorded for one run key: finished beats running beats failed."""
-    statuses = {run.info.status for run in runs}
-    for status in (FINISHED, RUNNING, FAILED, KILLED):
+    """Summarise the runs recorded for one run key: finished beats running beats stale beats failed.
+
+    A RUNNING run whose lease expired (its owner died or lost the store) is STALE.
+    """
+    statuses = {run_state(run) for run in runs}
+    for status in (FINISHED, RUNNING, STALE, FAILED, KILLED):
         if status in statuses:
             return status
     return PENDING

@@ -98,10 +98,20 @@ class CorruptCheckpoint(RuntimeError):
 
 @dataclass
 class TrainResult:
-    steps: int
-    seconds: float
+    steps: int  # optimizer steps taken in this call (after any resume)
+    seconds: float  # wall-clock seconds of this call
     final_terms: dict[str, float]
     resumed_from: int = 0
+    #: training seconds over every segment of the run (earlier segments read from the checkpoint); None when
+    #: the checkpoint resumed from predates that record, so only this segment is known
+    total_seconds: float | None = None
+
+    @property
+    def cumulative(self) -> tuple[int, float]:
+        """(steps, seconds) of the whole run when known, else of this segment."""
+        if self.total_seconds is None:
+            return self.steps, self.seconds
+        return self.steps + self.resumed_from, self.total_seconds
 
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -138,6 +148,11 @@ class Trainer:
         self.data_generator = make_generator(device, derive_seed(seed, STREAM_DATA))
         self.latent_generator = make_generator(device, derive_seed(seed, STREAM_LATENT))
         self.step = 0
+        # Training seconds before this segment (from the checkpoint; None: an old checkpoint without them),
+        # and when this segment's clock started (None: not training yet).
+        self.seconds_before: float | None = 0.0
+        self.clock_start: float | None = None
+        self.resumed_from: int | None = None  # set by maybe_resume (train() resumes only once)
         self._initial = copy.deepcopy(self.state_dict()) if self.checkpoint_path else None
 
     # -- checkpoints ------------------------------------------------------------
@@ -148,7 +163,14 @@ class Trainer:
             "optimizers": [opt.state_dict() for opt, _ in self.optimizers],
             "data_generator": self.data_generator.get_state(),
             "latent_generator": self.latent_generator.get_state(),
+            "train_seconds": self.elapsed_seconds(),
         }
+
+    def elapsed_seconds(self) -> float:
+        """Training seconds of the run so far, every segment included (-1.0 if earlier ones are unknown)."""
+        if self.seconds_before is None:
+            return -1.0
+        return self.seconds_before + (time.perf_counter() - self.clock_start if self.clock_start is not None else 0.0)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -157,6 +179,8 @@ class Trainer:
         self.data_generator.set_state(state["data_generator"])
         self.latent_generator.set_state(state["latent_generator"])
         self.step = int(state["step"])
+        seconds = float(state.get("train_seconds", -1.0))
+        self.seconds_before = seconds if seconds >= 0 else None
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is None:
@@ -167,7 +191,15 @@ class Trainer:
         os.replace(tmp, self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
     def maybe_resume(self) -> int:
-        """Resume from the checkpoint if there is one; a corrupt one is set aside and training restarts."""
+        """Resume from the checkpoint if there is one; a corrupt one is set aside and training restarts.
+
+        Returns the step resumed from (0: from scratch), also kept as :attr:`resumed_from`;
+        :meth:`train` calls it unless it was called before.
+        """
+        self.resumed_from = self._resume()
+        return self.resumed_from
+
+    def _resume(self) -> int:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return 0
         try:
@@ -200,6 +232,7 @@ class Trainer:
         self.data_generator.set_state(self._initial["data_generator"])
         self.latent_generator.set_state(self._initial["latent_generator"])
         self.step = 0
+        self.seconds_before = 0.0
 
     # -- the loop -----------------------------------------------------------------
     def _update(self, terms: dict[str, torch.Tensor]) -> None:
@@ -223,12 +256,12 @@ class Trainer:
             opt.step()
 
     def train(self, on_log: LogFn | None = None, on_progress: ProgressFn | None = None) -> TrainResult:
-        resumed_from = self.maybe_resume()
+        resumed_from = self.maybe_resume() if self.resumed_from is None else self.resumed_from
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         count = 0
         last: dict[str, float] = {}
-        start = time.perf_counter()
+        start = self.clock_start = time.perf_counter()
         while self.step < self.steps:
             x = self.data.sample_batch_on_device(self.batch_size, self.data_generator, self.device)
             x = x.contiguous(memory_format=self.memory_format)
@@ -253,4 +286,7 @@ class Trainer:
                 self.save_checkpoint()
         self.save_checkpoint()
         self.model.eval()
-        return TrainResult(self.step - resumed_from, time.perf_counter() - start, last, resumed_from)
+        total = self.elapsed_seconds()
+        return TrainResult(
+            self.step - resumed_from, time.perf_counter() - start, last, resumed_from, total if total >= 0 else None
+        )

@@ -20,7 +20,8 @@ Built-ins, registered through the same hook as any third-party executor:
 * ``multiprocess`` - a pool of worker processes on this machine, one per GPU
   or per share of the CPU cores; with packing on, each process gets chunks of
   packable jobs and packs them itself (on its own device, so ``auto`` measures
-  the GPU it uses).
+  the GPU it uses). A worker process exits when the invocation that started
+  it dies, even by ``kill -9``.
 
 The cluster executors (``ray``, ``slurm``) ship a pack group per training task
 and each trained run's evaluation as a CPU task of its own (``cluster.py``).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -85,8 +87,29 @@ class MultiprocessConfig(PluginConfig):
 _PROCESS_WORKER = None
 
 
+def _exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """Exit this worker process as soon as the process that started it is gone (killed, even by ``kill -9``).
+
+    A pool worker otherwise waits forever for its next task, holding its
+    dataset and model memory. Its runs keep their leases only until those
+    expire; on this machine they read as stale at once (their owner pid is gone).
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="disentbench-parent-watch", daemon=True).start()
+
+
 def _init_process(worker, devices: list[str], counter, threads: int, workers: int = 1) -> None:
     global _PROCESS_WORKER
+    _exit_with_parent()
     with counter.get_lock():
         index = counter.value
         counter.value += 1

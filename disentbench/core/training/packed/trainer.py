@@ -830,7 +830,8 @@ class PackedTrainer:
         self._started = True
         self._start_time = time.perf_counter()
         for i, trainer in enumerate(self.trainers):
-            self._resumed_from[i] = trainer.maybe_resume()
+            self._resumed_from[i] = trainer.maybe_resume() if trainer.resumed_from is None else trainer.resumed_from
+            trainer.clock_start = self._start_time  # the pack's clock is each run's clock
             trainer._initial = None  # only a resume's restart needs the initial state: not a pack's memory
         done = [i for i, t in enumerate(self.trainers) if t.step >= self.steps]
         for i in done:
@@ -985,11 +986,13 @@ class PackedTrainer:
         trainer = self.trainers[index]
         trainer.save_checkpoint()
         trainer.model.eval()
+        total = trainer.elapsed_seconds()
         self._results[index] = TrainResult(
             trainer.step - self._resumed_from[index],
             time.perf_counter() - self._start_time,
             self._last_terms[index],
             self._resumed_from[index],
+            total if total >= 0 else None,
         )
 
     def _remove(self, positions: list[int]) -> None:
