@@ -55,6 +55,7 @@ from disentbench.core.evaluation.sampling import (
     boosted_tree_draws,
     check_random_state,
     copy_state,
+    fast_boosted_trees,
     generate_batch_factor_code,
     global_stream,
     same_state,
@@ -114,14 +115,9 @@ def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state):
 
 def _fit_factor_fast(codes, targets, codes_test, targets_test):
     """Fast mode: histogram-based boosted trees; importance = total split gain per code (sums to 1)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     if len(np.unique(targets)) < 2:  # a constant factor: nothing to learn, no code is important
         return np.zeros(codes.shape[1]), float(np.mean(targets == targets[0])), float(np.mean(targets_test == targets[0]))
-    model = HistGradientBoostingClassifier(
-        max_iter=100, learning_rate=0.1, max_depth=3, min_samples_leaf=1, l2_regularization=0.0,
-        early_stopping=False, random_state=0,
-    )  # fmt: skip
+    model = fast_boosted_trees()
     model.fit(codes, targets)
     importance = np.zeros(codes.shape[1])
     for stage in model._predictors:  # one tree per class and iteration

@@ -61,6 +61,7 @@ from disentbench.core.evaluation.sampling import (
     boosted_tree_draws,
     check_random_state,
     copy_state,
+    fast_boosted_trees,
     generate_batch_factor_code,
     global_stream,
     same_state,
@@ -119,12 +120,7 @@ def make_gradient_boosting(seed: Any):
 
 def make_hist_gradient_boosting(seed: Any):
     """Fast mode's predictor: histogram-based boosted trees with the study GBT's size (deterministic, seed unused)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return HistGradientBoostingClassifier(
-        max_iter=100, learning_rate=0.1, max_depth=3, min_samples_leaf=1, l2_regularization=0.0,
-        early_stopping=False, random_state=0,
-    )  # fmt: skip
+    return fast_boosted_trees()
 
 
 class GradientBoostingConfig(DownstreamConfig):
