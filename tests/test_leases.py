@@ -1,5 +1,8 @@
 """Run ownership as a lease in MLflow: a live lease is respected, an expired one taken over, FAILED runs reused."""
 
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -53,6 +56,20 @@ def test_failed_and_killed_runs_are_claimed_not_duplicated(setup):
         tracker.end_run(run_id, status)
         assert tracker.claim_run(spec, parent).run_id == run_id
         assert [r.info.run_id for r in tracker.runs_of_key(spec.run_key)] == [run_id]
+
+
+def test_a_fresh_claim_of_a_dead_process_on_this_host_is_ignored_and_a_live_one_is_not(setup):
+    # kill -9 between writing a claim tag and dropping it leaves a fresh claim behind
+    tracker, spec, parent = setup
+    run_id = tracker.claim_run(spec, parent).run_id
+    tracker.end_run(run_id, tracking.KILLED)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    label = f"{socket.gethostname()}:{int(dead.stdout)}"
+    tracker.client.set_tag(run_id, tracking.TAG_CLAIM_PREFIX + "dead-owner", f"{time.time():.3f} {label}")
+    assert tracker.claim_run(spec, parent).run_id == run_id
+    tracker.end_run(run_id, tracking.KILLED)
+    tracker.client.set_tag(run_id, tracking.TAG_CLAIM_PREFIX + "live-owner", f"{time.time():.3f} other-host:4242")
+    assert tracker.claim_run(spec, parent).reason == "owned by other-host:4242"
 
 
 def test_a_finished_run_is_done(setup):

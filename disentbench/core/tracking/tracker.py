@@ -221,9 +221,19 @@ def _claims(run, fresh_within: float) -> list[tuple[float, str, str]]:
             when = float(stamp)
         except ValueError:
             continue
-        if now - when < fresh_within:
+        if now - when < fresh_within and not _owner_gone(label):
             found.append((when, key[len(TAG_CLAIM_PREFIX) :], label))
     return sorted(found)
+
+
+def _owner_gone(label: str) -> bool:
+    """Whether ``HOST:PID`` names a process of this host that no longer exists (killed mid-claim)."""
+    host, _, pid = label.rpartition(":")
+    try:
+        number = int(pid)
+    except ValueError:
+        return False
+    return host == socket.gethostname() and number > 0 and not _pid_alive(number)
 
 
 @dataclass(frozen=True)
