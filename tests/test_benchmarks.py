@@ -157,3 +157,18 @@ def test_metric_speed_against_reference_runs_and_reports_exact_parity(tmp_path):
     assert all(row["exact_max_difference"] <= 1e-9 for row in result["results"])
     assert all(set(row["seconds"]) == {"study", "exact", "fast"} for row in result["results"])
     assert set(result["suite_seconds"]) == {"study", "exact", "fast"}
+
+
+def test_study_throughput_runs_both_variants_with_identical_scores(tmp_path):
+    """The evaluation pool against in-process evaluation: one pack of two runs, same scores, rates reported."""
+    throughput = _script("study_throughput")
+    out = tmp_path / "t.json"
+    args = ["--runs", "2", "--pack-size", "2", "--steps", "5", "--suite", "light", "--processes", "1"]
+    throughput.main([*args, "--no-progress", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["scores_identical"] is True
+    for variant in ("inline", "pool"):
+        row = result[variant]
+        assert row["runs"] == 2
+        assert 0 < row["training_seconds"] < row["wall_seconds"]
+        assert row["evaluations_per_hour"] > 0 and row["training_runs_per_hour"] > 0

@@ -125,8 +125,10 @@ def evaluate_and_record(
         workers=config.evaluation.worker_count,
         on_score=_evaluation_progress(spec, bar) if bar is not None else None,
     )
+    evaluation_seconds = time.perf_counter() - evaluation_started
     if bar is not None:
-        bar.message(f"evaluated {spec.run_name} in {time.perf_counter() - evaluation_started:.1f} s")
+        bar.message(f"evaluated {spec.run_name} in {evaluation_seconds:.1f} s")
+    _log_new_metrics(tracker, run_id, {"evaluation/seconds": evaluation_seconds})  # not a score: no eval/ prefix
     tracker.set_tags(
         run_id, {"evaluation.seed_convention": config.evaluation.seed_convention, "evaluation.mode": config.evaluation.mode}
     )

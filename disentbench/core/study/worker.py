@@ -87,6 +87,14 @@ class Worker:
         clone.device = device
         return clone
 
+    def training_only(self) -> Worker:
+        """This worker (same process state and progress bar) stopping after training: trained runs come
+        back ``"trained"``, their leases released, for :meth:`evaluate_trained` elsewhere."""
+        clone = Worker.__new__(Worker)
+        clone.__dict__.update(self.__dict__)
+        clone.evaluate_separately = True
+        return clone
+
     def _context(self, **prebuilt: Any) -> StudyContext:
         """The per-process state, built on first use; ``prebuilt`` parts (the parent's own
         registry, tracker, datasets...) are adopted instead of being built again."""
@@ -343,6 +351,7 @@ class Worker:
         ctx = self._context()
         record_training(ctx, run_id, result)
         ctx.tracker.set_tags(run_id, {STAGE_TAG: "trained"})
+        ctx.tracker.release_lease(run_id)  # its evaluation task (another process or node) claims it at once
         return RunOutcome(spec, "trained", run_id, seconds=time.perf_counter() - started)
 
     def refresh(self, job: RunJob) -> tuple[RunJob, RunOutcome | None]:

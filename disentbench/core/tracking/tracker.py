@@ -518,6 +518,19 @@ class Tracker:
         self.client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.3f}")
         return True
 
+    def release_lease(self, run_id: str) -> bool:
+        """Hand ``run_id`` on: end this process's lease now (the run stays RUNNING, claimable at once).
+
+        For a run trained here and evaluated by another process or node: its
+        evaluation task claims it without waiting for the lease to run out.
+        False (and nothing written) if another owner holds the run.
+        """
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(TAG_OWNER) != this_owner().id:
+            return False
+        self.set_tags(run_id, {TAG_OWNER: "released", TAG_HEARTBEAT: "0"})
+        return True
+
     def replace_run(self, run_id: str) -> str:
         """A fresh run for ``run_id``'s key that takes over its tags, params and lease; the old run is deleted.
 

@@ -16,7 +16,8 @@ Built-ins, registered through the same hook as any third-party executor:
 * ``local`` - every job in this process, in grid order (default); with
   packing on, jobs are grouped into packs
   (:func:`~disentbench.core.study.jobs.group_into_packs`) and each pack is trained
-  as one batched computation;
+  as one batched computation; with ``evaluation_processes``, trained runs are
+  evaluated in a process pool while the next pack trains;
 * ``multiprocess`` - a pool of worker processes on this machine, one per GPU
   or per share of the CPU cores; with packing on, each process gets chunks of
   packable jobs and packs them itself (on its own device, so ``auto`` measures
@@ -43,14 +44,31 @@ from disentbench.core.study.jobs import RunOutcome, group_into_packs
 
 
 class LocalConfig(PluginConfig):
-    pass
+    evaluation_processes: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Processes that evaluate trained runs while this one trains the next pack "
+        "(0: evaluate each run here, right after its training).",
+    )
+    evaluation_device: str | None = Field(
+        None, description="Device the evaluation processes encode on; default the training device."
+    )
 
 
 class LocalExecutor:
-    """Runs every job in this process, in grid order."""
+    """Trains every job in this process, in grid order (packs in the order of their first job).
+
+    With ``evaluation_processes`` above 0, the metric suite of each trained run
+    runs in a pool of processes while this one trains the next pack, so a GPU
+    does not wait on CPU-bound metrics: a trained run's lease is handed to the
+    pool (:meth:`Worker.evaluate_trained
+    <disentbench.core.study.worker.Worker.evaluate_trained>` loads it from its
+    final checkpoint), and outcomes come back as evaluations finish.
+    """
 
     name = "local"
-    description = "Run every run in this process, in order."
+    description = "Run every run in this process, in order (optionally evaluating in a process pool beside it)."
     config_class = LocalConfig
 
     in_process = True  # progress is shown by the worker itself
@@ -59,12 +77,85 @@ class LocalExecutor:
         self.config = config or LocalConfig()
 
     def run(self, jobs: list, worker) -> Iterator:
-        if not hasattr(worker, "run_in_packs") or not worker.may_pack():
-            for job in jobs:
-                yield worker(job)
+        if self.config.evaluation_processes and jobs and hasattr(worker, "training_only"):
+            yield from self._run_overlapped(jobs, worker)
             return
-        # Packs in the order of their first job; the study reports outcomes in grid order.
-        yield from worker.run_in_packs(jobs)
+        yield from _train(jobs, worker)
+
+    def _run_overlapped(self, jobs: list, worker) -> Iterator:
+        import dataclasses
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        processes = min(self.config.evaluation_processes, len(jobs))
+        cores = os.cpu_count() or 1
+        device = self.config.evaluation_device or worker.device
+        by_key = {job.spec.run_key: job for job in jobs}
+        context = multiprocessing.get_context("spawn")  # CUDA and fork do not mix
+        evaluator = worker.with_device(device)
+        evaluator.progress = False
+        pool = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=context,
+            initializer=_init_evaluation_process,
+            initargs=(evaluator, max(1, cores // (processes + 1))),
+        )
+        pending: dict = {}
+
+        def finished(block: bool) -> Iterator:
+            if not pending:
+                return
+            done, _ = wait(list(pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # the process died (out of memory, segfault): the run resumes on a re-run
+                    outcome = RunOutcome(
+                        job.spec, "failed", error=f"evaluation process failed: {type(exc).__name__}: {exc}"
+                    )
+                if worker.bar is not None:
+                    worker.bar.message(f"evaluated {outcome.status} {outcome.spec.run_name}")
+                yield outcome
+
+        try:
+            for outcome in _train(jobs, worker.training_only()):
+                if outcome.status == "trained":
+                    job = dataclasses.replace(by_key[outcome.spec.run_key], reuse_run_id=outcome.run_id)
+                    pending[pool.submit(_evaluate_in_process, job)] = job
+                else:
+                    yield outcome
+                yield from finished(block=False)
+            while pending:
+                yield from finished(block=True)
+        finally:
+            pool.shutdown(wait=not pending, cancel_futures=True)
+
+
+def _train(jobs: list, worker) -> Iterator:
+    if not hasattr(worker, "run_in_packs") or not worker.may_pack():
+        for job in jobs:
+            yield worker(job)
+        return
+    # Packs in the order of their first job; the study reports outcomes in grid order.
+    yield from worker.run_in_packs(jobs)
+
+
+_EVALUATION_WORKER = None
+
+
+def _init_evaluation_process(worker, threads: int) -> None:
+    global _EVALUATION_WORKER
+    _exit_with_parent()
+    _one_line_warnings()
+    import torch
+
+    torch.set_num_threads(threads)
+    _EVALUATION_WORKER = worker
+
+
+def _evaluate_in_process(job):
+    return _EVALUATION_WORKER.evaluate_trained(job)
 
 
 class MultiprocessConfig(PluginConfig):
@@ -107,20 +198,24 @@ def _exit_with_parent(poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, name="disentbench-parent-watch", daemon=True).start()
 
 
+def _one_line_warnings() -> None:
+    import warnings
+
+    from disentbench.core.messages import show_warning_one_line
+
+    if warnings.showwarning is getattr(warnings, "_showwarning_orig", None):
+        warnings.showwarning = show_warning_one_line  # warnings as one line here too, as in the CLI
+
+
 def _init_process(worker, devices: list[str], counter, threads: int, workers: int = 1) -> None:
     global _PROCESS_WORKER
     _exit_with_parent()
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    import warnings
-
     import torch
 
-    from disentbench.core.messages import show_warning_one_line
-
-    if warnings.showwarning is getattr(warnings, "_showwarning_orig", None):
-        warnings.showwarning = show_warning_one_line  # warnings as one line here too, as in the CLI
+    _one_line_warnings()
     torch.set_num_threads(threads)
     device = devices[index % len(devices)]
     _PROCESS_WORKER = worker.with_device(device)
