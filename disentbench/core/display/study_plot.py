@@ -2,7 +2,8 @@
 
 One panel per headline score; along x one group per (model, swept
 hyperparameters) setting, each run a dot (coloured by dataset, spread a little
-sideways so seeds do not hide each other) and the group's median a black bar.
+sideways so seeds do not hide each other; a sample of ``MAX_POINTS`` per
+setting beyond that) and the setting's median over all its runs a black bar.
 A matplotlib ``Figure`` on the Agg canvas, never pyplot. Built from plain
 lists, so it costs one pass over the runs: it is redrawn as a study's runs
 finish.
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 MAX_PANELS = 12  # headline scores drawn; scores.csv has them all
+MAX_POINTS = 150  # dots drawn per setting and panel (a sample beyond that; the median is of all runs)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
@@ -26,6 +28,7 @@ def scores_figure(
     *,
     title: str = "",
     max_panels: int = MAX_PANELS,
+    max_points: int = MAX_POINTS,
 ):
     """Headline scores per setting: ``groups[i]``/``datasets[i]`` name run ``i``, ``scores[key][i]`` its score.
 
@@ -38,8 +41,15 @@ def scores_figure(
     order = list(dict.fromkeys(groups))
     position = {g: i for i, g in enumerate(order)}
     x = np.array([position[g] for g in groups], dtype=float)
-    jitter = (np.random.RandomState(0).rand(len(groups)) - 0.5) * 0.5
+    random = np.random.RandomState(0)
+    jitter = (random.rand(len(groups)) - 0.5) * 0.5
+    shown = np.zeros(len(groups), dtype=bool)  # dots: at most max_points per setting (the medians use every run)
+    for g in range(len(order)):
+        members = np.flatnonzero(x == g)
+        shown[members if members.size <= max_points else random.choice(members, max_points, replace=False)] = True
     names = list(dict.fromkeys(datasets))
+    lookup = {name: i for i, name in enumerate(names)}
+    dataset_index = np.array([lookup[ds] for ds in datasets], dtype=int)
     keys = [k for k in scores if np.isfinite(np.asarray(scores[k], dtype=float)).any()]
     hidden = max(0, len(keys) - max_panels)
     keys = keys[:max_panels]
@@ -62,7 +72,7 @@ def scores_figure(
         values = np.asarray(scores[key], dtype=float)
         finite = np.isfinite(values)
         for d, name in enumerate(names):
-            chosen = finite & np.array([ds == name for ds in datasets])
+            chosen = finite & shown & (dataset_index == d)
             if chosen.any():
                 axes.scatter(x[chosen] + jitter[chosen], values[chosen], s=12, alpha=0.7,
                              color=COLORS[d % len(COLORS)], label=name, linewidths=0)
@@ -77,6 +87,7 @@ def scores_figure(
         axes.grid(axis="y", alpha=0.3)
         for side in ("top", "right"):
             axes.spines[side].set_visible(False)
-        if panel == 0 and names:
-            axes.legend(title="dataset", fontsize=7, title_fontsize=7, loc="best", frameon=False)
+        if panel == 0 and names:  # one legend for all panels, beside them
+            figure.legend(*axes.get_legend_handles_labels(), title="dataset", fontsize=8, title_fontsize=8,
+                          loc="outside right upper", frameon=False)
     return figure

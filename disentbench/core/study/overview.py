@@ -38,7 +38,7 @@ from disentbench.core.tracking import view
 
 ARTIFACT_DIR = "study"
 FILES = ("scores.csv", "scores.html", "scores.png")
-PUBLISH_EVERY_S = 30.0
+PUBLISH_EVERY_S = 60.0
 COST_FACTOR = 20.0
 
 
