@@ -2,8 +2,10 @@
 
 Runs a two-run study into a temporary SQLite store, starts the UI with
 ``disentbench ui`` (so the URL it prints is what the browser opens), and drives
-headless Chromium with Selenium: the study's parent run, its nested runs, a
-score column and a run's latent-traversal GIF must be on screen. Screenshots
+headless Chromium with Selenium: the study's parent run, its nested runs and
+their scores must be on screen as the printed URL opens, with no click (the
+study's shared view), then the parent run's scores plot and a run's
+latent-traversal GIF. Screenshots
 go to the test's temporary folder; with ``DISENTBENCH_SAVE_SCREENSHOTS=1`` the
 study trains longer (so the pictures show something) and the screenshots are
 also copied to ``docs/images/`` for the README.
@@ -111,6 +113,8 @@ class _UI:
             raise AssertionError(f"disentbench ui printed no URL: {line!r}\n{self.output()}")
         self.url = match.group(1)
         self.base = self.url.split("#", 1)[0]
+        overview = re.search(r"Study overview.*: (http://\S+)", self.process.stdout.readline())
+        self.overview_url = overview.group(1) if overview else None
 
     def output(self) -> str:
         self.log.flush()
@@ -162,7 +166,6 @@ def test_study_in_the_mlflow_ui(tmp_path, monkeypatch, record_property):
     from mlflow.tracking import MlflowClient
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -213,25 +216,14 @@ def test_study_in_the_mlflow_ui(tmp_path, monkeypatch, record_property):
         assert f"#/experiments/{experiment.experiment_id}" in ui.url, ui.url
         driver.get(ui.url)
 
+        # Nothing is clicked until the scores are found: the URL opens disentbench's shared view of the study
+        # (every run a row of its own, sorted by the headline score, the score columns selected).
+        assert "viewStateShareKey=disentbench-study" in ui.url, ui.url
+
         # 1. the study's parent run
         wait_for(lambda d: parent.info.run_name in names_shown(), f"the parent run {parent.info.run_name!r}")
-        for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label=Close]"):  # the assistant side panel
-            if close.is_displayed():
-                close.click()
 
-        # 2. a score column (the runs table shows attributes until metrics are picked in "Columns")
-        driver.find_element(By.CSS_SELECTOR, "[data-testid=column-selection-dropdown]").click()
-        wait_for(EC.element_to_be_clickable((By.CSS_SELECTOR, f'[title="{SCORE}"]')), f"{SCORE} in the column list")
-        for title in (SCORE, "Dataset", "Source", "Models"):  # the score on; columns without content here off
-            for option in driver.find_elements(By.CSS_SELECTOR, f'.du-bois-light-tree-title, [title="{title}"]'):
-                if option.get_attribute("title") == title or option.text == title:
-                    option.click()
-                    break
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-
-        # 3. the nested runs, under the parent once it is expanded
-        parent_cell = next(c for c in driver.find_elements(*name_cells) if parent.info.run_name in c.text)
-        parent_cell.find_element(By.TAG_NAME, "button").click()
+        # 2. the nested runs, as rows of their own (no parent to expand), and their scores
         expected = [r.info.run_name for r in children]
         wait_for(lambda d: all(name in names_shown() for name in expected), f"the nested runs {expected}")
         assert all(re.fullmatch(r"beta_vae beta=[14] dsprites_procedural s=0", n) for n in expected), expected
@@ -244,11 +236,27 @@ def test_study_in_the_mlflow_ui(tmp_path, monkeypatch, record_property):
         shown = sorted(float(c.text) for c in driver.find_elements(*score_cells) if c.text.strip() not in ("", "-"))
         recorded = sorted(r.data.metrics[SCORE] for r in children)
         assert shown == pytest.approx(recorded, rel=1e-4, abs=1e-6), (shown, recorded)
+        assert names_shown()[:2] == [r.info.run_name for r in sorted(children, key=lambda r: -r.data.metrics[SCORE])]
+        beta = (By.CSS_SELECTOR, '[role=gridcell][col-id="params.`model.beta`"]')  # the swept hyperparameter
+        assert sorted(c.text for c in driver.find_elements(*beta) if c.text.strip() not in ("", "-")) == ["1.0", "4.0"]
+        for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label=Close]"):  # the assistant side panel
+            if close.is_displayed():
+                close.click()
         _widen(driver, ("attributes.`Run Name`", 170), (f"metrics.`{SCORE}`", 60))  # cosmetic, for the screenshot
         runs_png = shot("ui_runs.png")
 
-        # 4. a run's traversal GIF on its artifacts page
+        # 3. the study at a glance: the parent run's scores plot, at the second URL ui printed
         from PIL import Image
+
+        assert ui.overview_url and parent.info.run_id in ui.overview_url, ui.overview_url
+        plot = Path(client.download_artifacts(parent.info.run_id, "study/scores.png", str(tmp_path)))
+        driver.get(ui.overview_url)
+        wait_for(lambda d: d.execute_script(
+            "return Array.from(document.images).some(i => i.complete && i.naturalWidth === arguments[0])",
+            Image.open(plot).size[0]), "the study's scores plot")
+        overview_png = shot("ui_study_overview.png")
+
+        # 4. a run's traversal GIF on its artifacts page
 
         child = children[-1]
         gif = Path(client.download_artifacts(child.info.run_id, "images/traversals.gif", str(tmp_path)))
@@ -274,6 +282,6 @@ def test_study_in_the_mlflow_ui(tmp_path, monkeypatch, record_property):
     if SAVE_SCREENSHOTS:
         target = REPO / "docs" / "images"
         target.mkdir(parents=True, exist_ok=True)
-        for png in (runs_png, traversal_png, card_png):
+        for png in (runs_png, overview_png, traversal_png, card_png):
             shutil.copy(png, target / png.name)
         print(f"screenshots copied to {target}")

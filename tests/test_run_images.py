@@ -72,6 +72,41 @@ def test_traversal_gif_frames(tmp_path):
         images.save_gif(frames[0], tmp_path / "bad.gif")
 
 
+class _KLModel(_FakeModel):
+    """Latent i has mean i (for every x) and variance 1: its KL is i**2 / 2."""
+
+    def encode(self, x):
+        mean = torch.arange(self.num_latent, dtype=torch.float32).repeat(x.shape[0], 1)
+        return mean, torch.zeros_like(mean)
+
+
+def test_traversal_labels_come_from_each_latents_kl(tmp_path):
+    kl = images.latent_kl(_KLModel(), _FakeData(), "cpu", num=10, batch_size=4)  # three batches, averaged
+    assert kl == pytest.approx([0.0, 0.5, 2.0])
+    assert images.latent_labels(kl) == ["z0 KL 0.00", "z1 KL 0.50", "z2 KL 2.00"]
+    assert images.latent_labels([0.123, 7.0]) == ["z0 KL 0.12", "z1 KL 7.00"]
+    assert images.value_labels(5) == ["-2.0", "-1.0", "+0.0", "+1.0", "+2.0"]
+
+    traversals = images.traversal_images(_FakeModel(), _FakeData(), "cpu", steps=5)
+    plain = images.traversal_grid_from(traversals)
+    labelled = images.labelled_traversal_grid(traversals, kl)
+    grown_h, grown_w = labelled.shape[0] - plain.shape[0], labelled.shape[1] - plain.shape[1]
+    assert 8 <= grown_h <= 30 and grown_w >= 30  # a strip of values on top, a margin of latent labels on the left
+    assert np.allclose(labelled[grown_h:, grown_w:], plain, atol=1 / 255)  # the grid itself, moved, not changed
+    assert (labelled[:grown_h, grown_w:] < 0.5).any() and (labelled[grown_h:, :grown_w] < 0.5).any()  # text drawn
+    wider = images.labelled_traversal_grid(traversals, [0.0, 0.5, 123.456])  # a longer label: a wider margin
+    assert wider.shape[1] > labelled.shape[1]
+    with pytest.raises(ValueError):
+        images.labelled_traversal_grid(traversals, [0.1])
+
+    frames = images.traversal_frames(traversals)
+    framed = images.traversal_frames(traversals, kl=kl)  # a label strip above each row of cells
+    assert framed.shape[0] == 5 and framed.shape[2] == frames.shape[2] and framed.shape[1] > frames.shape[1]
+    path = images.save_traversal_gif(traversals, tmp_path / "kl.gif", kl=kl)
+    with Image.open(path) as gif:
+        assert gif.size[1] > 2 * frames.shape[1]
+
+
 def test_headline_scores_and_score_card(tmp_path):
     scores = {MIG: 0.3, MIG_SAMPLED: 0.2, "eval/mean/mig/continuous_mig": 0.1, FVAE: 0.8,
               "eval/mean/factor_vae_score/train_accuracy": 0.9, DOWN: 0.7, "train/elbo": -3.0,
@@ -116,5 +151,8 @@ def test_each_run_logs_gif_and_score_card(tmp_path, monkeypatch):
     gif = client.download_artifacts(run.info.run_id, "images/traversals.gif", str(tmp_path))
     with Image.open(gif) as image:
         assert image.format == "GIF" and 1 <= image.n_frames <= images.gif_frame_count(images.TRAVERSAL_STEPS)
+    grid = client.download_artifacts(run.info.run_id, "images/traversals.png", str(tmp_path))
+    plain = images.TRAVERSAL_STEPS * (64 + 2) + 2
+    assert Image.open(grid).size[0] > plain  # the latent/KL margin beside the 64x64 cells
     card = client.download_artifacts(run.info.run_id, "images/score_card.png", str(tmp_path))
     assert Image.open(card).format == "PNG"

@@ -6,7 +6,11 @@ warning when the bind exposes the UI to the network, waiting until the server
 answers before printing the URL, showing its log when it fails, and stopping
 its whole process group on Ctrl-C, SIGTERM, SIGHUP or any other way out, and
 (on Linux) when ``ui`` itself is killed, so no server is ever left behind; a
-folder with no store gets an error, never a new empty store.
+folder with no store gets an error, never a new empty store. The URL it prints
+opens the study's shared view (:mod:`~disentbench.core.tracking.view`: every
+run a row, with its swept hyperparameters and headline scores), which a study
+writes on its experiment (and ``ui`` writes for a study recorded before that,
+from its runs: a tag on an existing experiment, never a store).
 """
 
 from __future__ import annotations
@@ -49,17 +53,92 @@ def _browse_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _experiment_fragment(experiment_id: str) -> str:
-    """The UI route of an experiment's runs table; MLflow 3 otherwise opens its GenAI overview."""
+def _mlflow_major() -> int:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        major = int(version("mlflow").split(".")[0])
+        return int(version("mlflow").split(".")[0])
     except (PackageNotFoundError, ValueError):
-        major = 3
-    if major >= 3:
-        return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return f"#/experiments/{experiment_id}"
+        return 3
+
+
+def _experiment_fragment(experiment_id: str, shared_view: bool = False) -> str:
+    """The UI route of an experiment's runs table; MLflow 3 otherwise opens its GenAI overview.
+
+    ``shared_view``: open disentbench's shared view of the study (flat runs, headline score columns).
+    """
+    from disentbench.core.tracking import view
+
+    if _mlflow_major() >= 3:
+        return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning" + (
+            f"&{view.query()}" if shared_view else ""
+        )
+    return f"#/experiments/{experiment_id}" + (f"?{view.query()}" if shared_view else "")
+
+
+def _run_fragment(experiment_id: str, run_id: str, artifact: str) -> str:
+    suffix = "?workflowType=machine_learning" if _mlflow_major() >= 3 else ""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{artifact}{suffix}"
+
+
+def _recorded_view(tracker, experiment_id: str) -> tuple[list[str], list[str]]:
+    """Headline score keys and swept ``model.*`` params of an experiment's runs (one page of them), for a
+    study recorded before disentbench wrote its shared view."""
+    from disentbench.core.analysis.loading import headlines_from_registry
+    from disentbench.core.registry import get_plugin_manager
+    from disentbench.core.tracking import tracker as tracking
+
+    runs = tracker.client.search_runs([experiment_id], f"tags.`{tracking.TAG_KIND}` = 'run'", max_results=500)
+    headlines = headlines_from_registry(get_plugin_manager())
+    keys = set()
+    values: dict[str, set[str]] = {}
+    for run in runs:
+        for key in run.data.metrics:
+            parts = key.split("/", 3)
+            if len(parts) == 4 and parts[0] in ("eval", "downstream"):
+                wanted = headlines.get(parts[2])
+                if not wanted or parts[3] in wanted:
+                    keys.add(key)
+        for key, value in run.data.params.items():
+            if key.startswith("model."):
+                values.setdefault(key, set()).add(value)
+    ordered = sorted(keys, key=lambda k: (k.split("/")[1] != "mean", k.split("/")[1], k.startswith("downstream"), k))
+    return ordered, sorted(k for k, v in values.items() if len(v) > 1)
+
+
+def _first_view(uri: str, experiment: str) -> tuple[bool, str | None]:
+    """Whether the experiment has disentbench's shared view (written here for studies recorded before it
+    existed), and the id of its latest study run (the parent run with the scores table and plot)."""
+    from disentbench.core.tracking import tracker as tracking
+    from disentbench.core.tracking import view
+
+    tracker, experiment_id = tracking.open_existing(uri, experiment)
+    if tracker is None or experiment_id is None:
+        return False, None
+    shared = view.has_view(tracker.client.get_experiment(experiment_id))
+    parents = tracker.client.search_runs(
+        [experiment_id], f"tags.`{tracking.TAG_KIND}` = 'study'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not shared:
+        try:
+            keys, params = _recorded_view(tracker, experiment_id)
+            if keys:
+                view.write_view(tracker.client, experiment_id, keys, params)
+                shared = True
+        except Exception:  # a read-only store, say: the plain runs table then
+            shared = False
+    return shared, parents[0].info.run_id if parents else None
+
+
+def _only_experiment(uri: str) -> str | None:
+    """The name of the store's one experiment besides MLflow's Default (None if there are none or several)."""
+    from disentbench.core.tracking import tracker as tracking
+
+    tracker, _ = tracking.open_existing(uri, "Default")
+    if tracker is None:
+        return None
+    names = [e.name for e in tracker.client.search_experiments(max_results=3) if e.name != "Default"]
+    return names[0] if len(names) == 1 else None
 
 
 def _answers(url: str, timeout: float = 2.0) -> bool:
@@ -152,7 +231,9 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
     It binds 127.0.0.1 (only this machine can open it) on a free port, waits
     until the server answers, then prints the URL of the study's experiment
     (CONFIG: a study config file; EXPERIMENT: an experiment name; neither: the
-    UI's home page). Ctrl-C stops the server and all its worker processes
+    store's one experiment, or the UI's home page if it holds several), opened
+    on a view that lists every run with its hyperparameters and headline
+    scores, then the URL of the study's scores table and plot. Ctrl-C stops the server and all its worker processes
     and exits with 0.
 
     \b
@@ -197,6 +278,16 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
         raise BadInput(str(exc)) from None
     if experiment and experiment_id is None and not from_config:
         raise BadInput(f"no experiment named {experiment!r} in {uri}; check the name or pass --tracking-uri")
+    shared_view, parent_run_id = False, None
+    try:
+        if not experiment:  # a store holding one study: open that study, not the home page
+            experiment = _only_experiment(uri)
+            if experiment:
+                experiment_id = open_existing(uri, experiment)[1]
+        if experiment_id is not None:
+            shared_view, parent_run_id = _first_view(uri, experiment)
+    except TrackingError as exc:
+        raise BadInput(str(exc)) from None
 
     if host in LOOPBACK_HOSTS:
         if not options["quiet"]:
@@ -216,7 +307,7 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
         raise BadInput(f"port {port} on {host} is in use or not allowed; pick another or leave --port out")
 
     base = f"http://{_browse_host(host)}:{port}/"
-    url = base + (_experiment_fragment(experiment_id) if experiment_id else "")
+    url = base + (_experiment_fragment(experiment_id, shared_view) if experiment_id else "")
     # One worker: a personal UI needs no more, and it starts much faster than MLflow's default four.
     command = [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
@@ -265,6 +356,9 @@ def ui_cmd(ctx, target, tracking_uri, host, port, timeout):
         if experiment and experiment_id is None:
             click.echo(f"Experiment '{experiment}' has no runs yet; showing the UI's home page.", err=True)
         click.echo(f"MLflow UI for {uri}: {url}")
+        if experiment_id and parent_run_id:
+            overview = base + _run_fragment(experiment_id, parent_run_id, "study/scores.png")
+            click.echo(f"Study overview (scores table and plot on the study's parent run): {overview}")
         if not options["quiet"]:
             click.echo("Press Ctrl-C to stop.", err=True)
         code = process.wait()

@@ -1,5 +1,6 @@
 """Pictures of a trained model: reconstructions and latent traversals (PNG grid and
-animated GIF), and a per-run score card.
+animated GIF, each latent labelled with its index and mean KL, each column of
+the grid with its value), and a per-run score card.
 
 Everything here renders off-screen (numpy, Pillow, matplotlib ``Figure`` objects
 with the Agg canvas); pyplot is never imported, so no global figure state and no
@@ -21,6 +22,7 @@ from disentbench.core.data.ground_truth import GroundTruthData
 
 TRAVERSAL_STEPS = 9  # values per latent
 TRAVERSAL_LIMIT = 2.0  # from -limit to +limit: the bulk of the N(0, 1) prior
+KL_OBSERVATIONS = 256  # observations a latent's KL label is averaged over
 
 
 def tile(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
@@ -94,18 +96,126 @@ def traversal_grid(
     return traversal_grid_from(traversal_images(model, data, device, steps=steps, limit=limit, seed=seed))
 
 
-def traversal_frames(traversals: np.ndarray, *, cols: int | None = None) -> np.ndarray:
+# ---------------------------------------------------------------------------
+# labels: which latent (and its KL), which value
+
+
+@torch.no_grad()
+def latent_kl(
+    model: Model, data: GroundTruthData, device, *, num: int = KL_OBSERVATIONS, seed: int = 0, batch_size: int = 128
+) -> np.ndarray:
+    """Each latent's KL(q(z_i | x) || N(0, 1)), averaged over ``num`` observations (``RandomState(seed)``).
+
+    A latent the model does not use sits at the prior, with a KL near 0; the
+    traversal labels show it so such rows can be told from informative ones.
+    """
+    observations = data.sample_observations(num, np.random.RandomState(seed))
+    total = None
+    for start in range(0, num, batch_size):
+        mean, logvar = model.encode(torch.from_numpy(observations[start : start + batch_size]).to(device))
+        mean, logvar = mean.double(), logvar.double()
+        part = (0.5 * (mean.square() + logvar.exp() - logvar - 1.0)).sum(dim=0)
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("latent_kl needs at least one observation")
+    return (total / num).cpu().numpy()
+
+
+def latent_labels(kl: Sequence[float] | np.ndarray) -> list[str]:
+    """One label per latent: its index and its mean KL, ``z3 KL 0.42``."""
+    return [f"z{i} KL {float(value):.2f}" for i, value in enumerate(kl)]
+
+
+def value_labels(steps: int, limit: float = TRAVERSAL_LIMIT) -> list[str]:
+    """One label per traversal column: the value the latent is set to, ``-2.0`` ... ``+2.0``."""
+    return [f"{value:+.1f}" for value in np.linspace(-limit, limit, steps)]
+
+
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def label_grid(
+    grid: np.ndarray,
+    cell: tuple[int, int],
+    *,
+    pad: int = 2,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell_labels: Sequence[str] | None = None,
+) -> np.ndarray:
+    """A :func:`tile` grid with text (Pillow's default font) around its cells; (H'', W'', 3) floats in [0, 1].
+
+    ``row_labels`` go in a margin on the left (one per row of cells),
+    ``col_labels`` in a strip on top (one per column), ``cell_labels`` in a
+    strip above each row of cells (one per cell, reading order). ``cell`` is
+    a cell's (height, width) and ``pad`` the padding :func:`tile` used.
+    """
+    from PIL import Image, ImageDraw
+
+    height, width = cell
+    rows = (grid.shape[0] - pad) // (height + pad)
+    cols = (grid.shape[1] - pad) // (width + pad)
+    font = _font()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_height = int(math.ceil(measure.textbbox((0, 0), "Ag0+-", font=font)[3])) + 1
+    left = int(math.ceil(max(measure.textlength(t, font=font) for t in row_labels))) + 6 if row_labels else 0
+    top = text_height + 2 if col_labels else 0
+    strip = text_height + 1 if cell_labels else 0
+    source = Image.fromarray(np.round(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8), mode="RGB")
+    canvas = Image.new("RGB", (grid.shape[1] + left, grid.shape[0] + top + rows * strip), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r in range(rows):
+        band_top = pad + r * (height + pad)
+        y = top + band_top + (r + 1) * strip  # where this row of cells lands
+        canvas.paste(source.crop((0, band_top, grid.shape[1], band_top + height + pad)), (left, y))
+        if row_labels and r < len(row_labels):
+            draw.text((2, y + max(0, (height - text_height) // 2)), row_labels[r], fill=(0, 0, 0), font=font)
+        for c in range(cols):
+            index = r * cols + c
+            if cell_labels and index < len(cell_labels) and cell_labels[index]:
+                draw.text((left + pad + c * (width + pad), y - strip), cell_labels[index], fill=(0, 0, 0), font=font)
+    for c, text in enumerate(col_labels or ()):
+        x = left + pad + c * (width + pad) + (width - measure.textlength(text, font=font)) / 2
+        draw.text((max(left, x), 1), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def labelled_traversal_grid(
+    traversals: np.ndarray, kl: Sequence[float] | np.ndarray, *, limit: float = TRAVERSAL_LIMIT
+) -> np.ndarray:
+    """:func:`traversal_grid_from` with each row labelled by its latent and KL, each column by its value."""
+    num_latent, steps = traversals.shape[:2]
+    if len(kl) != num_latent:
+        raise ValueError(f"{len(kl)} KL values for {num_latent} latents")
+    return label_grid(
+        traversal_grid_from(traversals), traversals.shape[-2:],
+        row_labels=latent_labels(kl), col_labels=value_labels(steps, limit),
+    )
+
+
+def traversal_frames(
+    traversals: np.ndarray, *, cols: int | None = None, kl: Sequence[float] | np.ndarray | None = None
+) -> np.ndarray:
     """Animation frames of the traversals: frame ``t`` shows every latent at the ``t``-th value.
 
     Each frame is a grid with one cell per latent (cell ``i`` = latent ``i``
     traversed, in reading order; ``cols`` defaults to a near-square layout,
-    unused cells stay white). Returns (steps, H', W', 3) floats in [0, 1].
+    unused cells stay white). With ``kl`` (one value per latent) each cell is
+    labelled above with its latent and KL. Returns (steps, H', W', 3) floats in [0, 1].
     """
     num_latent, steps = traversals.shape[:2]
     cols = cols or max(1, math.ceil(math.sqrt(num_latent)))
     rows = math.ceil(num_latent / cols)
     blank = np.ones((rows * cols - num_latent, *traversals.shape[2:]), dtype=traversals.dtype)
-    return np.stack([tile(np.concatenate([traversals[:, t], blank]), rows=rows, cols=cols) for t in range(steps)])
+    frames = [tile(np.concatenate([traversals[:, t], blank]), rows=rows, cols=cols) for t in range(steps)]
+    if kl is not None:
+        if len(kl) != num_latent:
+            raise ValueError(f"{len(kl)} KL values for {num_latent} latents")
+        frames = [label_grid(frame, traversals.shape[-2:], cell_labels=latent_labels(kl)) for frame in frames]
+    return np.stack(frames)
 
 
 def gif_frame_count(steps: int, bounce: bool = True) -> int:
@@ -160,15 +270,19 @@ def save_gif(
     return path
 
 
-def save_traversal_gif(traversals: np.ndarray, path: Path, *, limit: float = TRAVERSAL_LIMIT) -> Path:
+def save_traversal_gif(
+    traversals: np.ndarray, path: Path, *, limit: float = TRAVERSAL_LIMIT, kl: Sequence[float] | np.ndarray | None = None
+) -> Path:
     """The animated traversal of :func:`traversal_images` output: frame ``t`` = every latent at value ``t``.
 
-    Cells are the latents in reading order; the caption says the value.
+    Cells are the latents in reading order (with ``kl``, each labelled with
+    its latent and KL); the caption says the value.
     """
     values = np.linspace(-limit, limit, traversals.shape[1])
     last = traversals.shape[0] - 1
-    captions = [f"value {v:+.2f}   cells: latents 0..{last}, row by row" for v in values]
-    return save_gif(traversal_frames(traversals), path, captions=captions)
+    kl_note = f"; KL: mean over {KL_OBSERVATIONS} observations" if kl is not None else ""
+    captions = [f"value {v:+.2f}   cells: latents 0..{last}, row by row{kl_note}" for v in values]
+    return save_gif(traversal_frames(traversals, kl=kl), path, captions=captions)
 
 
 # ---------------------------------------------------------------------------

@@ -143,8 +143,9 @@ def evaluate_and_record(
         tracker.log_artifact(run_id, tmp / "scores.json")
         images.save_png(images.reconstruction_grid(model, data, device), tmp / "reconstructions.png")
         traversals = images.traversal_images(model, data, device)  # decoded once: PNG grid and GIF
-        images.save_png(images.traversal_grid_from(traversals), tmp / "traversals.png")
-        images.save_traversal_gif(traversals, tmp / "traversals.gif")
+        kl = images.latent_kl(model, data, device)  # each latent's label: its mean KL over a batch
+        images.save_png(images.labelled_traversal_grid(traversals, kl), tmp / "traversals.png")
+        images.save_traversal_gif(traversals, tmp / "traversals.gif", kl=kl)
         card = images.score_card(
             spec.run_name,
             {**spec.swept, **{k: v for k, v in spec.model_params.items() if k not in spec.swept},

@@ -39,6 +39,7 @@ from disentbench.core.registry import PluginRegistry, get_plugin_manager
 from disentbench.core.study.context import DatasetCache, build_scorers
 from disentbench.core.study.jobs import RunJob, RunOutcome, StudyResult
 from disentbench.core.study.locks import keep_lease
+from disentbench.core.study.overview import StudyOverview
 from disentbench.core.study.recording import scores_of
 from disentbench.core.study.rescoring import headline_keys, score_finished_runs
 from disentbench.core.study.worker import Worker
@@ -181,21 +182,32 @@ def _run_jobs(
     if len(todo) < len(specs):
         bar.message(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
     jobs = [RunJob(spec, parent_run_id, reuse.get(spec.run_key), i + 1, len(todo)) for i, spec in enumerate(todo)]
+    # the study at a glance on the parent run, and the UI's first view: at the start, as runs finish, at the end
+    overview = StudyOverview(tracker, parent_run_id, config, scorers, specs, outcomes_by_key)
+    overview.write_view()
+    overview.publish()
+    completed = False
     try:
         for outcome in executor_obj.run(jobs, worker):
             outcomes_by_key[outcome.spec.run_key] = outcome
             if not getattr(executor_obj, "in_process", False):
                 bar.message(f"[{len(outcomes_by_key)}/{len(specs)}] {outcome.status} {outcome.spec.run_name}")
+            overview.changed()
         score_finished_runs(
             [(spec, finished_runs[spec.run_key]) for spec in specs if spec.run_key in finished_runs],
             worker._context(), outcomes_by_key, bar,
         )
+        completed = True
     finally:
         bar.close()
+        if not completed:  # interrupted or failed: what finished so far (best effort, the error goes on)
+            overview.publish()
     missing = [s for s in specs if s.run_key not in outcomes_by_key]
     for spec in missing:  # an executor that lost a job (a crashed worker process)
         outcomes_by_key[spec.run_key] = RunOutcome(spec, "failed", error="the executor returned no result")
     outcomes = [outcomes_by_key[s.run_key] for s in specs]
+    overview.publish(force=True)
+    overview.write_view()  # now with the keys recorded by scorers that declare no headline
     failed = any(o.status == "failed" for o in outcomes)
     tracker.end_run(parent_run_id, tracking.FAILED if failed else tracking.FINISHED)
     return StudyResult(
