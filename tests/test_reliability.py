@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,12 @@ from helpers import registry_with_model
 CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 
 
-def _study(tmp_path: Path, name: str, *, steps: int = 10, seeds: int = 2, executor=None, checkpoint_every: int = 1000) -> Path:
+def _study(
+    tmp_path: Path, name: str, *, steps: int = 10, seeds: int = 2, executor=None, checkpoint_every: int = 1000,
+    store: Path | None = None, representations=("mean",), log_every: int = 5,
+) -> Path:
+    """A 2 x ``seeds`` beta-VAE study in ``tmp_path`` (its checkpoints there too), tracked in ``store``
+    (default ``tmp_path/mlflow.db``)."""
     config = {
         "name": name,
         "datasets": ["dsprites_procedural"],
@@ -24,13 +30,13 @@ def _study(tmp_path: Path, name: str, *, steps: int = 10, seeds: int = 2, execut
         "training": {
             "steps": steps,
             "batch_size": 8,
-            "log_every": 5,
+            "log_every": log_every,
             "checkpoint_every": checkpoint_every,
             "device": "cpu",
             "checkpoint_dir": str(tmp_path / "checkpoints"),
         },
-        "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}]},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}], "representations": list(representations)},
+        "tracking": {"uri": f"sqlite:///{store or tmp_path / 'mlflow.db'}"},
     }
     if executor:
         config["executor"] = executor
@@ -157,3 +163,143 @@ def test_nan_loss_fails_that_run_with_the_reason_and_the_others_finish(tmp_path,
     failed = client.get_run(statuses[3].run_id)
     assert failed.info.status == "FAILED" and "non-finite loss" in failed.data.tags["error"]
     assert client.get_run(result.parent_run_id).info.status == "FAILED"
+
+
+# -- shared stores, complete records ---------------------------------------------------------------------------
+
+
+def _client(store_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlflow.db'}")
+
+
+def _assert_complete(store_dir: Path, experiment: str, expected: int, *, steps: int, log_every: int,
+                     representations=("mean",)) -> dict:  # fmt: skip
+    """One active MLflow run per key, FINISHED, trained exactly once (its curve has each logged step once,
+    in order), with every score, and whole artifacts (scores.json equal to the scores, a loadable model.pt,
+    the images). No study run is left RUNNING. Returns the runs by key."""
+    import json
+
+    import torch
+
+    client = _client(store_dir)
+    grouped = _runs_by_key(store_dir, experiment)
+    assert len(grouped) == expected, {k: [r.info.status for r in v] for k, v in grouped.items()}
+    for key, runs in grouped.items():
+        assert [r.info.status for r in runs] == ["FINISHED"], (key, [r.info.status for r in runs])
+        run = runs[0]
+        run_id = run.info.run_id
+        curve = [m.step for m in client.get_metric_history(run_id, "train/total")]
+        assert curve == list(range(log_every, steps + 1, log_every)), (key, curve)  # no step twice, none missing
+        scores = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+        assert set(scores) == {f"eval/{rep}/mig/discrete_mig" for rep in representations}, (key, sorted(scores))
+        folder = Path(client.download_artifacts(run_id, ""))
+        assert json.loads((folder / "scores.json").read_text()) == pytest.approx(scores), key
+        model = torch.load(folder / "checkpoints" / "model.pt", weights_only=True)
+        assert model["state_dict"], key
+        images = {p.name for p in (folder / "images").iterdir() if p.stat().st_size > 0}
+        assert images == {"reconstructions.png", "traversals.png", "traversals.gif", "score_card.png"}, (key, images)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    studies = client.search_runs([experiment_id], "tags.`disentbench.kind` = 'study'")
+    assert "RUNNING" not in [r.info.status for r in studies], [(r.info.run_id, r.info.status) for r in studies]
+    return grouped
+
+
+def _popen(args, cwd: Path, env=None, prefix=CLI):
+    return subprocess.Popen(
+        prefix + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
+    )
+
+
+def _wait_for(condition, proc, timeout: float = 300):
+    """Poll ``condition`` until true; fail if ``proc`` ends first or it takes over ``timeout`` s."""
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the invocation ended (exit {proc.returncode}) before the point waited for: {err[-2000:]}")
+        assert time.time() < deadline, "the invocation never reached the point waited for"
+        time.sleep(0.1)
+
+
+def _shared_study(tmp_path: Path, **options) -> tuple[Path, list[Path], list[Path]]:
+    """Folders a and b, each with the same study and its own checkpoints, both tracked in shared/mlflow.db."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    folders = [tmp_path / "a", tmp_path / "b"]
+    paths = []
+    for folder in folders:
+        folder.mkdir()
+        paths.append(_study(folder, "shared", store=shared / "mlflow.db", **options))
+    return shared, folders, paths
+
+
+RACE_STEPS, RACE_LOG_EVERY = 400, 20
+
+
+def test_two_folders_on_one_store_train_each_run_exactly_once(tmp_path):
+    # Two terminals (or machines) in different folders, so different checkpoint folders, sharing one store:
+    # the second starts while the first trains. Before leases lived in MLflow both trained the same run.
+    shared, folders, paths = _shared_study(tmp_path, steps=RACE_STEPS, checkpoint_every=50, log_every=RACE_LOG_EVERY)
+    first = _popen(["run", str(paths[0])], folders[0])
+    _wait_for(lambda: any((folders[0] / "checkpoints").glob("*/checkpoint.pt")), first)
+    second = _popen(["run", str(paths[1])], folders[1])
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    grouped = _assert_complete(shared, "shared", 4, steps=RACE_STEPS, log_every=RACE_LOG_EVERY)
+    for key in grouped:  # trained in one folder only: a run trained twice would have a checkpoint in both
+        trained_in = [f.name for f in folders if (f / "checkpoints" / key / "checkpoint.pt").exists()]
+        assert len(trained_in) == 1, (key, trained_in)
+
+
+# A stand-in for another machine: the same CLI with another host name, so that its pid means nothing here and
+# only its lease's expiry frees its runs (on its own host a dead pid ends a lease at once).
+OTHER_HOST = [sys.executable, "-c", (
+    "import socket; socket.gethostname = lambda: 'other-machine'\n"
+    "from disentbench.core.cli.main import main; main()"
+)]  # fmt: skip
+
+
+@pytest.mark.parametrize("owner_host", ["other-machine", pytest.param("this-machine", marks=pytest.mark.slow)])
+def test_a_run_whose_owner_died_in_another_folder_is_taken_over_and_restarted_cleanly(tmp_path, owner_host):
+    # The owner is kill -9'd mid-training; the other folder takes the run over once the lease expired (at
+    # once for a dead pid on this host). It cannot see the dead owner's checkpoint (another folder), so, as
+    # README's Reliability section says, it restarts from step 0 in a fresh MLflow run that replaces the old
+    # one (the old one, with the dead attempt's curve, goes to MLflow's trash): one active run per key.
+    from mlflow.entities import ViewType
+
+    from disentbench.core.tracking import tracker as tracking
+
+    steps, log_every = 100, 10
+    shared, folders, paths = _shared_study(tmp_path, steps=steps, checkpoint_every=20, log_every=log_every)
+    env = {**_env(), tracking.LEASE_ENV: "3"}
+    first = _popen(["run", str(paths[0])], folders[0], env, OTHER_HOST if owner_host == "other-machine" else CLI)
+    checkpoint = folders[0] / "checkpoints"
+    _wait_for(lambda: any(checkpoint.glob("*/checkpoint.pt")), first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    (dead_key,) = [p.parent.name for p in checkpoint.glob("*/checkpoint.pt")]
+
+    client = _client(shared)
+    (dead,) = _runs_by_key(shared, "shared")[dead_key]
+    assert dead.data.tags[tracking.TAG_OWNER_HOST] == (owner_host if owner_host == "other-machine" else socket.gethostname())
+    deadline = time.time() + 30
+    while tracking.live_lease(client.get_run(dead.info.run_id)) is not None:  # at most the 3 s lease
+        assert time.time() < deadline, "the dead owner's lease never expired"
+        time.sleep(0.2)
+    status = subprocess.run(CLI + ["status", str(paths[1])], cwd=folders[1], capture_output=True, text=True, env=env)
+    assert "stale (owner lost)" in status.stdout and "4 runs: 3 pending, 1 stale" in status.stdout, status.stdout
+
+    second = subprocess.run(CLI + ["run", str(paths[1])], cwd=folders[1], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    grouped = _assert_complete(shared, "shared", 4, steps=steps, log_every=log_every)
+    (taken,) = grouped[dead_key]
+    assert taken.data.tags.get(tracking.TAG_REPLACES) == dead.info.run_id
+    assert "resumed_from_step" not in taken.data.tags  # restarted from 0: the checkpoint is in the other folder
+    old = client.get_run(dead.info.run_id)
+    assert old.info.lifecycle_stage == "deleted" and old.data.tags[tracking.TAG_REPLACED_BY] == taken.info.run_id
+    everything = client.search_runs([old.info.experiment_id], "tags.`disentbench.kind` = 'run'", ViewType.ALL)
+    assert sorted(r.data.tags["run_key"] for r in everything if r.info.lifecycle_stage == "active") == sorted(grouped)
+    assert (checkpoint / dead_key / "checkpoint.pt").exists()  # the dead owner's checkpoint is left alone
