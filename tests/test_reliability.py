@@ -17,8 +17,16 @@ CLI = [sys.executable, "-m", "disentbench.core.cli.main"]
 
 
 def _study(
-    tmp_path: Path, name: str, *, steps: int = 10, seeds: int = 2, executor=None, checkpoint_every: int = 1000,
-    store: Path | None = None, representations=("mean",), log_every: int = 5,
+    tmp_path: Path,
+    name: str,
+    *,
+    steps: int = 10,
+    seeds: int = 2,
+    executor=None,
+    checkpoint_every: int = 1000,
+    store: Path | None = None,
+    representations=("mean",),
+    log_every: int = 5,
 ) -> Path:
     """A 2 x ``seeds`` beta-VAE study in ``tmp_path`` (its checkpoints there too), tracked in ``store``
     (default ``tmp_path/mlflow.db``)."""
@@ -35,7 +43,10 @@ def _study(
             "device": "cpu",
             "checkpoint_dir": str(tmp_path / "checkpoints"),
         },
-        "evaluation": {"metrics": [{"name": "mig", "params": {"num_train": 100}}], "representations": list(representations)},
+        "evaluation": {
+            "metrics": [{"name": "mig", "params": {"num_train": 100}}],
+            "representations": list(representations),
+        },
         "tracking": {"uri": f"sqlite:///{store or tmp_path / 'mlflow.db'}"},
     }
     if executor:
@@ -284,7 +295,9 @@ def test_a_run_whose_owner_died_in_another_folder_is_taken_over_and_restarted_cl
 
     client = _client(shared)
     (dead,) = _runs_by_key(shared, "shared")[dead_key]
-    assert dead.data.tags[tracking.TAG_OWNER_HOST] == (owner_host if owner_host == "other-machine" else socket.gethostname())
+    assert dead.data.tags[tracking.TAG_OWNER_HOST] == (
+        owner_host if owner_host == "other-machine" else socket.gethostname()
+    )
     deadline = time.time() + 30
     while tracking.live_lease(client.get_run(dead.info.run_id)) is not None:  # at most the 3 s lease
         assert time.time() < deadline, "the dead owner's lease never expired"
@@ -292,7 +305,9 @@ def test_a_run_whose_owner_died_in_another_folder_is_taken_over_and_restarted_cl
     status = subprocess.run(CLI + ["status", str(paths[1])], cwd=folders[1], capture_output=True, text=True, env=env)
     assert "stale (owner lost)" in status.stdout and "4 runs: 3 pending, 1 stale" in status.stdout, status.stdout
 
-    second = subprocess.run(CLI + ["run", str(paths[1])], cwd=folders[1], capture_output=True, text=True, env=env, timeout=600)
+    second = subprocess.run(
+        CLI + ["run", str(paths[1])], cwd=folders[1], capture_output=True, text=True, env=env, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     grouped = _assert_complete(shared, "shared", 4, steps=steps, log_every=log_every)
     (taken,) = grouped[dead_key]
