@@ -27,6 +27,7 @@ def _study(
     store: Path | None = None,
     representations=("mean",),
     log_every: int = 5,
+    pack_size: int = 1,
 ) -> Path:
     """A 2 x ``seeds`` beta-VAE study in ``tmp_path`` (its checkpoints there too), tracked in ``store``
     (default ``tmp_path/mlflow.db``)."""
@@ -39,6 +40,7 @@ def _study(
             "steps": steps,
             "batch_size": 8,
             "log_every": log_every,
+            "pack_size": pack_size,
             "checkpoint_every": checkpoint_every,
             "device": "cpu",
             "checkpoint_dir": str(tmp_path / "checkpoints"),
@@ -318,3 +320,150 @@ def test_a_run_whose_owner_died_in_another_folder_is_taken_over_and_restarted_cl
     everything = client.search_runs([old.info.experiment_id], "tags.`disentbench.kind` = 'run'", ViewType.ALL)
     assert sorted(r.data.tags["run_key"] for r in everything if r.info.lifecycle_stage == "active") == sorted(grouped)
     assert (checkpoint / dead_key / "checkpoint.pt").exists()  # the dead owner's checkpoint is left alone
+
+
+# -- fault injection -------------------------------------------------------------------------------------------
+
+# The CLI with one fault: the process dies (os._exit(137), as kill -9 would leave things) at the Nth call of a
+# named point. Production code has no hooks: the wrapper patches the functions the points sit in.
+FAULT_WRAPPER = '''
+import os
+import sys
+from pathlib import Path
+
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+from mlflow.tracking import MlflowClient
+
+from disentbench.core.study import recording
+from disentbench.core.tracking import tracker as tracking
+
+point, nth = sys.argv[1], int(sys.argv[2])
+sys.argv = ["disentbench", *sys.argv[3:]]
+count = 0
+
+
+def die():
+    os._exit(137)
+
+
+def at(owner, name, when, *, after=False, instead=None):
+    """Die at the Nth call of owner.name for which when(*args, **kwargs): before it, after it, or in it."""
+    original = getattr(owner, name)
+
+    def patched(*args, **kwargs):
+        global count
+        if when(*args, **kwargs):
+            count += 1
+            if count == nth:
+                if instead is not None:
+                    instead(original, *args, **kwargs)
+                elif after:
+                    original(*args, **kwargs)
+                die()
+        return original(*args, **kwargs)
+
+    setattr(owner, name, patched)
+
+
+def claim_tag(key):
+    return key.startswith(tracking.TAG_CLAIM_PREFIX)
+
+
+def torn_write(original, repo, local_file, artifact_path=None):
+    """Half the file in place: what a kill mid-copy leaves on a store that does not write atomically."""
+    folder = Path(repo.artifact_dir, artifact_path or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    data = Path(local_file).read_bytes()
+    (folder / Path(local_file).name).write_bytes(data[: len(data) // 2])
+
+
+def artifact_named(name):
+    return lambda repo, local_file, artifact_path=None: Path(local_file).name == name
+
+
+def evaluate_then_die(original, *args, **kwargs):
+    """Die inside the evaluation, once its first scorer scored (nothing of it logged yet)."""
+    kwargs["on_score"] = lambda *a: die()
+    original(*args, **kwargs)
+
+
+def half_the_scores(original, self, run_id, metrics, step=0):
+    original(self, run_id, dict(list(metrics.items())[: len(metrics) // 2]), step)
+
+
+POINTS = {
+    # a new run created, carrying its claim tag and lease, before its params (mid-claim of a new key)
+    "run_created": lambda: at(MlflowClient, "create_run",
+                              lambda self, *a, tags=None, **k: (tags or {}).get(tracking.TAG_KIND) == "run", after=True),
+    # a new run's claim settled, its claim tag not dropped yet
+    "new_claim_drop": lambda: at(MlflowClient, "delete_tag", lambda self, run_id, key: claim_tag(key)),
+    # a claim tag written on an existing run, before reading the claims back (mid-claim of an unfinished run)
+    "claim_written": lambda: at(MlflowClient, "set_tag", lambda self, run_id, key, *a, **k: claim_tag(key), after=True),
+    # an existing run's lease written, its claim tag not dropped yet
+    "claim_drop": lambda: at(tracking.Tracker, "_drop_claim", lambda *a: True),
+    "study_created": lambda: at(tracking.Tracker, "start_study_run", lambda *a, **k: True, after=True),
+    "curve_point": lambda: at(tracking.Tracker, "log_metrics",
+                              lambda self, run_id, metrics, step=0: any(k.startswith("train/total") for k in metrics),
+                              after=True),
+    "evaluation": lambda: at(recording, "evaluate", lambda *a, **k: True, instead=evaluate_then_die),
+    "scores": lambda: at(tracking.Tracker, "log_metrics",
+                         lambda self, run_id, metrics, step=0: any(k.startswith("eval/") for k in metrics),
+                         instead=half_the_scores),
+    "artifact_scores": lambda: at(LocalArtifactRepository, "log_artifact", artifact_named("scores.json"), instead=torn_write),
+    "artifact_image": lambda: at(LocalArtifactRepository, "log_artifact", artifact_named("traversals.gif"), instead=torn_write),
+    "artifact_checkpoint": lambda: at(LocalArtifactRepository, "log_artifact", artifact_named("model.pt"), instead=torn_write),
+    "finish": lambda: at(tracking.Tracker, "end_run", lambda self, run_id, status=tracking.FINISHED: status == tracking.FINISHED),
+}
+POINTS[point]()
+
+from disentbench.core.cli.main import main  # noqa: E402
+
+main()
+'''
+
+# Each case: the faults of successive invocations as (point, N), then one clean rerun must complete the study.
+# Points that only exist on runs that are already there (claim_written, claim_drop) follow a fault that left
+# runs behind. The study: 2 runs of 40 steps, a checkpoint every 10, a curve point every 5, mean and sampled.
+FAULTS = {
+    # right after creating a run: its claim tag and lease written, no params yet
+    "mid_claim_new_run": pytest.param([("run_created", 1)], marks=pytest.mark.slow),
+    "mid_claim_unfinished_run": [("run_created", 2), ("claim_written", 1), ("claim_drop", 1)],
+    "mid_claim_before_drop": pytest.param([("new_claim_drop", 2)], marks=pytest.mark.slow),
+    "mid_artifact_scores": [("artifact_scores", 1)],
+    "mid_artifact_checkpoint": pytest.param([("artifact_checkpoint", 2)], marks=pytest.mark.slow),
+    "mid_artifact_image": pytest.param([("artifact_image", 1)], marks=pytest.mark.slow),
+    "study_run_created": pytest.param([("study_created", 1)], marks=pytest.mark.slow),
+    # after the curve point at step 25, resumed from the checkpoint at 20: step 25 must not be logged twice
+    "mid_training": [("curve_point", 5)],
+    # packed: the points alternate between the two runs; the 5th is the first run's step 15 (checkpoint at 10)
+    "mid_training_packed": pytest.param([("curve_point", 5)], marks=pytest.mark.slow),
+    "mid_evaluation": pytest.param([("evaluation", 1)], marks=pytest.mark.slow),
+    "mid_scores": pytest.param([("scores", 2)], marks=pytest.mark.slow),
+    "before_finish": pytest.param([("finish", 1)], marks=pytest.mark.slow),
+}
+
+
+@pytest.mark.parametrize("faults", list(FAULTS.values()), ids=list(FAULTS))
+def test_a_rerun_after_a_kill_at_any_point_leaves_one_finished_run_per_key(tmp_path, request, faults):
+    steps, log_every, representations = 40, 5, ("mean", "sampled")
+    path = _study(
+        tmp_path, "faults", steps=steps, seeds=1, checkpoint_every=10, representations=representations,
+        pack_size=2 if request.node.callspec.id.endswith("packed") else 1,
+    )  # fmt: skip
+    wrapper = tmp_path / "faulty_cli.py"
+    wrapper.write_text(FAULT_WRAPPER)
+    for point, nth in faults:
+        killed = subprocess.run(
+            [sys.executable, str(wrapper), point, str(nth), "run", str(path), "-q"],
+            capture_output=True, text=True, env=_env(), timeout=600,
+        )  # fmt: skip
+        assert killed.returncode == 137, f"{point} #{nth} was never reached: {killed.stderr[-2000:]}"
+    rerun = subprocess.run(CLI + ["run", str(path), "-q"], capture_output=True, text=True, env=_env(), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _assert_complete(tmp_path, "faults", 2, steps=steps, log_every=log_every, representations=representations)
+    from click.testing import CliRunner
+
+    from disentbench.core.cli.main import main
+
+    status = CliRunner().invoke(main, ["status", str(path)], env={"MLFLOW_TRACKING_URI": None})
+    assert status.exit_code == 0 and "2 runs: 2 finished" in status.output, status.output
