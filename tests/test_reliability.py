@@ -322,6 +322,35 @@ def test_a_run_whose_owner_died_in_another_folder_is_taken_over_and_restarted_cl
     assert (checkpoint / dead_key / "checkpoint.pt").exists()  # the dead owner's checkpoint is left alone
 
 
+@pytest.mark.slow
+def test_an_owner_stalled_past_its_lease_gives_the_run_up_and_records_nothing(tmp_path):
+    # Suspended (SIGSTOP) mid-training for longer than its lease, the owner loses the run to the other
+    # folder; woken up, it notices at its next heartbeat, stops, and exits 0 with the run skipped.
+    from disentbench.core.tracking import tracker as tracking
+
+    shared, folders, paths = _shared_study(tmp_path, steps=RACE_STEPS, checkpoint_every=50, log_every=RACE_LOG_EVERY)
+    env = {**_env(), tracking.LEASE_ENV: "3"}
+    first = _popen(["run", str(paths[0])], folders[0], env)
+    _wait_for(lambda: any((folders[0] / "checkpoints").glob("*/checkpoint.pt")), first)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        (key,) = [p.parent.name for p in (folders[0] / "checkpoints").glob("*/checkpoint.pt")]
+        client = _client(shared)
+        (stalled,) = _runs_by_key(shared, "shared")[key]
+        while tracking.Lease.of(client.get_run(stalled.info.run_id)).heartbeat + 3 >= time.time():
+            time.sleep(0.2)  # the lease runs out (the pid is alive: only its expiry frees the run)
+        second = subprocess.run(
+            CLI + ["run", str(paths[1])], cwd=folders[1], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert "skipped (lost its lease to another owner)" in out, out
+    _assert_complete(shared, "shared", 4, steps=RACE_STEPS, log_every=RACE_LOG_EVERY)
+
+
 # -- fault injection -------------------------------------------------------------------------------------------
 
 # The CLI with one fault: the process dies (os._exit(137), as kill -9 would leave things) at the Nth call of a
