@@ -220,6 +220,7 @@ def test_cli_survives_broken_and_duplicate_plugins(cli_runs):
     assert any(BROKEN_IMPORT_DIST in line and "ImportError" in line and BROKEN_IMPORT_MESSAGE in line
                for line in problems), run.stderr  # fmt: skip
     assert any(DUPLICATE_DIST in line and "already registered" in line and "beta_vae" in line
+               and f"plugin 'duplicate_beta_vae' of package {DUPLICATE_DIST!r} skipped entirely" in line
                for line in problems), run.stderr  # fmt: skip
 
 

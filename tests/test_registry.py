@@ -99,15 +99,91 @@ class Unnamed:
         (((Unnamed,), {}), "needs the class to set `name`"),
         ((("no_factory",), {"config": _Config}), "needs config= and factory="),
         ((("bad_config",), {"config": dict, "factory": dict}), "config must be a pydantic BaseModel subclass"),
-        ((("mig",), {"config": _Config, "factory": Named}), "is already registered by 'disentbench'"),
+        (
+            (("mig",), {"config": _Config, "factory": Named}),
+            "metric plugin 'mig' is already registered by 'disentbench'",
+        ),
+        (((Named,), {}), "metric plugin 'named_metric' is registered twice by this plugin"),
     ],
 )
-def test_a_bad_registration_is_a_problem_and_the_rest_still_registers(call, message):
-    registry = _registry_with(call, ((Named,), {}))
-    assert [p.error for p in registry.problems if message in p.error], registry.problems
-    assert all(p.source == "registry-test-plugin" for p in registry.problems)
-    assert registry.get("metric", "named_metric").factory is Named  # the plugin's next registration counts
+def test_a_bad_registration_skips_its_whole_plugin_in_one_line(call, message):
+    registry = _registry_with(((Named,), {}), call)
+    (problem,) = registry.problems
+    assert problem.source == "registry-test-plugin" and "\n" not in str(problem)
+    assert message in problem.error, problem.error
+    assert "plugin 'registry-test-plugin' of package 'registry-test-plugin' skipped entirely" in problem.error
+    with pytest.raises(KeyError):  # the plugin's good registration is not kept either
+        registry.get("metric", "named_metric")
     assert registry.get("metric", "mig").source == "disentbench"  # a built-in is never taken over
+
+
+class _Model:
+    name = "companion_vae"
+    description = "a model shipped with its metric"
+    config_class = _Config
+
+
+def _two_hook_plugin(name: str, metric_name: str):
+    """A plugin registering a model and, from another hook, a metric called ``metric_name``."""
+
+    class Metric(Named):
+        pass
+
+    Metric.name = metric_name
+
+    @hookimpl
+    def register_models(register):
+        register(_Model)
+
+    @hookimpl
+    def register_metrics(register):
+        register(Metric)
+
+    plugin = types.ModuleType(name)
+    plugin.register_models = register_models
+    plugin.register_metrics = register_metrics
+    return plugin
+
+
+def test_a_clash_in_one_hook_drops_what_the_plugin_registered_in_its_other_hooks():
+    # issue 24: a plugin whose registration clashed was only partly skipped (its model stayed, its metric not)
+    clashing = _two_hook_plugin("clashing-plugin", "dci")
+    registry = build_registry(load_entry_points=False, extra_plugins=[clashing])
+    assert "companion_vae" not in registry.names("model")
+    assert registry.get("metric", "dci").source == "disentbench"
+    (problem,) = registry.problems
+    assert str(problem) == (
+        "plugin 'clashing-plugin': metric plugin 'dci' is already registered by 'disentbench'; rename it; "
+        "plugin 'clashing-plugin' of package 'clashing-plugin' skipped entirely "
+        "(not registered: model 'companion_vae', metric 'dci')"
+    )
+
+
+def test_a_plugin_that_clashes_with_another_third_party_plugin_is_skipped_and_the_first_kept():
+    first = _two_hook_plugin("first-plugin", "shared_metric")
+    second = _two_hook_plugin("second-plugin", "shared_metric")
+    second.register_models = hookimpl(lambda register: None)  # only the metric clashes
+    registry = build_registry(load_entry_points=False, extra_plugins=[first, second])
+    assert registry.get("metric", "shared_metric").source == registry.get("model", "companion_vae").source
+    kept = registry.get("metric", "shared_metric").source
+    (problem,) = registry.problems
+    assert problem.source != kept and "is already registered by " + repr(kept) in problem.error
+    assert "skipped entirely (not registered: metric 'shared_metric')" in problem.error
+
+
+def test_a_hook_that_raises_drops_the_plugins_other_registrations():
+    plugin = _two_hook_plugin("raising-plugin", "fine_metric")
+
+    @hookimpl
+    def register_metrics(register):
+        register(Named)
+        raise RuntimeError("half done")
+
+    plugin.register_metrics = register_metrics
+    registry = build_registry(load_entry_points=False, extra_plugins=[plugin])
+    assert "companion_vae" not in registry.names("model") and "named_metric" not in registry.names("metric")
+    (problem,) = registry.problems
+    assert "register_metrics: RuntimeError: half done" in problem.error and "skipped entirely" in problem.error
 
 
 def test_every_config_is_strict():

@@ -3,8 +3,9 @@
 Built-in plugin modules are registered with pluggy exactly like third-party
 ones (dogfooding); the registry is then filled by calling each ``register_*``
 hook with a callback. A broken third-party plugin (import error, exception in
-its hook, duplicate name) is recorded as a :class:`PluginProblem` and reported;
-it never takes the CLI down.
+its hook, a bad or duplicate registration) is recorded as a :class:`PluginProblem`
+and reported; it never takes the CLI down. A plugin counts as a whole: one bad
+registration and none of its registrations are kept.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _allowed_plugins() -> set[str] | None:
 
 
 def _plugin_source(pm: pluggy.PluginManager, plugin: object, dists: dict[str, str]) -> str:
-    name = str(pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin)))
+    name = _plugin_name(pm, plugin)
     if name in dists:
         return dists[name]
     return BUILTIN_SOURCE if name.startswith("disentbench.") else name
@@ -177,6 +178,74 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[PluginProblem]) 
     return dists
 
 
+def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    return str(pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin)))
+
+
+@dataclass
+class _Staged:
+    """One plugin's registrations, collected from all its hooks before any is kept."""
+
+    name: str  # the plugin: entry point name, or module name
+    source: str  # its distribution
+    registrations: list[Registration] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def register_callback(self, kind: str) -> Callable[..., None]:
+        def register(plugin=None, /, *, config=None, factory=None, description=None) -> None:
+            # register(PluginClass): the class carries name, config_class and description;
+            # register("name", config=..., factory=..., description=...): the same, spelled out.
+            name: Any
+            if isinstance(plugin, str):
+                name = plugin
+                if config is None or factory is None:
+                    self.problems.append(f"{kind} plugin {name!r}: register(name, ...) needs config= and factory=")
+                    return
+            else:
+                name = getattr(plugin, "name", None)
+                config = config if config is not None else getattr(plugin, "config_class", None)
+                factory = factory if factory is not None else plugin
+                if description is None:
+                    description = getattr(plugin, "description", "")
+                if not isinstance(name, str) or not name or config is None:
+                    self.problems.append(
+                        f"{kind} plugin {plugin!r}: register(cls) needs the class to set `name` (a string) "
+                        "and `config_class`; or call register(name, config=..., factory=...)"
+                    )
+                    return
+            if not isinstance(config, type) or not issubclass(config, BaseModel):
+                self.problems.append(f"{kind} plugin {name!r}: config must be a pydantic BaseModel subclass")
+                return
+            self.registrations.append(Registration(kind, name, config, factory, description or "", self.source))
+
+        return register
+
+    def commit(self, registry: PluginRegistry) -> None:
+        """Keep every registration of this plugin, or none (one problem line naming plugin, package and why)."""
+        problems = list(self.problems)
+        mine: set[tuple[str, str]] = set()
+        for reg in self.registrations:
+            existing = registry.plugins[reg.kind].get(reg.name)
+            if existing is not None:
+                problems.append(
+                    f"{reg.kind} plugin {reg.name!r} is already registered by {existing.source!r}; rename it"
+                )
+            elif (reg.kind, reg.name) in mine:
+                problems.append(f"{reg.kind} plugin {reg.name!r} is registered twice by this plugin")
+            mine.add((reg.kind, reg.name))
+        if not problems:
+            for reg in self.registrations:
+                registry.plugins[reg.kind][reg.name] = reg
+            return
+        dropped = ", ".join(f"{r.kind} {r.name!r}" for r in self.registrations)
+        skipped = f"plugin {self.name!r} of package {self.source!r} skipped entirely"
+        registry.problems.append(
+            PluginProblem(
+                self.source, "; ".join(problems) + f"; {skipped}" + (f" (not registered: {dropped})" if dropped else "")
+            )
+        )
+
+
 def build_registry(*, load_entry_points: bool = True, extra_plugins: Sequence[object] = ()) -> PluginRegistry:
     """Create a plugin manager, register built-ins and entry points, and fill the registry."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -198,62 +267,23 @@ def build_registry(*, load_entry_points: bool = True, extra_plugins: Sequence[ob
             pm.unregister(exc.plugin)
 
     registry = PluginRegistry(pm=pm, problems=problems)
+    # Each plugin's registrations are staged, then kept all together or not at all: a plugin that
+    # registers a taken name, makes a bad register() call or raises in a hook is skipped entirely, so a
+    # study never runs with half of a package (its model without the metric it ships for it).
+    staged: dict[int, _Staged] = {}
     for kind, hook_name in KINDS.items():
-        hook = getattr(pm.hook, hook_name)
-        impls = [(impl, _plugin_source(pm, impl.plugin, dists)) for impl in hook.get_hookimpls()]
-        # Built-ins first whatever hook options a plugin uses (tryfirst/trylast):
-        # a third-party plugin can add names, never take over a built-in one.
-        impls.sort(key=lambda pair: pair[1] != BUILTIN_SOURCE)
-        for impl, source in impls:
-
-            def register(
-                plugin=None, /, *, config=None, factory=None, description=None, _kind=kind, _source=source
-            ):
-                # register(PluginClass): the class carries name, config_class and description;
-                # register("name", config=..., factory=..., description=...): the same, spelled out.
-                if isinstance(plugin, str):
-                    name = plugin
-                    if config is None or factory is None:
-                        registry.problems.append(
-                            PluginProblem(_source, f"{_kind} plugin {name!r}: register(name, ...) needs config= and factory=")
-                        )
-                        return
-                else:
-                    name = getattr(plugin, "name", None)
-                    config = config if config is not None else getattr(plugin, "config_class", None)
-                    factory = factory if factory is not None else plugin
-                    if description is None:
-                        description = getattr(plugin, "description", "")
-                    if not isinstance(name, str) or not name or config is None:
-                        registry.problems.append(
-                            PluginProblem(
-                                _source,
-                                f"{_kind} plugin {plugin!r}: register(cls) needs the class to set `name` (a string) "
-                                "and `config_class`; or call register(name, config=..., factory=...)",
-                            )
-                        )
-                        return
-                description = description or ""
-                if not isinstance(config, type) or not issubclass(config, BaseModel):
-                    registry.problems.append(
-                        PluginProblem(_source, f"{_kind} plugin {name!r}: config must be a pydantic BaseModel subclass")
-                    )
-                    return
-                existing = registry.plugins[_kind].get(name)
-                if existing is not None:
-                    # recorded, not raised, so the plugin's other registrations still count
-                    registry.problems.append(
-                        PluginProblem(
-                            _source, f"{_kind} plugin {name!r} is already registered by {existing.source!r}; rename it"
-                        )
-                    )
-                    return
-                registry.plugins[_kind][name] = Registration(_kind, name, config, factory, description, _source)
-
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            staging = staged.setdefault(
+                id(impl.plugin), _Staged(_plugin_name(pm, impl.plugin), _plugin_source(pm, impl.plugin, dists))
+            )
             try:
-                impl.function(register=register)
+                impl.function(register=staging.register_callback(kind))
             except Exception as exc:
-                registry.problems.append(PluginProblem(source, f"{hook_name}: {type(exc).__name__}: {exc}"))
+                staging.problems.append(f"{hook_name}: {type(exc).__name__}: {exc}")
+    # Built-ins first whatever hook options a plugin uses (tryfirst/trylast):
+    # a third-party plugin can add names, never take over a built-in one.
+    for staging in sorted(staged.values(), key=lambda p: p.source != BUILTIN_SOURCE):
+        staging.commit(registry)
     return registry
 
 

@@ -66,6 +66,23 @@ def fresh_run_for_restart(tracker: tracking.Tracker, ref: RunRef, resumed_from: 
         ref.replace(tracker.replace_run(ref.run_id))
 
 
+def curve_logged_through(tracker: tracking.Tracker, run_id: str, resumed_from: int) -> int:
+    """The last step of the training curve ``run_id`` holds already, for a run resuming from ``resumed_from``.
+
+    A run killed after a curve point but before its next checkpoint resumes
+    from that checkpoint and computes the points after it again (bit-identical:
+    the checkpoint holds the generators too); the trainer's caller logs only
+    the points after this step, so no step is in the curve twice. 0 for a run
+    training from scratch (its MLflow run holds no curve: see
+    :func:`fresh_run_for_restart`).
+    """
+    if not resumed_from:
+        return 0
+    client = tracker.client
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("train/")]
+    return max((point.step for key in keys for point in client.get_metric_history(run_id, key)), default=0)
+
+
 def _log_new_metrics(tracker: tracking.Tracker, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Log the metrics the run does not have yet: a resumed evaluation never logs a score twice.
 

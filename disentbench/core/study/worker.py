@@ -40,6 +40,7 @@ from disentbench.core.study.jobs import RunJob, RunOutcome, group_into_packs, pa
 from disentbench.core.study.locks import LeaseLost, RunRef, lock_and_claim
 from disentbench.core.study.packing import is_cuda, measure_pack_size, parameter_shapes, speed_options
 from disentbench.core.study.recording import (
+    curve_logged_through,
     evaluate_and_record,
     fresh_run_for_restart,
     record_failure,
@@ -291,15 +292,19 @@ class Worker:
                 torch.cuda.empty_cache()
             return solo(f"cannot pack {first.model} runs ({type(exc).__name__}: {first_line(exc)})")
         del models  # the trainer holds them
+        logged = []  # each run's last curve step already in MLflow (a resume recomputes the points after it)
         for i, (_, _, ref) in enumerate(members):  # resume each run now: one restarting from 0 gets a fresh run
-            fresh_run_for_restart(tracker, ref, trainer.trainers[i].maybe_resume())
+            resumed = trainer.trainers[i].maybe_resume()
+            fresh_run_for_restart(tracker, ref, resumed)
+            logged.append(curve_logged_through(tracker, ref.run_id, resumed))
         run_ids = [ref.run_id for _, _, ref in members]
         positions = ",".join(str(job.position) for _, job, _ in members)
         bar.start_run(f"[{positions}/{members[0][1].total}] pack of {len(members)}: {first.model} on {first.dataset}")
         reached = [0] * len(members)
 
         def on_log(i: int, step: int, terms: dict[str, float]) -> None:
-            tracker.log_metrics(run_ids[i], {f"train/{k}": v for k, v in terms.items()}, step)
+            if step > logged[i]:
+                tracker.log_metrics(run_ids[i], {f"train/{k}": v for k, v in terms.items()}, step)
 
         def on_progress(i: int, step: int) -> None:
             reached[i] = step
@@ -486,11 +491,14 @@ def _train(spec: RunSpec, ctx: StudyContext, ref: RunRef, bar: StudyProgress, ch
         checkpoint_path=checkpoint,
         channels_last=config.training.channels_last,
     )
-    fresh_run_for_restart(tracker, ref, trainer.maybe_resume())
+    resumed = trainer.maybe_resume()
+    fresh_run_for_restart(tracker, ref, resumed)
+    logged = curve_logged_through(tracker, ref.run_id, resumed)  # a resume recomputes the points after it
 
     def on_log(step: int, terms: dict[str, float]) -> None:
         ref.check()  # never a curve point from a process that lost the run
-        tracker.log_metrics(ref.run_id, {f"train/{k}": v for k, v in terms.items()}, step)
+        if step > logged:
+            tracker.log_metrics(ref.run_id, {f"train/{k}": v for k, v in terms.items()}, step)
 
     result = trainer.train(on_log=on_log, on_progress=bar.update_run)
     bar.finish_run(spec.steps)
