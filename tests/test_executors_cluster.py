@@ -353,13 +353,25 @@ def test_ray_executor_on_a_local_ray_cluster(tmp_path, registry, local_ray_clust
 
 
 class _FakeRay(types.ModuleType):
-    """Enough of Ray for the executor: remote functions run inline (their arguments pickled, as Ray
-    ships them) when waited on; a task whose process "dies" (SystemExit) is rerun up to its
-    ``max_retries``, as Ray reruns tasks after a worker or node failure."""
+    """Enough of Ray for the executor, as ray 2.60 behaves on a local cluster: remote functions run
+    inline (their arguments pickled, as Ray ships them) when waited on; a task whose process "dies"
+    (SystemExit: a real worker exits on it) is rerun up to its ``max_retries`` and then raises
+    WorkerCrashedError (the process's own message lost); an exception the task raises is not
+    retried and comes back wrapped, as RayTaskError with the original as ``cause``. Ray may run a
+    run's evaluation task in another live worker process, or on another node, than its training
+    task: every run a training task hands back trained must be free of its lease by then."""
 
     class _Ref:
         def __init__(self, fn, args, options):
             self.fn, self.args, self.options = fn, pickle.dumps(args), options
+
+    class WorkerCrashedError(Exception):
+        pass
+
+    class RayTaskError(Exception):
+        def __init__(self, name, cause):
+            super().__init__(f"ray::{name}() (pid={os.getpid()}, ip=127.0.0.1)\n  {type(cause).__name__}: {cause}")
+            self.cause = cause
 
     def __init__(self):
         super().__init__("ray")
@@ -398,18 +410,38 @@ class _FakeRay(types.ModuleType):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):
+        name = ref.fn.__name__
         for attempt in range(ref.options.get("max_retries", 3) + 1):
-            self.calls.append((ref.fn.__name__, attempt))
+            self.calls.append((name, attempt))
             if self.before_task is not None:
-                self.before_task(ref.fn.__name__)
+                self.before_task(name)
+            args = pickle.loads(ref.args)
             try:
-                return ref.fn(*pickle.loads(ref.args))
-            except SystemExit as exc:  # the process died
-                error = exc
-        raise RuntimeError(f"worker died: {error}")
+                result = ref.fn(*args)
+            except SystemExit:  # the process died: Ray retries the task
+                continue
+            except Exception as exc:  # the task raised: not retried (no retry_exceptions)
+                raise self.RayTaskError(name, exc) from None
+            if name == "_ray_train":
+                _assert_handed_over(args[0].worker.tracking_uri, result)
+            return result
+        raise self.WorkerCrashedError("The worker died unexpectedly while executing this task. "
+                                      "Check python-core-worker-*.log files for more information.")
 
     def cancel(self, ref, force=False):
         pass
+
+
+def _assert_handed_over(uri: str, outcomes: list) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from disentbench.core.tracking.tracker import live_lease
+
+    client = MlflowClient(tracking_uri=uri)
+    for outcome in outcomes:
+        if outcome.status == "trained":
+            lease = live_lease(client.get_run(outcome.run_id))
+            assert lease is None, f"trained run {outcome.run_id} still leased by {lease}: no other process can evaluate it"
 
 
 @pytest.fixture
@@ -485,7 +517,7 @@ def test_ray_task_out_of_retries_fails_and_the_next_invocation_resumes(tmp_path,
     study = load_study_config(config, registry)
     first = run_study(study, registry=registry, progress=False)
     assert died["died"] and [o.status for o in first.outcomes] == ["failed", "failed"]
-    assert all("node lost" in o.error and "re-run the study" in o.error for o in first.outcomes)
+    assert all("WorkerCrashedError" in o.error and "re-run the study" in o.error for o in first.outcomes), first.outcomes
     left = _runs_by_key(tmp_path, "ray_lost")
     assert [[r.info.status for r in runs] for runs in left.values()] == [["RUNNING"], ["RUNNING"]]
     second = run_study(study, registry=registry, progress=False)

@@ -389,7 +389,12 @@ class Worker:
             else:
                 todo.append(job)
         results = self.run_in_packs(todo) if self.may_pack() else (self(job) for job in todo)
-        for outcome in results:
+        tracker = self._context().tracker
+        for outcome in results:  # each pack's locks and lease keepers have stopped once its outcomes come
+            if outcome.status == "trained" and outcome.run_id is not None:
+                # its evaluation task may run in another live process (Ray reuses workers) or on
+                # another node: hand the run over now, not when this process's lease would lapse
+                tracker.release_lease(outcome.run_id)
             outcomes[outcome.spec.run_key] = outcome
         return [outcomes[job.spec.run_key] for job in jobs]
 

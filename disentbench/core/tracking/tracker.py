@@ -518,6 +518,21 @@ class Tracker:
         self.client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.3f}")
         return True
 
+    def release_lease(self, run_id: str) -> bool:
+        """End this process's lease on ``run_id`` now (its heartbeat set to 0); the run stays RUNNING.
+
+        For a run handed on to another process while unfinished: a cluster
+        training task's trained run, evaluated next by a task that may run in
+        another (live) process or on another node, which could not claim it
+        while this lease lasts. Call it once the lease keeper has stopped.
+        False (nothing written) if another owner holds the run.
+        """
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(TAG_OWNER) != this_owner().id:
+            return False
+        self.client.set_tag(run_id, TAG_HEARTBEAT, "0")
+        return True
+
     def replace_run(self, run_id: str) -> str:
         """A fresh run for ``run_id``'s key that takes over its tags, params and lease; the old run is deleted.
 
@@ -572,6 +587,16 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative ``sqlite:///PATH`` made absolute (from this process's working directory), for a
+    process that opens it elsewhere (a cluster task starts in another directory); other URIs unchanged."""
+    path = _sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    _, question, query = uri.partition("?")
+    return f"sqlite:///{path.resolve()}{question}{query}"
 
 
 def _sqlite_path(uri: str) -> Path | None:

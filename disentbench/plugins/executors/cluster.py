@@ -52,6 +52,7 @@ from disentbench.core.contracts import PluginConfig
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.messages import first_line
 from disentbench.core.study.jobs import RunJob, RunOutcome, group_into_tasks
+from disentbench.core.tracking.tracker import absolute_tracking_uri
 
 # Runs per training task when training.pack_size is auto on GPUs: the pack the H200 throughput was
 # measured with (a node that fits fewer trains the group as several packs, one after the other).
@@ -96,6 +97,7 @@ class _NodeTask:
         if training.get("checkpoint_dir") is not None:
             # relative to where the study was started, not to wherever the task lands
             training["checkpoint_dir"] = str(Path(training["checkpoint_dir"]).expanduser().resolve())
+        clone.tracking_uri = absolute_tracking_uri(clone.tracking_uri)  # likewise a relative sqlite:///PATH
         clone.progress = False
         clone.evaluate_separately = True
         clone.memory_share = memory_share  # a fractional GPU: auto packs measure that share of its memory
@@ -202,6 +204,15 @@ def _ray_evaluate(task: EvaluateTask, job: RunJob) -> RunOutcome:
     return _ray_cached(task)(job)
 
 
+def _ray_error(exc: Exception) -> str:
+    """One line for what ``ray.get`` raised: a task's own exception comes wrapped in a RayTaskError whose
+    first line is only ``ray::FUNCTION() (pid=..., ip=...)``; name the exception itself instead."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 class RayExecutor:
     """Each pack group is a Ray task on one GPU; each trained run is a CPU task evaluating it."""
 
@@ -262,8 +273,8 @@ class RayExecutor:
                     kind, payload = pending.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except Exception as exc:  # the task's process or node died, retries spent
-                        reason = f"ray {kind} task failed: {type(exc).__name__}: {first_line(exc)}"
+                    except Exception as exc:  # the task's process or node died, retries spent; or it raised
+                        reason = f"ray {kind} task failed: {_ray_error(exc)}"
                         yield from (_failed(job, reason) for job in (payload if kind == "train" else [payload]))
                         continue
                     if kind == "evaluate":
