@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import registry_with_model
+from helpers import DIE_ONCE_ENV, registry_with_model
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
@@ -326,14 +326,36 @@ def test_cluster_configs_validate_without_the_extras():
 # -- ray ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def local_ray_cluster():
+def _start_local_ray(**options):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'disentbench[ray]')")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # started before the test changes folder: the workers run elsewhere than the study, as on a cluster
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, **options)
+    return ray
+
+
+@pytest.fixture
+def local_ray_cluster():
+    ray = _start_local_ray()
     try:
         yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray_cluster_killing_a_pack(tmp_path, monkeypatch):
+    """A local Ray cluster whose worker process that trains a pack of two dies (os._exit) right after
+    both runs wrote their step-10 checkpoints, once (helpers.die_once_after_checkpoints); the marker
+    file it leaves holds the dead process's pid."""
+    marker = tmp_path / "killed_worker.pid"
+    tests = str(Path(__file__).resolve().parent)  # the workers import the hook from tests/helpers.py
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv(DIE_ONCE_ENV, f"10 2 {marker} {os.getpid()}")
+    ray = _start_local_ray(runtime_env={"worker_process_setup_hook": "helpers.die_once_after_checkpoints"})
+    try:
+        yield ray, marker
     finally:
         ray.shutdown()
 
@@ -347,6 +369,30 @@ def test_ray_executor_on_a_local_ray_cluster(tmp_path, registry, local_ray_clust
     assert len({o.run_id for o in outcomes}) == 2
     assert {o.spec.run_key: o.scores for o in outcomes} == _local_scores(tmp_path, registry, config)
     assert local_ray_cluster.is_initialized(), "the executor must not shut down a cluster it did not start"
+
+
+@pytest.mark.slow  # about a minute: a local Ray cluster, a worker killed and its task retried
+def test_ray_task_killed_mid_pack_on_a_local_ray_cluster_resumes_its_runs(
+    tmp_path, registry, local_ray_cluster_killing_a_pack, monkeypatch
+):
+    ray, marker = local_ray_cluster_killing_a_pack
+    monkeypatch.chdir(tmp_path)
+    executor = {"name": "ray", "params": {"num_cpus_per_task": 1, "num_cpus_per_evaluation": 1, "max_retries": 2}}
+    config = _config(tmp_path, "ray_killed", executor, steps=20, checkpoint_every=10)
+    config["tracking"]["uri"] = "sqlite:///mlflow.db"  # relative to the study's folder, not the Ray workers'
+    local = _local_scores(tmp_path, registry, config)  # in this process: the kill is armed in Ray workers only
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    assert [o.status for o in result.outcomes] == ["finished", "finished"], [o.error for o in result.outcomes]
+    assert marker.exists(), "no Ray worker died: the kill was not armed"
+    runs = _assert_each_run_finished_once(tmp_path, "ray_killed", 2)  # Ray's retry took over the runs: no duplicates
+    for run in runs.values():  # trained on as one pack from the checkpoints the killed worker wrote
+        assert run.data.tags["resumed_from_step"] == "10" and run.data.tags["pack_size"] == "2", run.data.tags
+        assert run.data.tags["disentbench.owner_pid"] != marker.read_text()  # evaluated by a live process
+    history = _client(tmp_path).get_metric_history(next(iter(runs.values())).info.run_id, "train/total")
+    assert sorted({m.step for m in history}) == [5, 10, 15, 20]
+    for outcome in result.outcomes:
+        assert outcome.scores == pytest.approx(local[outcome.spec.run_key], abs=1e-6)
+    assert ray.is_initialized(), "the executor must not shut down a cluster it did not start"
 
 
 # -- ray through a fake ray module -------------------------------------------------------
