@@ -556,6 +556,33 @@ def test_ray_task_killed_mid_pack_is_retried_and_resumes_its_runs(tmp_path, regi
         assert outcome.scores == pytest.approx(local[outcome.spec.run_key], abs=1e-6)
 
 
+def test_ray_task_retried_on_another_node_waits_out_the_lost_nodes_lease(tmp_path, registry, fake_ray, monkeypatch):
+    """The retry of a task lost with its node: the dead attempt's lease is still alive (its heartbeat is recent,
+    its pid on another host cannot be checked); the retry waits for it to lapse, then resumes the runs."""
+    from disentbench.core.tracking import tracker as tracking
+
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "ray_node", {"name": "ray", "params": {"max_retries": 1}}, steps=20, checkpoint_every=10)
+    died = _die_after_first_checkpoint(monkeypatch, runs=2)
+
+    def lost_node_leases(name):  # before the retry: the runs look leased by the live-looking process of a lost node
+        if fake_ray.calls[-1] == ("_ray_train", 1):
+            client = _client(tmp_path)
+            for (run,) in _runs_by_key(tmp_path, "ray_node").values():
+                tags = {tracking.TAG_OWNER: "lost-node-owner", tracking.TAG_OWNER_HOST: "lost-node",
+                        tracking.TAG_OWNER_PID: "4242", tracking.TAG_HEARTBEAT: f"{__import__('time').time():.3f}",
+                        tracking.TAG_LEASE_SECONDS: "2"}  # fmt: skip
+                for key, value in tags.items():
+                    client.set_tag(run.info.run_id, key, value)
+                assert tracking.live_lease(client.get_run(run.info.run_id)) is not None
+
+    fake_ray.before_task = lost_node_leases
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    assert died["died"] and [o.status for o in result.outcomes] == ["finished", "finished"], result.outcomes
+    runs = _assert_each_run_finished_once(tmp_path, "ray_node", 2)
+    assert all(r.data.tags["resumed_from_step"] == "10" for r in runs.values())
+
+
 def test_ray_task_out_of_retries_fails_and_the_next_invocation_resumes(tmp_path, registry, fake_ray, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, "ray_lost", {"name": "ray", "params": {"max_retries": 0}}, steps=20, checkpoint_every=10)
