@@ -395,6 +395,37 @@ def test_ray_task_killed_mid_pack_on_a_local_ray_cluster_resumes_its_runs(
     assert ray.is_initialized(), "the executor must not shut down a cluster it did not start"
 
 
+@pytest.mark.slow  # about a minute: a local Ray cluster
+def test_ctrl_c_during_a_ray_study_stops_its_tasks_and_the_rerun_resumes(tmp_path, registry, local_ray_cluster, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    executor = {"name": "ray", "params": {"num_cpus_per_task": 1, "num_cpus_per_evaluation": 1}}
+    config = _config(tmp_path, "ray_ctrl_c", executor, steps=1000, checkpoint_every=50)
+    checkpoints = Path(config["training"]["checkpoint_dir"])
+    main_thread = threading.get_ident()
+
+    def ctrl_c_once_training_checkpointed():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list(checkpoints.glob("*/checkpoint.pt"))) < 2:
+            time.sleep(0.2)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    study = load_study_config(config, registry)
+    threading.Thread(target=ctrl_c_once_training_checkpointed, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, registry=registry, progress=False)
+    assert local_ray_cluster.is_initialized(), "the executor must not shut down a cluster it did not start"
+    interrupted = _runs_by_key(tmp_path, "ray_ctrl_c")
+    assert sorted(r.info.status for (r,) in interrupted.values()) == ["KILLED", "KILLED"], interrupted
+    second = run_study(study, registry=registry, progress=False)
+    assert [o.status for o in second.outcomes] == ["finished", "finished"], [o.error for o in second.outcomes]
+    runs = _assert_each_run_finished_once(tmp_path, "ray_ctrl_c", 2)
+    assert {r.info.run_id for r in runs.values()} == {r.info.run_id for (r,) in interrupted.values()}
+    assert all(int(r.data.tags["resumed_from_step"]) >= 50 for r in runs.values())
+
+
 # -- ray through a fake ray module -------------------------------------------------------
 
 
@@ -452,7 +483,7 @@ class _FakeRay(types.ModuleType):
 
         return _Remote
 
-    def wait(self, refs, num_returns=1):
+    def wait(self, refs, num_returns=1, timeout=None):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):

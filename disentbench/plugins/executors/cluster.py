@@ -37,6 +37,7 @@ retries comes back as failed outcomes; the runs stay unfinished and the next
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -204,6 +205,26 @@ def _ray_evaluate(task: EvaluateTask, job: RunJob) -> RunOutcome:
     return _ray_cached(task)(job)
 
 
+# How long interrupted tasks get to record their runs KILLED before their worker processes are killed.
+RAY_CANCEL_GRACE_SECONDS = 15.0
+
+
+def _ray_cancel(ray, refs: list) -> None:
+    """Cancel ``refs``: first as Ctrl-C does locally (Ray raises KeyboardInterrupt in a running task, whose
+    runs end KILLED, resumable), then, after :data:`RAY_CANCEL_GRACE_SECONDS`, by killing the workers of
+    tasks still running (their runs stay RUNNING until their leases lapse; a rerun resumes them either way)."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
+    try:
+        with contextlib.suppress(Exception):
+            ray.wait(refs, num_returns=len(refs), timeout=RAY_CANCEL_GRACE_SECONDS)
+    finally:  # a second Ctrl-C during the grace period: kill them at once
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+
+
 def _ray_error(exc: Exception) -> str:
     """One line for what ``ray.get`` raised: a task's own exception comes wrapped in a RayTaskError whose
     first line is only ``ray::FUNCTION() (pid=..., ip=...)``; name the exception itself instead."""
@@ -286,11 +307,8 @@ class RayExecutor:
                         else:
                             yield outcome
         finally:
-            for ref in pending:  # interrupted: stop what has not finished
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:
-                    pass
+            if pending:  # interrupted (Ctrl-C, SIGTERM): stop what has not finished
+                _ray_cancel(ray, list(pending))
             if started:
                 ray.shutdown()
 
