@@ -4,11 +4,14 @@ Tiny studies (beta-VAE with 4 latents, a few steps of batch 8 on the procedural
 dSprites, CPU) go through the real executors into a temporary SQLite store:
 runs are trained in packs (pack size 2) by training tasks and evaluated by one
 task per run, every run key ends FINISHED exactly once with the scores the
-``local`` executor gives, and a second invocation submits nothing. Ray is not
-installed here, so the Ray path runs on a fake ``ray`` module that runs remote
-functions inline, pickling their arguments and retrying a task whose "process
-died" (``SystemExit``) as Ray does; a ``-m slow`` test runs it on a real local
-Ray cluster where ``disentbench[ray]`` is installed.
+``local`` executor gives, and a second invocation submits nothing. Ray is large
+and not installed by CI, so by default the Ray path runs on a fake ``ray`` module
+modelled on ray 2.60 (remote functions run inline, their arguments pickled; a
+task whose "process died" (``SystemExit``) retried, then WorkerCrashedError; a
+task's own exception wrapped in RayTaskError; a trained run must be free for an
+evaluation task in another process). The ``-m slow`` tests run it on a real
+local Ray cluster where ``disentbench[ray]`` is installed (skipped otherwise):
+a study, a worker killed mid-pack (os._exit) and retried, Ctrl-C mid-study.
 """
 
 from __future__ import annotations
