@@ -216,6 +216,7 @@ class _FakeWorker:
 
     def __init__(self):
         self.config_data = {"training": {"checkpoint_dir": "relative/checkpoints"}}
+        self.tracking_uri = "sqlite:///relative/mlflow.db"
         self.progress = True
 
     def with_device(self, device):
