@@ -376,3 +376,35 @@ def reference_problem() -> str | None:
         if version != pin:
             return f"{dist} {version} is installed, the parity tests need {dist}=={pin} ({REFERENCE_INSTALL})"
     return None
+
+
+DIE_ONCE_ENV = "DISENTBENCH_TEST_DIE_ONCE"  # "STEP RUNS MARKER SPARED_PID", read by die_once_after_checkpoints
+
+
+def die_once_after_checkpoints() -> None:
+    """A Ray ``worker_process_setup_hook`` (``helpers.die_once_after_checkpoints``): a task killed mid-pack.
+
+    With ``$DISENTBENCH_TEST_DIE_ONCE`` set to ``STEP RUNS MARKER SPARED_PID``, the worker process
+    that has written RUNS step-STEP checkpoints (every run of its pack) exits at once (``os._exit``:
+    no cleanup, as a killed process or a lost node), after creating the file MARKER; once MARKER
+    exists no process dies, so Ray's retry of the task trains on. SPARED_PID (the test's own
+    process, should Ray run the hook there too) never dies.
+    """
+    setting = os.environ.get(DIE_ONCE_ENV)
+    if not setting:
+        return
+    step, runs, marker, spared = setting.split(" ")
+    if os.getpid() == int(spared):
+        return
+    save = Trainer.save_checkpoint
+    saved: list[int] = []
+
+    def save_then_die(self):
+        save(self)
+        if self.step == int(step):
+            saved.append(self.step)
+            if len(saved) == int(runs) and not os.path.exists(marker):
+                Path(marker).write_text(str(os.getpid()))
+                os._exit(17)
+
+    Trainer.save_checkpoint = save_then_die  # type: ignore[method-assign]

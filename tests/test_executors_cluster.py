@@ -4,11 +4,14 @@ Tiny studies (beta-VAE with 4 latents, a few steps of batch 8 on the procedural
 dSprites, CPU) go through the real executors into a temporary SQLite store:
 runs are trained in packs (pack size 2) by training tasks and evaluated by one
 task per run, every run key ends FINISHED exactly once with the scores the
-``local`` executor gives, and a second invocation submits nothing. Ray is not
-installed here, so the Ray path runs on a fake ``ray`` module that runs remote
-functions inline, pickling their arguments and retrying a task whose "process
-died" (``SystemExit``) as Ray does; a ``-m slow`` test runs it on a real local
-Ray cluster where ``disentbench[ray]`` is installed.
+``local`` executor gives, and a second invocation submits nothing. Ray is large
+and not installed by CI, so by default the Ray path runs on a fake ``ray`` module
+modelled on ray 2.60 (remote functions run inline, their arguments pickled; a
+task whose "process died" (``SystemExit``) retried, then WorkerCrashedError; a
+task's own exception wrapped in RayTaskError; a trained run must be free for an
+evaluation task in another process). The ``-m slow`` tests run it on a real
+local Ray cluster where ``disentbench[ray]`` is installed (skipped otherwise):
+a study, a worker killed mid-pack (os._exit) and retried, Ctrl-C mid-study.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import registry_with_model
+from helpers import DIE_ONCE_ENV, registry_with_model
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
@@ -213,6 +216,7 @@ class _FakeWorker:
 
     def __init__(self):
         self.config_data = {"training": {"checkpoint_dir": "relative/checkpoints"}}
+        self.tracking_uri = "sqlite:///relative/mlflow.db"
         self.progress = True
 
     def with_device(self, device):
@@ -326,14 +330,36 @@ def test_cluster_configs_validate_without_the_extras():
 # -- ray ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def local_ray_cluster():
+def _start_local_ray(**options):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'disentbench[ray]')")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # started before the test changes folder: the workers run elsewhere than the study, as on a cluster
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, **options)
+    return ray
+
+
+@pytest.fixture
+def local_ray_cluster():
+    ray = _start_local_ray()
     try:
         yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray_cluster_killing_a_pack(tmp_path, monkeypatch):
+    """A local Ray cluster whose worker process that trains a pack of two dies (os._exit) right after
+    both runs wrote their step-10 checkpoints, once (helpers.die_once_after_checkpoints); the marker
+    file it leaves holds the dead process's pid."""
+    marker = tmp_path / "killed_worker.pid"
+    tests = str(Path(__file__).resolve().parent)  # the workers import the hook from tests/helpers.py
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv(DIE_ONCE_ENV, f"10 2 {marker} {os.getpid()}")
+    ray = _start_local_ray(runtime_env={"worker_process_setup_hook": "helpers.die_once_after_checkpoints"})
+    try:
+        yield ray, marker
     finally:
         ray.shutdown()
 
@@ -349,17 +375,84 @@ def test_ray_executor_on_a_local_ray_cluster(tmp_path, registry, local_ray_clust
     assert local_ray_cluster.is_initialized(), "the executor must not shut down a cluster it did not start"
 
 
+@pytest.mark.slow  # about a minute: a local Ray cluster, a worker killed and its task retried
+def test_ray_task_killed_mid_pack_on_a_local_ray_cluster_resumes_its_runs(
+    tmp_path, registry, local_ray_cluster_killing_a_pack, monkeypatch
+):
+    ray, marker = local_ray_cluster_killing_a_pack
+    monkeypatch.chdir(tmp_path)
+    executor = {"name": "ray", "params": {"num_cpus_per_task": 1, "num_cpus_per_evaluation": 1, "max_retries": 2}}
+    config = _config(tmp_path, "ray_killed", executor, steps=20, checkpoint_every=10)
+    config["tracking"]["uri"] = "sqlite:///mlflow.db"  # relative to the study's folder, not the Ray workers'
+    local = _local_scores(tmp_path, registry, config)  # in this process: the kill is armed in Ray workers only
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    assert [o.status for o in result.outcomes] == ["finished", "finished"], [o.error for o in result.outcomes]
+    assert marker.exists(), "no Ray worker died: the kill was not armed"
+    runs = _assert_each_run_finished_once(tmp_path, "ray_killed", 2)  # Ray's retry took over the runs: no duplicates
+    for run in runs.values():  # trained on as one pack from the checkpoints the killed worker wrote
+        assert run.data.tags["resumed_from_step"] == "10" and run.data.tags["pack_size"] == "2", run.data.tags
+        assert run.data.tags["disentbench.owner_pid"] != marker.read_text()  # evaluated by a live process
+    history = _client(tmp_path).get_metric_history(next(iter(runs.values())).info.run_id, "train/total")
+    assert sorted({m.step for m in history}) == [5, 10, 15, 20]
+    for outcome in result.outcomes:
+        assert outcome.scores == pytest.approx(local[outcome.spec.run_key], abs=1e-6)
+    assert ray.is_initialized(), "the executor must not shut down a cluster it did not start"
+
+
+@pytest.mark.slow  # about a minute: a local Ray cluster
+def test_ctrl_c_during_a_ray_study_stops_its_tasks_and_the_rerun_resumes(tmp_path, registry, local_ray_cluster, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    executor = {"name": "ray", "params": {"num_cpus_per_task": 1, "num_cpus_per_evaluation": 1}}
+    config = _config(tmp_path, "ray_ctrl_c", executor, steps=1000, checkpoint_every=50)
+    checkpoints = Path(config["training"]["checkpoint_dir"])
+    main_thread = threading.get_ident()
+
+    def ctrl_c_once_training_checkpointed():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list(checkpoints.glob("*/checkpoint.pt"))) < 2:
+            time.sleep(0.2)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    study = load_study_config(config, registry)
+    threading.Thread(target=ctrl_c_once_training_checkpointed, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, registry=registry, progress=False)
+    assert local_ray_cluster.is_initialized(), "the executor must not shut down a cluster it did not start"
+    interrupted = _runs_by_key(tmp_path, "ray_ctrl_c")
+    assert sorted(r.info.status for (r,) in interrupted.values()) == ["KILLED", "KILLED"], interrupted
+    second = run_study(study, registry=registry, progress=False)
+    assert [o.status for o in second.outcomes] == ["finished", "finished"], [o.error for o in second.outcomes]
+    runs = _assert_each_run_finished_once(tmp_path, "ray_ctrl_c", 2)
+    assert {r.info.run_id for r in runs.values()} == {r.info.run_id for (r,) in interrupted.values()}
+    assert all(int(r.data.tags["resumed_from_step"]) >= 50 for r in runs.values())
+
+
 # -- ray through a fake ray module -------------------------------------------------------
 
 
 class _FakeRay(types.ModuleType):
-    """Enough of Ray for the executor: remote functions run inline (their arguments pickled, as Ray
-    ships them) when waited on; a task whose process "dies" (SystemExit) is rerun up to its
-    ``max_retries``, as Ray reruns tasks after a worker or node failure."""
+    """Enough of Ray for the executor, as ray 2.60 behaves on a local cluster: remote functions run
+    inline (their arguments pickled, as Ray ships them) when waited on; a task whose process "dies"
+    (SystemExit: a real worker exits on it) is rerun up to its ``max_retries`` and then raises
+    WorkerCrashedError (the process's own message lost); an exception the task raises is not
+    retried and comes back wrapped, as RayTaskError with the original as ``cause``. Ray may run a
+    run's evaluation task in another live worker process, or on another node, than its training
+    task: every run a training task hands back trained must be free of its lease by then."""
 
     class _Ref:
         def __init__(self, fn, args, options):
             self.fn, self.args, self.options = fn, pickle.dumps(args), options
+
+    class WorkerCrashedError(Exception):
+        pass
+
+    class RayTaskError(Exception):
+        def __init__(self, name, cause):
+            super().__init__(f"ray::{name}() (pid={os.getpid()}, ip=127.0.0.1)\n  {type(cause).__name__}: {cause}")
+            self.cause = cause
 
     def __init__(self):
         super().__init__("ray")
@@ -394,22 +487,42 @@ class _FakeRay(types.ModuleType):
 
         return _Remote
 
-    def wait(self, refs, num_returns=1):
+    def wait(self, refs, num_returns=1, timeout=None):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):
+        name = ref.fn.__name__
         for attempt in range(ref.options.get("max_retries", 3) + 1):
-            self.calls.append((ref.fn.__name__, attempt))
+            self.calls.append((name, attempt))
             if self.before_task is not None:
-                self.before_task(ref.fn.__name__)
+                self.before_task(name)
+            args = pickle.loads(ref.args)
             try:
-                return ref.fn(*pickle.loads(ref.args))
-            except SystemExit as exc:  # the process died
-                error = exc
-        raise RuntimeError(f"worker died: {error}")
+                result = ref.fn(*args)
+            except SystemExit:  # the process died: Ray retries the task
+                continue
+            except Exception as exc:  # the task raised: not retried (no retry_exceptions)
+                raise self.RayTaskError(name, exc) from None
+            if name == "_ray_train":
+                _assert_handed_over(args[0].worker.tracking_uri, result)
+            return result
+        raise self.WorkerCrashedError("The worker died unexpectedly while executing this task. "
+                                      "Check python-core-worker-*.log files for more information.")
 
     def cancel(self, ref, force=False):
         pass
+
+
+def _assert_handed_over(uri: str, outcomes: list) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from disentbench.core.tracking.tracker import live_lease
+
+    client = MlflowClient(tracking_uri=uri)
+    for outcome in outcomes:
+        if outcome.status == "trained":
+            lease = live_lease(client.get_run(outcome.run_id))
+            assert lease is None, f"trained run {outcome.run_id} still leased by {lease}: no other process can evaluate it"
 
 
 @pytest.fixture
@@ -478,6 +591,33 @@ def test_ray_task_killed_mid_pack_is_retried_and_resumes_its_runs(tmp_path, regi
         assert outcome.scores == pytest.approx(local[outcome.spec.run_key], abs=1e-6)
 
 
+def test_ray_task_retried_on_another_node_waits_out_the_lost_nodes_lease(tmp_path, registry, fake_ray, monkeypatch):
+    """The retry of a task lost with its node: the dead attempt's lease is still alive (its heartbeat is recent,
+    its pid on another host cannot be checked); the retry waits for it to lapse, then resumes the runs."""
+    from disentbench.core.tracking import tracker as tracking
+
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "ray_node", {"name": "ray", "params": {"max_retries": 1}}, steps=20, checkpoint_every=10)
+    died = _die_after_first_checkpoint(monkeypatch, runs=2)
+
+    def lost_node_leases(name):  # before the retry: the runs look leased by the live-looking process of a lost node
+        if fake_ray.calls[-1] == ("_ray_train", 1):
+            client = _client(tmp_path)
+            for (run,) in _runs_by_key(tmp_path, "ray_node").values():
+                tags = {tracking.TAG_OWNER: "lost-node-owner", tracking.TAG_OWNER_HOST: "lost-node",
+                        tracking.TAG_OWNER_PID: "4242", tracking.TAG_HEARTBEAT: f"{__import__('time').time():.3f}",
+                        tracking.TAG_LEASE_SECONDS: "2"}  # fmt: skip
+                for key, value in tags.items():
+                    client.set_tag(run.info.run_id, key, value)
+                assert tracking.live_lease(client.get_run(run.info.run_id)) is not None
+
+    fake_ray.before_task = lost_node_leases
+    result = run_study(load_study_config(config, registry), registry=registry, progress=False)
+    assert died["died"] and [o.status for o in result.outcomes] == ["finished", "finished"], result.outcomes
+    runs = _assert_each_run_finished_once(tmp_path, "ray_node", 2)
+    assert all(r.data.tags["resumed_from_step"] == "10" for r in runs.values())
+
+
 def test_ray_task_out_of_retries_fails_and_the_next_invocation_resumes(tmp_path, registry, fake_ray, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, "ray_lost", {"name": "ray", "params": {"max_retries": 0}}, steps=20, checkpoint_every=10)
@@ -485,7 +625,7 @@ def test_ray_task_out_of_retries_fails_and_the_next_invocation_resumes(tmp_path,
     study = load_study_config(config, registry)
     first = run_study(study, registry=registry, progress=False)
     assert died["died"] and [o.status for o in first.outcomes] == ["failed", "failed"]
-    assert all("node lost" in o.error and "re-run the study" in o.error for o in first.outcomes)
+    assert all("WorkerCrashedError" in o.error and "re-run the study" in o.error for o in first.outcomes), first.outcomes
     left = _runs_by_key(tmp_path, "ray_lost")
     assert [[r.info.status for r in runs] for runs in left.values()] == [["RUNNING"], ["RUNNING"]]
     second = run_study(study, registry=registry, progress=False)

@@ -364,7 +364,8 @@ class Worker:
 
         A FINISHED run of its key: the outcome to report instead of any work. A run of this
         invocation (same parent run) that an earlier attempt of the task created: the job reuses it
-        (never a second MLflow run), or if that attempt recorded it FAILED, its failure is reported.
+        (never a second MLflow run), or if that attempt recorded it FAILED, its failure is reported;
+        if the dead attempt's lease is still alive (it ran on a lost node), its lapse is awaited.
         """
         ctx = self._context()
         spec = job.spec
@@ -388,7 +389,27 @@ class Worker:
                 error = run.data.tags.get("error", "failed in an earlier attempt of this task")
                 return job, RunOutcome(spec, "failed", run.info.run_id, error=error)
             job = dataclasses.replace(job, reuse_run_id=run.info.run_id)
+        parent = job.parent_run_id
+        mine = [r for r in runs if r.info.run_id == job.reuse_run_id and r.data.tags.get(tracking.PARENT_TAG) == parent]
+        if mine:
+            self._outlive_dead_attempt(mine[0])
         return job, None
+
+    def _outlive_dead_attempt(self, run) -> None:
+        """Wait (at most twice its duration) for the live lease of another owner on ``run``, a run of this
+        invocation, to lapse: the earlier attempt of this task that holds it died (the cluster retries a task
+        only then) on another node, where its pid cannot be checked. A dead process on this host has no live
+        lease (its pid is gone), so this waits only for a retry on another node than the lost one."""
+        tracker = self._context().tracker
+        lease = tracking.live_lease(run)
+        if lease is None or lease.owner == tracking.this_owner().id:
+            return
+        deadline = time.monotonic() + 2 * lease.seconds
+        while time.monotonic() < deadline:
+            time.sleep(max(0.2, min(5.0, lease.seconds / 4)))
+            lease = tracking.live_lease(tracker.client.get_run(run.info.run_id))
+            if lease is None or lease.owner == tracking.this_owner().id:
+                return
 
     def train_task(self, jobs: list[RunJob]) -> list[RunOutcome]:
         """A cluster training task: ``jobs`` refreshed, then trained in packs sized on this device as
@@ -403,7 +424,7 @@ class Worker:
             else:
                 todo.append(job)
         results = self.run_in_packs(todo) if self.may_pack() else (self(job) for job in todo)
-        for outcome in results:
+        for outcome in results:  # a "trained" run's lease is released already (_trained)
             outcomes[outcome.spec.run_key] = outcome
         return [outcomes[job.spec.run_key] for job in jobs]
 

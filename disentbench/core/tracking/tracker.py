@@ -521,9 +521,12 @@ class Tracker:
     def release_lease(self, run_id: str) -> bool:
         """Hand ``run_id`` on: end this process's lease now (the run stays RUNNING, claimable at once).
 
-        For a run trained here and evaluated by another process or node: its
-        evaluation task claims it without waiting for the lease to run out.
-        False (and nothing written) if another owner holds the run.
+        For a run trained here and evaluated by another process or node (a
+        cluster training task's trained run; the local executor's evaluation
+        pool), which could not claim it while this lease lasts, even from a live
+        process of this host. The owner becomes ``released``, so a lease keeper
+        still running stops renewing it. False (and nothing written) if another
+        owner holds the run.
         """
         run = self.client.get_run(run_id)
         if run.data.tags.get(TAG_OWNER) != this_owner().id:
@@ -585,6 +588,16 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative ``sqlite:///PATH`` made absolute (from this process's working directory), for a
+    process that opens it elsewhere (a cluster task starts in another directory); other URIs unchanged."""
+    path = _sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    _, question, query = uri.partition("?")
+    return f"sqlite:///{path.resolve()}{question}{query}"
 
 
 def _sqlite_path(uri: str) -> Path | None:

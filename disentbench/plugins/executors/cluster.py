@@ -37,6 +37,7 @@ retries comes back as failed outcomes; the runs stay unfinished and the next
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -52,6 +53,7 @@ from disentbench.core.contracts import PluginConfig
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.messages import first_line
 from disentbench.core.study.jobs import RunJob, RunOutcome, group_into_tasks
+from disentbench.core.tracking.tracker import absolute_tracking_uri
 
 # Runs per training task when training.pack_size is auto on GPUs: the pack the H200 throughput was
 # measured with (a node that fits fewer trains the group as several packs, one after the other).
@@ -96,6 +98,7 @@ class _NodeTask:
         if training.get("checkpoint_dir") is not None:
             # relative to where the study was started, not to wherever the task lands
             training["checkpoint_dir"] = str(Path(training["checkpoint_dir"]).expanduser().resolve())
+        clone.tracking_uri = absolute_tracking_uri(clone.tracking_uri)  # likewise a relative sqlite:///PATH
         clone.progress = False
         clone.evaluate_separately = True
         clone.memory_share = memory_share  # a fractional GPU: auto packs measure that share of its memory
@@ -202,6 +205,35 @@ def _ray_evaluate(task: EvaluateTask, job: RunJob) -> RunOutcome:
     return _ray_cached(task)(job)
 
 
+# How long interrupted tasks get to record their runs KILLED before their worker processes are killed.
+RAY_CANCEL_GRACE_SECONDS = 15.0
+
+
+def _ray_cancel(ray, refs: list) -> None:
+    """Cancel ``refs``: first as Ctrl-C does locally (Ray raises KeyboardInterrupt in a running task, whose
+    runs end KILLED, resumable), then, after :data:`RAY_CANCEL_GRACE_SECONDS`, by killing the workers of
+    tasks still running (their runs stay RUNNING until their leases lapse; a rerun resumes them either way)."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
+    try:
+        with contextlib.suppress(Exception):
+            ray.wait(refs, num_returns=len(refs), timeout=RAY_CANCEL_GRACE_SECONDS)
+    finally:  # a second Ctrl-C during the grace period: kill them at once
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+
+
+def _ray_error(exc: Exception) -> str:
+    """One line for what ``ray.get`` raised: a task's own exception comes wrapped in a RayTaskError whose
+    first line is only ``ray::FUNCTION() (pid=..., ip=...)``; name the exception itself instead."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 class RayExecutor:
     """Each pack group is a Ray task on one GPU; each trained run is a CPU task evaluating it."""
 
@@ -262,8 +294,8 @@ class RayExecutor:
                     kind, payload = pending.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except Exception as exc:  # the task's process or node died, retries spent
-                        reason = f"ray {kind} task failed: {type(exc).__name__}: {first_line(exc)}"
+                    except Exception as exc:  # the task's process or node died, retries spent; or it raised
+                        reason = f"ray {kind} task failed: {_ray_error(exc)}"
                         yield from (_failed(job, reason) for job in (payload if kind == "train" else [payload]))
                         continue
                     if kind == "evaluate":
@@ -275,11 +307,8 @@ class RayExecutor:
                         else:
                             yield outcome
         finally:
-            for ref in pending:  # interrupted: stop what has not finished
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:
-                    pass
+            if pending:  # interrupted (Ctrl-C, SIGTERM): stop what has not finished
+                _ray_cancel(ray, list(pending))
             if started:
                 ray.shutdown()
 
