@@ -159,6 +159,7 @@ def test_metric_speed_against_reference_runs_and_reports_exact_parity(tmp_path):
     assert set(result["suite_seconds"]) == {"study", "exact", "fast"}
 
 
+@pytest.mark.slow  # two small studies (~25 s); the pool itself is tested in tests/test_evaluation_overlap.py
 def test_study_throughput_runs_both_variants_with_identical_scores(tmp_path):
     """The evaluation pool against in-process evaluation: one pack of two runs, same scores, rates reported."""
     throughput = _script("study_throughput")
