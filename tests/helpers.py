@@ -22,6 +22,7 @@ import pytest
 import scipy.io
 import scipy.stats
 import torch
+from pydantic import Field
 
 from disentbench.core.data.ground_truth import GroundTruthData
 from disentbench.core.registry import LOAD_PLUGINS_ENV, build_registry
@@ -81,6 +82,25 @@ def registry_with_model(name, config, factory, description="test model"):
             register(name, config=config, factory=factory, description=description)
 
     return build_registry(load_entry_points=False, extra_plugins=[Plugin])
+
+
+class PoisonConfig(BetaVAEConfig):
+    poison: float = Field(0.0, ge=0, description="test: above 0 puts a NaN into a decoder weight")
+
+
+class PoisonedVAE(BetaVAE):
+    """A packable beta-VAE whose loss is NaN from the first step when ``poison`` > 0."""
+
+    def __init__(self, config, observation_shape):
+        super().__init__(config, observation_shape)
+        if config.poison > 0:
+            with torch.no_grad():
+                next(self.decoder.parameters()).view(-1)[0] = float("nan")
+
+
+def poisoned_vae_registry():
+    """The built-in registry plus ``poisoned_vae`` (:class:`PoisonedVAE`): NaN on demand, per run."""
+    return registry_with_model("poisoned_vae", PoisonConfig, PoisonedVAE, "test: NaN on demand")
 
 
 def recorded_ops():

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import DIE_ONCE_ENV, registry_with_model
+from helpers import DIE_ONCE_ENV, poisoned_vae_registry
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
@@ -636,24 +636,10 @@ def test_ray_task_out_of_retries_fails_and_the_next_invocation_resumes(tmp_path,
 
 
 def test_ray_nan_run_fails_alone_inside_its_pack(tmp_path, fake_ray, monkeypatch):
-    import torch
-    from pydantic import Field
-
     from disentbench.core.study import context
-    from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
-
-    class PoisonConfig(BetaVAEConfig):
-        poison: float = Field(0.0, ge=0, description="test: above 0 puts a NaN into a decoder weight")
-
-    class Poisoned(BetaVAE):
-        def __init__(self, config, observation_shape):
-            super().__init__(config, observation_shape)
-            if config.poison > 0:
-                with torch.no_grad():
-                    next(self.decoder.parameters()).view(-1)[0] = float("nan")
 
     monkeypatch.chdir(tmp_path)
-    registry = registry_with_model("poisoned_vae", PoisonConfig, Poisoned, "test: NaN on demand")
+    registry = poisoned_vae_registry()
     monkeypatch.setattr(context, "get_plugin_manager", lambda: registry)  # the task's process finds the test model
     config = _config(tmp_path, "ray_nan", {"name": "ray"})
     config["models"] = [{"name": "poisoned_vae", "sweep": {"poison": [0.0, 1.0]}, "params": {"num_latent": 4}}]

@@ -17,8 +17,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from helpers import registry_with_model
-from pydantic import Field
+from helpers import poisoned_vae_registry, registry_with_model
 
 from disentbench.core.cli.main import main
 from disentbench.core.config.load import load_study_config
@@ -111,22 +110,8 @@ def test_packed_study_matches_solo_study_and_reruns_skip(tmp_path, monkeypatch, 
 def test_nan_run_fails_alone_inside_its_pack(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from disentbench.plugins.models.beta_vae import BetaVAE, BetaVAEConfig
-
-    class PoisonConfig(BetaVAEConfig):
-        poison: float = Field(0.0, ge=0, description="test: above 0 puts a NaN into a decoder weight")
-
-    class Poisoned(BetaVAE):
-        """A packable model whose loss is NaN from the first step when poison > 0."""
-
-        def __init__(self, config, observation_shape):
-            super().__init__(config, observation_shape)
-            if config.poison > 0:
-                with torch.no_grad():
-                    next(self.decoder.parameters()).view(-1)[0] = float("nan")
-
     monkeypatch.chdir(tmp_path)
-    registry = registry_with_model("poisoned_vae", PoisonConfig, Poisoned, "test: NaN on demand")
+    registry = poisoned_vae_registry()
     raw = _raw(tmp_path, "nan", 4, model="poisoned_vae", sweep={"poison": [0.0, 1.0]})
     result = run_study(load_study_config(raw, registry), registry=registry, progress=False)
 
