@@ -94,8 +94,19 @@ def test_a_trained_run_hands_its_lease_on(tmp_path, registry, monkeypatch):
     assert not tracker.release_lease(run_id)  # no longer ours: nothing written
 
 
-def test_evaluation_processes_are_validated():
+def test_evaluation_processes_and_device_are_validated():
+    import torch
+
+    from disentbench.plugins.executors.local import LocalExecutor
+
     assert LocalConfig().evaluation_processes == 0
     with pytest.raises(ValueError, match="evaluation_processes"):
         LocalConfig(evaluation_processes=-1)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        LocalConfig(evaluation_device="gpu")
     yaml.safe_dump(LocalConfig(evaluation_processes=2).model_dump())  # plain data, as configs are logged
+    LocalExecutor(LocalConfig(evaluation_processes=1, evaluation_device="cpu")).check()
+    if not torch.cuda.is_available():  # a device this machine lacks: one line naming the field, before any write
+        executor = LocalExecutor(LocalConfig(evaluation_processes=1, evaluation_device="cuda"))
+        with pytest.raises(ValueError, match=r"^executor.params.evaluation_device: device 'cuda' requested"):
+            executor.check()

@@ -111,6 +111,13 @@ class ModelEntry(PluginRef):
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
+def device_name(value: str) -> str:
+    """``value`` if it names a device a config may give (auto, cpu, cuda, cuda:N, mps); else ValueError."""
+    if not _DEVICE.match(value):
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
 class TrainingConfig(_Strict):
     steps: Int = Field(300_000, ge=1, description="Optimizer steps per run (study: 300,000).")
     batch_size: Int = Field(64, ge=1, description="Minibatch size (study: 64).")
@@ -192,9 +199,7 @@ class TrainingConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
-        return value
+        return device_name(value)
 
 
 def _default_representations() -> list[Literal["mean", "sampled"]]:

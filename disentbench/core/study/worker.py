@@ -369,20 +369,11 @@ class Worker:
         """
         ctx = self._context()
         spec = job.spec
-        runs = [
-            r
-            for r in ctx.tracker.search(
-                f"tags.`{tracking.TAG_RUN_KEY}` = '{spec.run_key}' and tags.`{tracking.TAG_KIND}` = 'run'"
-            )
-            if r.info.lifecycle_stage == "active"
-        ]
+        runs = ctx.tracker.runs_of_key(spec.run_key)  # active ones, canonical (oldest) first
         for run in runs:
             if run.info.status == tracking.FINISHED:
                 return job, RunOutcome(spec, "skipped", run.info.run_id, scores_of(run.data.metrics))
-        ours = sorted(
-            (r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == job.parent_run_id),
-            key=lambda r: (r.info.start_time, r.info.run_id),
-        )
+        ours = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == job.parent_run_id]
         if job.reuse_run_id is None and ours:
             run = ours[0]
             if run.info.status == tracking.FAILED:

@@ -38,9 +38,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from pydantic import Field, field_validator
 
+from disentbench.core.config.schema import device_name
 from disentbench.core.contracts import PluginConfig
 from disentbench.core.hookspecs import hookimpl
 from disentbench.core.study.jobs import RunOutcome, group_into_packs
+from disentbench.core.training.trainer import DeviceUnavailable, resolve_device
 
 
 class LocalConfig(PluginConfig):
@@ -54,6 +56,11 @@ class LocalConfig(PluginConfig):
     evaluation_device: str | None = Field(
         None, description="Device the evaluation processes encode on; default the training device."
     )
+
+    @field_validator("evaluation_device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        return None if value is None else device_name(value)
 
 
 class LocalExecutor:
@@ -75,6 +82,15 @@ class LocalExecutor:
 
     def __init__(self, config: LocalConfig | None = None):
         self.config = config or LocalConfig()
+
+    def check(self) -> None:
+        """An evaluation device this machine lacks: a one-line error before anything is written."""
+        device = self.config.evaluation_device
+        if self.config.evaluation_processes and device is not None:
+            try:
+                resolve_device(device)
+            except DeviceUnavailable as exc:
+                raise DeviceUnavailable(f"executor.params.evaluation_device: {exc}") from None
 
     def run(self, jobs: list, worker) -> Iterator:
         if self.config.evaluation_processes and jobs and hasattr(worker, "training_only"):
