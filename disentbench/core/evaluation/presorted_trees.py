@@ -1,0 +1,582 @@
+"""scikit-learn's ``GradientBoostingClassifier``, same trees, built from features sorted once.
+
+The study's gradient-boosted trees (DCI, the GBT downstream task) spend over
+90% of their time in ``DecisionTreeRegressor.fit``, which sorts every feature
+again at every node of every tree: for a 40-class factor on 10,000 points that
+is 4,000 trees and about 90 s on one core. The samples' order along each
+feature never changes between trees, only the gradients they carry do, so
+:class:`PresortedGradientBoostingClassifier` sorts each feature once per fit
+and grows each tree level by level with stable partitions of those orders,
+in a compiled (numba) loop.
+
+**Exactness.** The trees must be the ones scikit-learn would grow, not merely
+similar ones, because exact mode promises the study code's scores. A tree is
+its structure (split features, thresholds, sample counts) plus floats derived
+from it. The structure is decided by comparisons:
+
+* which positions may split (consecutive sorted values more than
+  ``FEATURE_THRESHOLD`` apart, in float32 as scikit-learn compares them) and
+  the thresholds (midpoints of float32 values, exact in float64): reproduced
+  exactly;
+* the best split (largest proxy improvement, first found on ties), whether a
+  node is pure (impurity at most machine epsilon) and whether a split improves
+  at all: these compare sums of floats, which scikit-learn and this code add
+  in different orders. Both sums are within a proven bound of the exact sum
+  (at most ``n u / (1 - n u)`` times the sum of absolute values, ``u = 2**-53``);
+  wherever the decision could flip within those bounds (the best and the
+  runner-up candidate closer than the bound, an impurity within its bound of
+  epsilon) the tree is handed to scikit-learn's own ``DecisionTreeRegressor``.
+
+With the structure identical, leaf values, predictions and the random state
+are scikit-learn's own: the leaves are set by scikit-learn's
+``_update_terminal_regions`` from ``tree.apply``, and each tree this module
+builds still takes the one ``randint(0, RAND_R_MAX)`` draw a scikit-learn tree
+takes, and the draws of its splitter's feature order are replayed (that order
+breaks exact ties). Node impurities are scikit-learn's bit for bit wherever its
+summation order is known (its sample array is replayed too, except below a
+node whose last sorted feature repeats values); elsewhere they are within
+rounding of the node's mean square, and they enter only the impurity
+importances (DCI).
+
+This module imports scikit-learn and numba; ``core/evaluation/boosting.py``
+decides whether to use it (a self-check, the environment switch) and is what
+the metrics import.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import sklearn
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble._gb import _update_terminal_regions
+from sklearn.tree import DecisionTreeRegressor
+from sklearn.tree._tree import NODE_DTYPE, Tree
+
+#: scikit-learn's trees draw one ``randint(0, RAND_R_MAX)`` each for their splitter.
+RAND_R_MAX = 0x7FFFFFFF
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in text.split(".")[:2])
+    return major, minor
+
+
+SKLEARN_VERSION = _version(sklearn.__version__)
+
+
+def _kernel_source():
+    """The numba-compiled tree builder (compiled on first call; cached on disk where the package is writable)."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def next_random(state):  # pragma: no cover - compiled
+        """scikit-learn's ``our_rand_r`` xorshift on a one-element uint32 array; returns the draw."""
+        x = state[0]
+        if x == 0:
+            x = np.uint32(1)  # DEFAULT_SEED
+        x ^= np.uint32(x << np.uint32(13))
+        x ^= np.uint32(x >> np.uint32(17))
+        x ^= np.uint32(x << np.uint32(5))
+        state[0] = x
+        return np.int64(x % np.uint32(0x80000000))
+
+    @numba.njit(nogil=True, cache=True)
+    def proxy_of(left_sum, total, n_left, n_right, friedman):  # pragma: no cover - compiled
+        """scikit-learn's proxy improvement, in its operation order."""
+        right_sum = total - left_sum
+        if friedman:
+            diff = n_right * left_sum - n_left * right_sum
+            return diff * diff / (n_left * n_right)
+        return left_sum * left_sum / n_left + right_sum * right_sum / n_right
+
+    @numba.njit(nogil=True, cache=True)
+    def search(y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, near, tolerance, exact_before, best_left, best_sum):  # pragma: no cover
+        """One feature's candidate splits, with the running sums scikit-learn's criterion keeps.
+
+        Forward additions from the last candidate, or (when the jump is longer
+        than what is left) a restart from the node total subtracting from the
+        end: the order of scikit-learn's ``update``. With ``near`` set, counts
+        instead the candidates within ``tolerance`` of ``best``, those of them
+        whose sum may differ from scikit-learn's (past position
+        ``exact_before``, or after a subtraction from the end), and those whose
+        left count or sum differs from the best's (``best_left``, ``best_sum``).
+
+        Proxies are first estimated with multiplications by ``reciprocal``
+        (1/k; a few units in the last place off) and computed exactly, with
+        scikit-learn's divisions, only where the estimate comes near the best.
+        Also returns where the feature first repeats a value (``e0 + 1`` if never).
+        """
+        threshold32 = np.float32(1e-7)  # scikit-learn's FEATURE_THRESHOLD (a float32 constant)
+        m = float(e0 - s0)
+        position = s0
+        running = 0.0
+        close = 0
+        close_inexact = 0
+        close_different = 0
+        backward = False
+        found = False
+        found_left = -1
+        found_sum = 0.0
+        first_tie = e0 + 1
+        slack = 8.0 * 2.0**-53
+        for j in range(s0, e0 - 1):
+            if values[f, j + 1] <= values[f, j] + threshold32:
+                if first_tie > e0 and values[f, j + 1] == values[f, j]:
+                    first_tie = j
+                continue
+            p = j + 1
+            if p - position <= e0 - p:
+                for q in range(position, p):
+                    running += y[perm[f, q]]
+            else:
+                running = total
+                backward = True
+                for q in range(e0 - 1, p - 1, -1):
+                    running -= y[perm[f, q]]
+            position = p
+            rest = total - running
+            if friedman:
+                diff = (m - (p - s0)) * running - (p - s0) * rest
+                estimate = diff * diff * reciprocal[p - s0] * reciprocal[e0 - p]
+            else:
+                estimate = running * running * reciprocal[p - s0] + rest * rest * reciprocal[e0 - p]
+            if near:
+                if estimate >= best - tolerance:
+                    close += 1
+                    if backward or p > exact_before:
+                        close_inexact += 1
+                    if p - s0 != best_left or running != best_sum:
+                        close_different += 1
+                continue
+            if estimate < best - slack * abs(estimate):
+                if estimate > second:
+                    second = estimate
+                continue
+            n_left = float(p - s0)
+            proxy = proxy_of(running, total, n_left, m - n_left, friedman)
+            if proxy > best:
+                second = max(second, best)
+                best = proxy
+                found = True
+                found_left = p - s0
+                found_sum = running
+            elif proxy > second:
+                second = proxy
+        return best, second, found, found_left, found_sum, close, close_inexact, close_different, first_tie
+
+    @numba.njit(nogil=True, cache=True)
+    def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pragma: no cover - compiled; tested through the class
+        num_features, n = order.shape
+        capacity = 2 ** (max_depth + 1) - 1
+        unit = 2.0**-53
+        eps = 2.220446049250313e-16  # np.finfo(float64).eps, scikit-learn's EPSILON in the tree builder
+        threshold32 = np.float32(1e-7)
+
+        perm = order.copy()  # per feature: node segments, each sorted by the feature (stable)
+        values = xsorted.copy()
+        sk = np.arange(n)  # scikit-learn's own sample array: its sums run in this order
+        scratch_index = np.empty(n, np.int32)
+        scratch_value = np.empty(n, np.float32)
+        goes_left = np.zeros(n, np.bool_)
+        state = np.empty(1, np.uint32)
+        state[0] = np.uint32(seed)
+        features = np.arange(num_features)
+        constant_features = np.zeros(num_features, np.int64)
+        visited = np.empty(num_features, np.int64)
+        first_tie = np.zeros(num_features, np.int64)  # per feature: where its first repeated value sits
+
+        left_child = np.full(capacity, -1, np.int64)
+        right_child = np.full(capacity, -1, np.int64)
+        feature = np.full(capacity, -2, np.int64)
+        threshold = np.full(capacity, -2.0)
+        impurity = np.zeros(capacity)
+        value = np.zeros(capacity)
+        samples = np.zeros(capacity, np.int64)
+        missing_left = np.zeros(capacity, np.uint8)
+        node_depth = np.zeros(capacity, np.int64)
+        count = 0
+
+        # the builder's stack: start, end, depth, parent, is_left, n_constant_features, order known, impurity exact
+        stack = np.zeros((capacity + 1, 8), np.int64)
+        stack_impurity = np.zeros(capacity + 1)
+        stack[0, 1] = n
+        stack[0, 3] = -1
+        stack[0, 6] = 1
+        stack[0, 7] = 1
+        stack_impurity[0] = np.nan  # the root's impurity comes from its own sums
+        top = 1
+        while top > 0:
+            top -= 1
+            s0 = stack[top, 0]
+            e0 = stack[top, 1]
+            depth = stack[top, 2]
+            parent = stack[top, 3]
+            is_left = stack[top, 4]
+            n_known = stack[top, 5]
+            order_known = stack[top, 6] == 1
+            impurity_exact = stack[top, 7] == 1
+            node = count
+            count += 1
+            if parent >= 0:
+                if is_left:
+                    left_child[parent] = node
+                else:
+                    right_child[parent] = node
+            m = e0 - s0
+            total = 0.0
+            squares = 0.0
+            absolute = 0.0
+            largest = 0.0
+            for j in range(s0, e0):
+                v = y[sk[j]]
+                total += v
+                squares += v * v
+                absolute += abs(v)
+                largest = max(largest, abs(v))
+            node_impurity = stack_impurity[top]
+            if parent < 0:
+                node_impurity = squares / m - (total / m) ** 2.0
+            value[node] = total / m
+            samples[node] = m
+            impurity[node] = node_impurity
+            node_depth[node] = depth
+            if depth >= max_depth or m < 2:
+                continue
+            gamma = m * unit / (1.0 - m * unit)
+            impurity_error = 4.0 * (gamma * squares / m + 2.0 * largest * gamma * absolute / m + unit * squares / m)
+            if not impurity_exact and abs(node_impurity - eps) <= impurity_error:
+                return -1, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+            if node_impurity <= eps:
+                continue  # pure: a leaf
+
+            # scikit-learn's draw of the features: Fisher-Yates over the non-constant ones
+            f_i = num_features
+            n_visited = 0
+            n_found = 0
+            n_drawn = 0
+            n_total = n_known
+            n_ranked = 0
+            last_sorted = -1
+            best = -np.inf
+            second = -np.inf
+            best_feature = -1
+            best_left = -1
+            best_sum = 0.0
+            inexact = False
+            while f_i > n_total and (n_visited < num_features or n_visited <= n_found + n_drawn):
+                n_visited += 1
+                f_j = n_drawn + next_random(state) % (f_i - n_found - n_drawn)
+                if f_j < n_known:
+                    t = features[n_drawn]
+                    features[n_drawn] = features[f_j]
+                    features[f_j] = t
+                    n_drawn += 1
+                    continue
+                f_j += n_found
+                f = features[f_j]
+                last_sorted = f  # scikit-learn sorts its samples by this feature before the constant test
+                if values[f, e0 - 1] <= values[f, s0] + threshold32:
+                    first_tie[f] = e0 + 1
+                    for j in range(s0, e0 - 1):
+                        if values[f, j + 1] == values[f, j]:
+                            first_tie[f] = j  # a sum over both may be in another order than scikit-learn's
+                            break
+                    t = features[n_total]
+                    features[n_total] = features[f_j]
+                    features[f_j] = t
+                    n_found += 1
+                    n_total += 1
+                    continue
+                f_i -= 1
+                t = features[f_i]
+                features[f_i] = features[f_j]
+                features[f_j] = t
+                visited[n_ranked] = f
+                n_ranked += 1
+                best, second, found, found_left, found_sum, _, _, _, first_tie[f] = search(
+                    y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, False, 0.0, 0, 0, 0.0
+                )
+                if first_tie[f] <= e0 or not order_known:
+                    inexact = True  # tied values (scikit-learn sorts them its own way), or an unknown total
+                if found:
+                    best_feature = f
+                    best_left = found_left
+                    best_sum = found_sum
+            for j in range(n_known):
+                features[j] = constant_features[j]
+            for j in range(n_known, n_known + n_found):
+                constant_features[j] = features[j]
+            if last_sorted >= 0:
+                for j in range(s0, e0):
+                    sk[j] = perm[last_sorted, j]
+            if best_feature < 0:
+                continue  # every feature constant here: a leaf
+
+            if inexact:
+                scale = float(m) if friedman else 1.0
+                # either proxy within 2 M scale (16 gamma A) + 6 u |P| of the exact one; twice that for room
+                tolerance = 2.0 * (32.0 * largest * scale * gamma * absolute + 12.0 * unit * abs(best))
+                if best - second <= tolerance:
+                    close = 0
+                    close_inexact = 0
+                    close_different = 0
+                    for r in range(n_ranked):
+                        f = visited[r]
+                        _, _, _, _, _, c, c_inexact, c_different, _ = search(
+                            y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, True, tolerance, first_tie[f],
+                            best_left, best_sum,
+                        )
+                        close += c
+                        close_inexact += c_inexact
+                        close_different += c_different
+                    # Exact unless a close candidate's sum may differ from scikit-learn's, or (with its total
+                    # unknown) a close candidate's proxy is not bit for bit the best's whatever the total.
+                    if close > 1 and (close_inexact > 0 or (not order_known and close_different > 0)):
+                        return -2, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+
+            lo = values[best_feature, s0 + best_left - 1]
+            hi = values[best_feature, s0 + best_left]
+            for j in range(s0, e0):
+                goes_left[perm[best_feature, j]] = j < s0 + best_left
+            # scikit-learn's partition of its sample array (swaps from the right end)
+            a = s0
+            b = e0
+            while a < b:
+                if goes_left[sk[a]]:
+                    a += 1
+                else:
+                    b -= 1
+                    t = sk[a]
+                    sk[a] = sk[b]
+                    sk[b] = t
+            children_known = last_sorted >= 0 and first_tie[last_sorted] > e0
+            # scikit-learn's criterion.reset(); update(pos); children_impurity(), over that order
+            split = s0 + best_left
+            if split - s0 <= e0 - split:
+                left_sum = 0.0
+                for q in range(s0, split):
+                    left_sum += y[sk[q]]
+            else:
+                left_sum = total
+                for q in range(e0 - 1, split - 1, -1):
+                    left_sum -= y[sk[q]]
+            left_squares = 0.0
+            for q in range(s0, split):
+                v = y[sk[q]]
+                left_squares += v * v
+            n_left = float(best_left)
+            n_right = float(m) - n_left
+            right_sum = total - left_sum
+            impurity_left = left_squares / n_left - (left_sum / n_left) ** 2.0
+            impurity_right = (squares - left_squares) / n_right - (right_sum / n_right) ** 2.0
+            exact_children = order_known and children_known
+            if not friedman:
+                improvement = (m / n) * (node_impurity - n_right / m * impurity_right - n_left / m * impurity_left)
+                if not (exact_children and impurity_exact):
+                    improvement_error = (m / n) * 4.0 * (
+                        3.0 * impurity_error + unit * (abs(node_impurity) + abs(impurity_left) + abs(impurity_right))
+                    )
+                    if abs(improvement + eps) <= improvement_error:
+                        return -3, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+                if improvement + eps < 0.0:
+                    continue  # no gain: a leaf
+            feature[node] = best_feature
+            threshold[node] = np.float64(lo) / 2.0 + np.float64(hi) / 2.0
+            missing_left[node] = 1 if best_left > m - best_left else 0
+            # stable partition of every feature's order: left samples first
+            for f in range(num_features):
+                w = s0
+                r = 0
+                for j in range(s0, e0):  # branch-free: both slots written, one advanced
+                    i = perm[f, j]
+                    x = values[f, j]
+                    g = 1 if goes_left[i] else 0
+                    perm[f, w] = i
+                    values[f, w] = x
+                    scratch_index[r] = i
+                    scratch_value[r] = x
+                    w += g
+                    r += 1 - g
+                for t in range(r):
+                    perm[f, w + t] = scratch_index[t]
+                    values[f, w + t] = scratch_value[t]
+            # right child first on the stack, so the left one is built first
+            for child_start, child_end, child_left, child_impurity in (
+                (split, e0, 0, impurity_right), (s0, split, 1, impurity_left),
+            ):
+                stack[top, 0] = child_start
+                stack[top, 1] = child_end
+                stack[top, 2] = depth + 1
+                stack[top, 3] = node
+                stack[top, 4] = child_left
+                stack[top, 5] = n_total
+                stack[top, 6] = 1 if children_known else 0
+                stack[top, 7] = 1 if exact_children else 0
+                stack_impurity[top] = child_impurity
+                top += 1
+        return 0, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+
+    return build_tree
+
+
+@functools.cache
+def _builder():
+    """The compiled builder, or None where numba cannot be imported."""
+    try:
+        return _kernel_source()
+    except ImportError:
+        return None
+
+
+def _node_array(count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, node_fields):
+    """scikit-learn's node records and values from the builder's arrays (already in its depth-first order)."""
+    nodes = np.zeros(count, dtype=node_fields)
+    nodes["left_child"] = left_child[:count]
+    nodes["right_child"] = right_child[:count]
+    nodes["feature"] = feature[:count]
+    nodes["threshold"] = threshold[:count]
+    nodes["impurity"] = impurity[:count]
+    nodes["n_node_samples"] = samples[:count]
+    nodes["weighted_n_node_samples"] = samples[:count].astype(np.float64)
+    if "missing_go_to_left" in nodes.dtype.names:
+        nodes["missing_go_to_left"] = missing_left[:count]
+    return nodes, value[:count].reshape(count, 1, 1).copy(), int(node_depth[:count].max())
+
+
+def available() -> bool:
+    """Whether this scikit-learn (>= 1.4) and numba can run :class:`PresortedGradientBoostingClassifier`."""
+    return SKLEARN_VERSION >= (1, 4) and _builder() is not None
+
+
+class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
+    """``GradientBoostingClassifier`` whose trees grow from once-sorted features (see the module docstring).
+
+    Same parameters, same fitted attributes, same numbers. Only sklearn's
+    defaults for the trees' size and leaves (``subsample=1``, no sample
+    weights, ``max_features=None``, leaves of one sample, no impurity
+    threshold, no leaf cap) and dense finite inputs take the fast path; any
+    other setting runs scikit-learn's own stage.
+    """
+
+    def fit(self, X, y, sample_weight=None, monitor=None):
+        """Fit as scikit-learn does; the presorted features live only for this call."""
+        self._presorted = None
+        self.presorted_trees_ = 0  # trees this class grew
+        self.sklearn_trees_ = 0  # trees handed to scikit-learn's builder (a decision within rounding)
+        try:
+            return super().fit(X, y, sample_weight=sample_weight, monitor=monitor)
+        finally:
+            self._presorted = None
+
+    def _tree_criterion(self):
+        # scikit-learn 1.9 deprecated the parameter: its trees always use squared_error; before, the parameter
+        if SKLEARN_VERSION >= (1, 9):
+            return "squared_error"
+        return getattr(self, "criterion", "friedman_mse")
+
+    def _fast_path(self, X, sample_weight, sample_mask, X_csc):
+        if (
+            X_csc is not None
+            or self.subsample < 1.0
+            or self.max_features not in (None,)
+            or self.min_samples_split != 2
+            or self.min_samples_leaf != 1
+            or self.min_weight_fraction_leaf != 0.0
+            or self.min_impurity_decrease != 0.0
+            or self.max_leaf_nodes is not None
+            or self.ccp_alpha != 0.0
+            or self.max_depth is None
+            or self.max_depth > 12
+            or self._tree_criterion() not in ("squared_error", "friedman_mse")
+            or not isinstance(X, np.ndarray)
+            or X.dtype != np.float32
+        ):
+            return None
+        cached = self._presorted
+        if cached is not None and cached[0] is X:
+            return cached
+        if not (np.all(sample_weight == 1.0) and np.all(sample_mask) and np.isfinite(X).all()):
+            return None
+        order = np.argsort(X, axis=0, kind="stable").T.astype(np.int32, copy=True)
+        xsorted = np.take_along_axis(X.T, order.astype(np.intp), axis=1).astype(np.float32, copy=True)
+        reciprocal = np.zeros(X.shape[0] + 1)
+        reciprocal[1:] = 1.0 / np.arange(1, X.shape[0] + 1)
+        self._presorted = (X, np.ascontiguousarray(order), np.ascontiguousarray(xsorted), reciprocal)
+        return self._presorted
+
+    def _grow(self, presorted, target, seed):
+        """The presorted tree (a scikit-learn ``Tree``), or None where scikit-learn must grow it."""
+        _, order, xsorted, _ = presorted
+        result = _builder()(
+            order, xsorted, target, int(self.max_depth), self._tree_criterion() == "friedman_mse", seed, presorted[3]
+        )
+        if result[0] < 0:
+            return None
+        nodes, values, depth = _node_array(*result[1:], node_fields=NODE_DTYPE)
+        tree = Tree(order.shape[0], np.array([1], dtype=np.intp), 1)
+        tree.__setstate__({"max_depth": depth, "node_count": len(nodes), "nodes": nodes, "values": values})
+        return tree
+
+    def _shell(self, X, random_state):
+        template = getattr(self, "_shell_template", None)
+        if template is None or template.n_features_in_ != X.shape[1]:
+            template = self._new_tree(random_state=np.random.RandomState(0))
+            template.fit(X[:2], np.zeros(2), check_input=False)
+            self._shell_template = template
+        shell = copy.copy(template)
+        shell.random_state = random_state
+        return shell
+
+    def _new_tree(self, random_state):
+        return DecisionTreeRegressor(
+            criterion=self._tree_criterion(),
+            splitter="best",
+            max_depth=self.max_depth,
+            min_samples_split=self.min_samples_split,
+            min_samples_leaf=self.min_samples_leaf,
+            min_weight_fraction_leaf=self.min_weight_fraction_leaf,
+            min_impurity_decrease=self.min_impurity_decrease,
+            max_features=self.max_features,
+            max_leaf_nodes=self.max_leaf_nodes,
+            random_state=random_state,
+            ccp_alpha=self.ccp_alpha,
+        )
+
+    def _fit_stage(self, i, X, y, raw_predictions, sample_weight, sample_mask, random_state, X_csc=None, X_csr=None):
+        presorted = self._fast_path(X, sample_weight, sample_mask, X_csc)
+        if presorted is None:
+            return super()._fit_stage(i, X, y, raw_predictions, sample_weight, sample_mask, random_state, X_csc=X_csc, X_csr=X_csr)
+        original_y = y
+        neg_gradient = -self._loss.gradient(y_true=y, raw_prediction=raw_predictions, sample_weight=None)
+        neg_g_view = neg_gradient.reshape((-1, 1)) if neg_gradient.ndim == 1 else neg_gradient
+        for k in range(self.n_trees_per_iteration_):
+            if self._loss.is_multiclass:
+                y = np.array(original_y == k, dtype=np.float64)
+            target = np.ascontiguousarray(neg_g_view[:, k])
+            before = random_state.get_state()
+            seed = random_state.randint(0, RAND_R_MAX)  # the draw sklearn's splitter makes: its tie-breaking
+            grown = self._grow(presorted, target, seed)
+            if grown is None:  # a decision within rounding: scikit-learn's own builder takes it
+                random_state.set_state(before)
+                estimator = self._new_tree(random_state)
+                estimator.fit(X, neg_g_view[:, k], sample_weight=sample_weight, check_input=False)
+                self.sklearn_trees_ += 1
+            else:
+                estimator = self._shell(X, random_state)
+                estimator.tree_ = grown
+                self.presorted_trees_ += 1
+            _update_terminal_regions(
+                self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
+                learning_rate=self.learning_rate, k=k,
+            )  # fmt: skip
+            self.estimators_[i, k] = estimator
+        return raw_predictions
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for name in ("_presorted", "_shell_template"):
+            state.pop(name, None)
+        return state
