@@ -125,12 +125,24 @@ def make_hist_gradient_boosting(seed: Any):
     return fast_boosted_trees()
 
 
+#: Fast mode's crossover: below this many training points the exact presorted trees beat the histogram ones
+#: (measured on 2 cores, benchmarks/README.md), so fast mode keeps them there and their scores are exact.
+FAST_EXACT_BELOW = 2000
+
+
 class GradientBoostingConfig(DownstreamConfig):
     fast: bool = Field(
         False,
         description="Fast mode (evaluation.fast): histogram-based boosted trees (HistGradientBoostingClassifier, "
-        "100 iterations, learning rate 0.1, depth 3) in place of GradientBoostingClassifier. Not the study's "
-        "numbers: within 0.02 of them on the benchmark's cases (benchmarks/README.md).",
+        "100 iterations, learning rate 0.1, depth 3) in place of GradientBoostingClassifier for training sets of "
+        "fast_exact_below points or more; smaller ones keep the exact trees, which are faster there. Not the "
+        "study's numbers: within 0.02 of them on the benchmark's cases (benchmarks/README.md).",
+    )
+    fast_exact_below: int = Field(
+        FAST_EXACT_BELOW,
+        ge=0,
+        description="Fast mode: training sets smaller than this keep the exact (presorted) trees, whose fixed cost "
+        "per tree is lower than the histogram trees' (0: histogram trees for every size).",
     )
 
 
@@ -206,9 +218,10 @@ class DownstreamTask(Task):
         order = [(d, i) for d in range(len(datasets)) for i in range(num_factors)]
         fast_predictor = getattr(type(self), "make_fast_predictor", None)
         fast = bool(getattr(self.config, "fast", False)) and fast_predictor is not None
-        make_predictor: Callable[[Any], Classifier] = type(self).make_predictor
-        if fast and fast_predictor is not None:
-            make_predictor = fast_predictor
+        exact_below = int(getattr(self.config, "fast_exact_below", 0))
+        # per training set: fast mode's predictor, or (exact mode, or fast mode below its crossover) the study's
+        fast_sets = {d: fast and len(datasets[d][0]) >= exact_below for d in range(len(datasets))}
+        exact_predictor: Callable[[Any], Classifier] = type(self).make_predictor
         stream = global_stream(random_state)
         starts: list[np.random.RandomState] = []
         end: np.random.RandomState | None = None
@@ -216,13 +229,13 @@ class DownstreamTask(Task):
             seeds = random_state.randint(_SEED_BOUND, size=(len(datasets), num_factors))
             randomness: dict[tuple[int, int], Any] = {(d, i): int(seeds[d, i]) for d, i in order}
         else:
-            draws = [0 if fast else type(self).predictor_draws(datasets[d][1][:, i]) for d, i in order]
+            draws = [0 if fast_sets[d] else type(self).predictor_draws(datasets[d][1][:, i]) for d, i in order]
             starts, end = stream_positions(stream, draws)
             randomness = {job: copy_state(start) for job, start in zip(order, starts)}
 
         def fit(d: int, i: int, seed_or_stream: Any) -> tuple[float, float]:
             return fit_and_score(
-                make_predictor,
+                fast_predictor if fast_sets[d] and fast_predictor is not None else exact_predictor,
                 seed_or_stream,
                 datasets[d][0],
                 datasets[d][1][:, i],
