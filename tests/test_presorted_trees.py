@@ -94,9 +94,10 @@ def test_other_depths(max_depth):
     _assert_same(reference, ours, codes)
 
 
-def test_unsupported_settings_run_scikit_learns_own_stage():
-    codes, labels = _case("continuous", seed=2)
-    reference, ours = _fit_both(codes, labels, n_estimators=6, subsample=0.7)
+@pytest.mark.parametrize("params", [{"subsample": 0.7}, {"loss": "exponential"}, {"min_samples_leaf": 3}])
+def test_unsupported_settings_run_scikit_learns_own_stage(params):
+    codes, labels = _case("binary" if params.get("loss") == "exponential" else "continuous", seed=2)
+    reference, ours = _fit_both(codes, labels, n_estimators=6, **params)
     _assert_same(reference, ours, codes)
     assert ours.presorted_trees_ == 0
 

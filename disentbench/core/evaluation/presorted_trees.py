@@ -50,6 +50,7 @@ import functools
 
 import numpy as np
 import sklearn
+from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.ensemble._gb import _update_terminal_regions
 from sklearn.tree import DecisionTreeRegressor
@@ -197,6 +198,8 @@ def _kernel_source():
         samples = np.zeros(capacity, np.int64)
         missing_left = np.zeros(capacity, np.uint8)
         node_depth = np.zeros(capacity, np.int64)
+        node_start = np.zeros(capacity, np.int64)
+        leaf_of = np.zeros(n, np.int64)  # each sample's leaf (node id), filled once the tree is grown
         count = 0
 
         # the builder's stack: start, end, depth, parent, is_left, n_constant_features, order known, impurity exact
@@ -241,6 +244,7 @@ def _kernel_source():
                 node_impurity = squares / m - (total / m) ** 2.0
             value[node] = total / m
             samples[node] = m
+            node_start[node] = s0
             impurity[node] = node_impurity
             node_depth[node] = depth
             if depth >= max_depth or m < 2:
@@ -248,7 +252,7 @@ def _kernel_source():
             gamma = m * unit / (1.0 - m * unit)
             impurity_error = 4.0 * (gamma * squares / m + 2.0 * largest * gamma * absolute / m + unit * squares / m)
             if not impurity_exact and abs(node_impurity - eps) <= impurity_error:
-                return -1, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+                return -1, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
             if node_impurity <= eps:
                 continue  # pure: a leaf
 
@@ -335,7 +339,7 @@ def _kernel_source():
                     # Exact unless a close candidate's sum may differ from scikit-learn's, or (with its total
                     # unknown) a close candidate's proxy is not bit for bit the best's whatever the total.
                     if close > 1 and (close_inexact > 0 or (not order_known and close_different > 0)):
-                        return -2, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+                        return -2, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
 
             lo = values[best_feature, s0 + best_left - 1]
             hi = values[best_feature, s0 + best_left]
@@ -380,7 +384,7 @@ def _kernel_source():
                         3.0 * impurity_error + unit * (abs(node_impurity) + abs(impurity_left) + abs(impurity_right))
                     )
                     if abs(improvement + eps) <= improvement_error:
-                        return -3, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+                        return -3, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
                 if improvement + eps < 0.0:
                     continue  # no gain: a leaf
             feature[node] = best_feature
@@ -417,14 +421,106 @@ def _kernel_source():
                 stack[top, 7] = 1 if exact_children else 0
                 stack_impurity[top] = child_impurity
                 top += 1
-        return 0, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth
+        for node in range(count):
+            if left_child[node] == -1:
+                for j in range(node_start[node], node_start[node] + samples[node]):
+                    leaf_of[perm[0, j]] = node
+        return 0, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
 
-    return build_tree
+    @numba.njit(nogil=True, cache=True)
+    def pairwise_sum(a, lo, n):  # pragma: no cover - compiled
+        """numpy's ``add.reduce`` of a contiguous float64 array a[lo:lo + n], in its pairwise order, bit for bit."""
+        if n < 8:
+            res = 0.0
+            for i in range(n):
+                res += a[lo + i]
+            return res
+        if n <= 128:
+            r0 = a[lo]
+            r1 = a[lo + 1]
+            r2 = a[lo + 2]
+            r3 = a[lo + 3]
+            r4 = a[lo + 4]
+            r5 = a[lo + 5]
+            r6 = a[lo + 6]
+            r7 = a[lo + 7]
+            i = 8
+            while i < n - (n % 8):
+                r0 += a[lo + i]
+                r1 += a[lo + i + 1]
+                r2 += a[lo + i + 2]
+                r3 += a[lo + i + 3]
+                r4 += a[lo + i + 4]
+                r5 += a[lo + i + 5]
+                r6 += a[lo + i + 6]
+                r7 += a[lo + i + 7]
+                i += 8
+            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            while i < n:
+                res += a[lo + i]
+                i += 1
+            return res
+        half = n // 2
+        half -= half % 8
+        return pairwise_sum(a, lo, half) + pairwise_sum(a, lo + half, n - half)
+
+    @numba.njit(nogil=True, cache=True)
+    def update_leaves(leaf_of, count, left_child, neg_gradient, y, raw, k, learning_rate, num_classes, value):  # pragma: no cover
+        """scikit-learn's ``_update_terminal_regions`` for the log loss, in its arithmetic order.
+
+        Each leaf's value: one Newton step, the mean negative gradient (times
+        (K-1)/K for K > 2 classes) over the mean of p (1 - p), the means being
+        numpy's pairwise sums over the leaf's samples in index order divided by
+        their count, and 0 for a hessian under 1e-150. Then every sample's raw
+        prediction gains the learning rate times its leaf's value. Returns
+        False (nothing changed) where a step overflows, so scikit-learn's own
+        code raises its warning.
+        """
+        n = len(leaf_of)
+        sizes = np.zeros(count, np.int64)
+        for i in range(n):
+            sizes[leaf_of[i]] += 1
+        offsets = np.zeros(count + 1, np.int64)
+        for node in range(count):
+            offsets[node + 1] = offsets[node] + sizes[node]
+        fill = offsets[:count].copy()
+        gathered = np.empty(n)
+        hessians = np.empty(n)
+        for i in range(n):
+            node = leaf_of[i]
+            g = neg_gradient[i]
+            prob = y[i] - g
+            gathered[fill[node]] = g
+            hessians[fill[node]] = prob * (1 - prob)
+            fill[node] += 1
+        updates = value.copy()
+        for node in range(count):
+            if left_child[node] != -1:
+                continue
+            size = float(sizes[node])
+            numerator = pairwise_sum(gathered, offsets[node], sizes[node]) / size
+            if num_classes > 2:
+                numerator *= (num_classes - 1) / num_classes
+            denominator = pairwise_sum(hessians, offsets[node], sizes[node]) / size
+            if abs(denominator) < 1e-150:
+                updates[node] = 0.0
+            else:
+                step = numerator / denominator
+                if np.isinf(step):
+                    return False
+                updates[node] = step
+        for node in range(count):
+            value[node] = updates[node]
+        for i in range(n):
+            raw[i, k] += learning_rate * value[leaf_of[i]]
+        return True
+
+    return build_tree, update_leaves
 
 
 @functools.cache
 def _builder():
-    """The compiled builder, or None where numba cannot be imported."""
+    """The compiled (builder, leaf update), or None where numba cannot be imported."""
     try:
         return _kernel_source()
     except ImportError:
@@ -480,6 +576,7 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
     def _fast_path(self, X, sample_weight, sample_mask, X_csc):
         if (
             X_csc is not None
+            or not isinstance(self._loss, (HalfBinomialLoss, HalfMultinomialLoss))  # the log loss's leaf step only
             or self.subsample < 1.0
             or self.max_features not in (None,)
             or self.min_samples_split != 2
@@ -508,15 +605,16 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
         return self._presorted
 
     def _grow(self, presorted, target, seed):
-        """The presorted tree (a scikit-learn ``Tree``), or None where scikit-learn must grow it."""
-        _, order, xsorted, _ = presorted
-        result = _builder()(
-            order, xsorted, target, int(self.max_depth), self._tree_criterion() == "friedman_mse", seed, presorted[3]
-        )
-        if result[0] < 0:
-            return None
-        nodes, values, depth = _node_array(*result[1:], node_fields=NODE_DTYPE)
-        tree = Tree(order.shape[0], np.array([1], dtype=np.intp), 1)
+        """The builder's arrays for one tree, or None where scikit-learn must grow it."""
+        _, order, xsorted, reciprocal = presorted
+        build, _ = _builder()
+        result = build(order, xsorted, target, int(self.max_depth), self._tree_criterion() == "friedman_mse", seed, reciprocal)
+        return None if result[0] < 0 else result[1:]
+
+    @staticmethod
+    def _tree(num_features, grown):
+        nodes, values, depth = _node_array(*grown[:-1], node_fields=NODE_DTYPE)
+        tree = Tree(num_features, np.array([1], dtype=np.intp), 1)
         tree.__setstate__({"max_depth": depth, "node_count": len(nodes), "nodes": nodes, "values": values})
         return tree
 
@@ -564,14 +662,28 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
                 estimator = self._new_tree(random_state)
                 estimator.fit(X, neg_g_view[:, k], sample_weight=sample_weight, check_input=False)
                 self.sklearn_trees_ += 1
+                _update_terminal_regions(
+                    self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
+                    learning_rate=self.learning_rate, k=k,
+                )  # fmt: skip
             else:
                 estimator = self._shell(X, random_state)
-                estimator.tree_ = grown
                 self.presorted_trees_ += 1
-            _update_terminal_regions(
-                self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
-                learning_rate=self.learning_rate, k=k,
-            )  # fmt: skip
+                count, left_child, value, leaf_of = grown[0], grown[1], grown[6], grown[-1]
+                _, update = _builder()
+                classes = self._loss.n_classes if self._loss.is_multiclass else 2
+                fast_update = raw_predictions.flags.c_contiguous and raw_predictions.dtype == np.float64
+                if fast_update:
+                    fast_update = update(
+                        leaf_of, count, left_child, target, np.ascontiguousarray(y, dtype=np.float64), raw_predictions, k,
+                        float(self.learning_rate), classes, value,
+                    )  # fmt: skip
+                estimator.tree_ = self._tree(X.shape[1], grown)
+                if not fast_update:
+                    _update_terminal_regions(
+                        self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
+                        learning_rate=self.learning_rate, k=k,
+                    )  # fmt: skip
             self.estimators_[i, k] = estimator
         return raw_predictions
 
