@@ -39,6 +39,10 @@ def _case(kind: str, seed: int = 0):
         codes[:, 3] = 1.25
     elif kind == "separable":
         codes[:, 0] = labels * 2.0  # perfectly separating: pure nodes
+    elif kind == "duplicate_rows":
+        # repeated observations (as sampling factors with replacement gives): equal codes, equal labels
+        repeat = rng.randint(0, n, size=n // 4)
+        codes[: n // 4], labels[: n // 4] = codes[repeat], labels[repeat]
     elif kind == "close_values":
         codes[:, 1] = 1.0 + rng.randint(0, 4, size=n) * 4e-8  # within scikit-learn's FEATURE_THRESHOLD of each other
     return codes, labels
@@ -71,7 +75,8 @@ def _assert_same(reference, ours, codes):
 
 
 @pytest.mark.parametrize(
-    "kind", ["continuous", "rounded", "duplicates", "constant", "separable", "binary", "tiny", "small", "close_values"]
+    "kind",
+    ["continuous", "rounded", "duplicates", "duplicate_rows", "constant", "separable", "binary", "tiny", "small", "close_values"],
 )
 def test_same_trees_as_scikit_learn(kind):
     codes, labels = _case(kind)
@@ -81,8 +86,10 @@ def test_same_trees_as_scikit_learn(kind):
     assert ours.presorted_trees_ > 0, "every tree went to scikit-learn: the comparison would test nothing"
 
 
-def test_most_trees_are_grown_presorted_on_continuous_codes():
-    codes, labels = _case("continuous", seed=3)
+@pytest.mark.parametrize("kind", ["continuous", "duplicate_rows"])
+def test_most_trees_are_grown_presorted(kind):
+    """Repeated observations tie in every code, but with equal targets: their order changes no sum."""
+    codes, labels = _case(kind, seed=3)
     _, ours = _fit_both(codes, labels, n_estimators=20)
     assert ours.presorted_trees_ >= 0.9 * ours.estimators_.size
 

@@ -108,7 +108,9 @@ def _kernel_source():
         Proxies are first estimated with multiplications by ``reciprocal``
         (1/k; a few units in the last place off) and computed exactly, with
         scikit-learn's divisions, only where the estimate comes near the best.
-        Also returns where the feature first repeats a value (``e0 + 1`` if never).
+        Also returns where the feature first repeats a value with another
+        target (``e0 + 1`` if never): equal values with equal targets add up
+        the same in any order.
         """
         threshold32 = np.float32(1e-7)  # scikit-learn's FEATURE_THRESHOLD (a float32 constant)
         m = float(e0 - s0)
@@ -125,7 +127,8 @@ def _kernel_source():
         slack = 8.0 * 2.0**-53
         for j in range(s0, e0 - 1):
             if values[f, j + 1] <= values[f, j] + threshold32:
-                if first_tie > e0 and values[f, j + 1] == values[f, j]:
+                # equal values in an order of scikit-learn's own matter only if their targets differ
+                if first_tie > e0 and values[f, j + 1] == values[f, j] and y[perm[f, j + 1]] != y[perm[f, j]]:
                     first_tie = j
                 continue
             p = j + 1
@@ -169,6 +172,91 @@ def _kernel_source():
         return best, second, found, found_left, found_sum, close, close_inexact, close_different, first_tie
 
     @numba.njit(nogil=True, cache=True)
+    def tie_orders(perm, values, ls, s0, e0, split, goes_left, y, total, scratch, out):  # pragma: no cover - compiled
+        """The children's sums under every order scikit-learn's sort may have left tied values of feature ``ls`` in.
+
+        scikit-learn's samples are sorted by ``ls`` (its introsort puts equal
+        values in an order this code cannot replay) and then partitioned; the
+        children's sums run in the resulting order. With at most three pairs
+        of equal values (and no larger tie), each of the 2**pairs orders is
+        replayed: row v of ``out`` gets (left total, left squares, right total,
+        right squares, the parent criterion's left sum, its left squares) for
+        order v, row 0 being this code's own (stable) order. Equal values whose
+        samples have equal targets and go the same way do not count: any order
+        of them gives the same sums. Returns the number of orders (1: the order
+        is known), or 0 where there are too many.
+        """
+        pairs = np.empty(3, np.int64)
+        count = 0
+        j = s0
+        while j < e0 - 1:
+            g = j + 1
+            while g < e0 and values[ls, g] == values[ls, j]:
+                g += 1
+            if g - j > 1:  # a group of equal values: does its order change any sum or the partition?
+                relevant = False
+                first = perm[ls, j]
+                for q in range(j + 1, g):
+                    other = perm[ls, q]
+                    if y[other] != y[first] or goes_left[other] != goes_left[first]:
+                        relevant = True
+                if relevant:
+                    if g - j > 2 or count == 3:
+                        return 0
+                    pairs[count] = j
+                    count += 1
+            j = g
+        orders = 2**count
+        if orders == 1:
+            return 1
+        m = e0 - s0
+        for v in range(orders):
+            for j in range(m):
+                scratch[j] = perm[ls, s0 + j]
+            for c in range(count):
+                if (v >> c) & 1:
+                    a = pairs[c] - s0
+                    t = scratch[a]
+                    scratch[a] = scratch[a + 1]
+                    scratch[a + 1] = t
+            a = 0
+            b = m
+            while a < b:
+                if goes_left[scratch[a]]:
+                    a += 1
+                else:
+                    b -= 1
+                    t = scratch[a]
+                    scratch[a] = scratch[b]
+                    scratch[b] = t
+            left = split - s0
+            lt = 0.0
+            lq = 0.0
+            for q in range(left):
+                w = y[scratch[q]]
+                lt += w
+                lq += w * w
+            rt = 0.0
+            rq = 0.0
+            for q in range(left, m):
+                w = y[scratch[q]]
+                rt += w
+                rq += w * w
+            if left <= m - left:
+                criterion_left = lt
+            else:
+                criterion_left = total
+                for q in range(m - 1, left - 1, -1):
+                    criterion_left -= y[scratch[q]]
+            out[v, 0] = lt
+            out[v, 1] = lq
+            out[v, 2] = rt
+            out[v, 3] = rq
+            out[v, 4] = criterion_left
+            out[v, 5] = lq
+        return orders
+
+    @numba.njit(nogil=True, cache=True)
     def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pragma: no cover - compiled; tested through the class
         num_features, n = order.shape
         capacity = 2 ** (max_depth + 1) - 1
@@ -188,6 +276,8 @@ def _kernel_source():
         constant_features = np.zeros(num_features, np.int64)
         visited = np.empty(num_features, np.int64)
         first_tie = np.zeros(num_features, np.int64)  # per feature: where its first repeated value sits
+        variants = np.zeros((8, 6))
+        tie_scratch = np.empty(n, np.int64)
 
         left_child = np.full(capacity, -1, np.int64)
         right_child = np.full(capacity, -1, np.int64)
@@ -205,6 +295,9 @@ def _kernel_source():
         # the builder's stack: start, end, depth, parent, is_left, n_constant_features, order known, impurity exact
         stack = np.zeros((capacity + 1, 8), np.int64)
         stack_impurity = np.zeros(capacity + 1)
+        # for a node whose sample order is unknown: its (total, squares) under each possible order
+        stack_orders = np.zeros(capacity + 1, np.int64)
+        stack_sums = np.zeros((capacity + 1, 8, 2))
         stack[0, 1] = n
         stack[0, 3] = -1
         stack[0, 6] = 1
@@ -221,6 +314,8 @@ def _kernel_source():
             n_known = stack[top, 5]
             order_known = stack[top, 6] == 1
             impurity_exact = stack[top, 7] == 1
+            orders = stack_orders[top]
+            sums = stack_sums[top, :max(orders, 1)].copy()
             node = count
             count += 1
             if parent >= 0:
@@ -240,6 +335,13 @@ def _kernel_source():
                 absolute += abs(v)
                 largest = max(largest, abs(v))
             node_impurity = stack_impurity[top]
+            # scikit-learn's total and squares are this code's when its order is known or every order agrees
+            sums_known = order_known
+            if not order_known and orders > 0:
+                sums_known = True
+                for v in range(1, orders):
+                    if sums[v, 0] != sums[0, 0] or sums[v, 1] != sums[0, 1]:
+                        sums_known = False
             if parent < 0:
                 node_impurity = squares / m - (total / m) ** 2.0
             value[node] = total / m
@@ -283,11 +385,6 @@ def _kernel_source():
                 f = features[f_j]
                 last_sorted = f  # scikit-learn sorts its samples by this feature before the constant test
                 if values[f, e0 - 1] <= values[f, s0] + threshold32:
-                    first_tie[f] = e0 + 1
-                    for j in range(s0, e0 - 1):
-                        if values[f, j + 1] == values[f, j]:
-                            first_tie[f] = j  # a sum over both may be in another order than scikit-learn's
-                            break
                     t = features[n_total]
                     features[n_total] = features[f_j]
                     features[f_j] = t
@@ -303,7 +400,7 @@ def _kernel_source():
                 best, second, found, found_left, found_sum, _, _, _, first_tie[f] = search(
                     y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, False, 0.0, 0, 0, 0.0
                 )
-                if first_tie[f] <= e0 or not order_known:
+                if first_tie[f] <= e0 or not sums_known:
                     inexact = True  # tied values (scikit-learn sorts them its own way), or an unknown total
                 if found:
                     best_feature = f
@@ -338,7 +435,28 @@ def _kernel_source():
                         close_different += c_different
                     # Exact unless a close candidate's sum may differ from scikit-learn's, or (with its total
                     # unknown) a close candidate's proxy is not bit for bit the best's whatever the total.
-                    if close > 1 and (close_inexact > 0 or (not order_known and close_different > 0)):
+                    settled = close <= 1 or (close_inexact == 0 and (sums_known or close_different == 0))
+                    if not settled and close_inexact == 0 and orders > 0:
+                        # the total is one of a few: the split must win under each of them
+                        settled = True
+                        for v in range(1, orders):
+                            alternative = -np.inf
+                            other_second = -np.inf
+                            winner = -1
+                            winner_left = -1
+                            for r in range(n_ranked):
+                                f = visited[r]
+                                alternative, other_second, found, found_left, _, _, _, _, _ = search(
+                                    y, perm, values, reciprocal, f, s0, e0, sums[v, 0], friedman, alternative,
+                                    other_second, False, 0.0, 0, 0, 0.0,
+                                )
+                                if found:
+                                    winner = f
+                                    winner_left = found_left
+                            if winner != best_feature or winner_left != best_left:
+                                settled = False
+                                break
+                    if not settled:
                         return -2, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
 
             lo = values[best_feature, s0 + best_left - 1]
@@ -356,7 +474,10 @@ def _kernel_source():
                     t = sk[a]
                     sk[a] = sk[b]
                     sk[b] = t
-            children_known = last_sorted >= 0 and first_tie[last_sorted] > e0
+            children_orders = 0
+            if last_sorted >= 0:
+                children_orders = tie_orders(perm, values, last_sorted, s0, e0, s0 + best_left, goes_left, y, total, tie_scratch, variants)
+            children_known = children_orders == 1
             # scikit-learn's criterion.reset(); update(pos); children_impurity(), over that order
             split = s0 + best_left
             if split - s0 <= e0 - split:
@@ -376,7 +497,14 @@ def _kernel_source():
             right_sum = total - left_sum
             impurity_left = left_squares / n_left - (left_sum / n_left) ** 2.0
             impurity_right = (squares - left_squares) / n_right - (right_sum / n_right) ** 2.0
-            exact_children = order_known and children_known
+            exact_children = sums_known and children_known
+            if children_orders > 1:
+                if sums_known:
+                    # the children's impurities need the criterion's left sum and squares to agree too
+                    exact_children = True
+                    for v in range(1, children_orders):
+                        if variants[v, 4] != variants[0, 4] or variants[v, 5] != variants[0, 5]:
+                            exact_children = False
             if not friedman:
                 improvement = (m / n) * (node_impurity - n_right / m * impurity_right - n_left / m * impurity_left)
                 if not (exact_children and impurity_exact):
@@ -420,6 +548,10 @@ def _kernel_source():
                 stack[top, 6] = 1 if children_known else 0
                 stack[top, 7] = 1 if exact_children else 0
                 stack_impurity[top] = child_impurity
+                stack_orders[top] = children_orders if children_orders > 1 else 0
+                for v in range(children_orders if children_orders > 1 else 0):
+                    stack_sums[top, v, 0] = variants[v, 0] if child_left else variants[v, 2]
+                    stack_sums[top, v, 1] = variants[v, 1] if child_left else variants[v, 3]
                 top += 1
         for node in range(count):
             if left_child[node] == -1:
