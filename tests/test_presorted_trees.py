@@ -145,3 +145,14 @@ def test_the_switch_and_the_factory(monkeypatch):
     assert not boosting.enabled()
     assert type(boosting.gradient_boosting_classifier(random_state=3)) is GradientBoostingClassifier
     assert boosting.builder_name() == "scikit-learn"
+
+
+def test_a_failed_self_check_warns_and_falls_back(monkeypatch):
+    monkeypatch.setattr(boosting, "same_fit", lambda *args, **kwargs: False)
+    boosting._self_check.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="self-check"):
+            assert not boosting.enabled()
+        assert type(boosting.gradient_boosting_classifier()) is GradientBoostingClassifier
+    finally:
+        boosting._self_check.cache_clear()
