@@ -83,9 +83,7 @@ def test_exact_mode_equals_the_previous_implementation(name):
 
 #: the fast variants, with cases large enough that an accuracy is not a handful of points
 FAST_CASES = {
-    "dci": {"num_train": 200, "num_test": 100},
-    # histogram trees for every size (by default fast mode keeps the exact trees below 2000 points)
-    "downstream_gradient_boosting": {"num_train": [10, 100, 300], "num_test": 300, "fast_exact_below": 0},
+    "downstream_logistic_regression": {"num_train": [10, 100, 300], "num_test": 300},
 }
 
 
@@ -102,21 +100,6 @@ def test_fast_mode_headline_scores_within_002_of_exact(name, seed):
     assert exact != fast  # a different estimator: fast mode is not exact mode under another name
     for key in headline:
         assert abs(fast[key] - exact[key]) <= 0.02, (key, fast[key], exact[key])
-
-
-def test_fast_mode_keeps_the_exact_trees_below_its_crossover():
-    """Training sets under ``fast_exact_below`` get the study's trees (same draws, same scores); larger ones do not."""
-    case = {"num_train": [10, 100, 300], "num_test": 300}
-    for convention in (False, True):
-        exact = score_representation("downstream_gradient_boosting", Grid(), code, seed=11, study_convention=convention, **case)
-        fast = score_representation(
-            "downstream_gradient_boosting", Grid(), code, seed=11, fast=True, fast_exact_below=200, study_convention=convention, **case
-        )
-        small = [key for key in exact if key.startswith(("10:", "100:"))]
-        large = [key for key in exact if key.startswith("300:")]
-        assert small and large
-        assert all(fast[key] == exact[key] for key in small), convention
-        assert any(fast[key] != exact[key] for key in large), convention
 
 
 class Projection(torch.nn.Module):
@@ -281,5 +264,8 @@ def test_fast_mode_reaches_every_scorer_with_a_fast_variant():
         "evaluation": {"fast": True, "metrics": ["dci", "mig"], "tasks": ["downstream_gradient_boosting", "downstream_logistic_regression"]},
     }  # fmt: skip
     configs = {name: scorer.config for _, name, scorer in build_scorers(load_study_config(raw, registry), registry)}
-    assert configs["dci"].fast and configs["downstream_gradient_boosting"].fast
-    assert not hasattr(configs["mig"], "fast") and not hasattr(configs["downstream_logistic_regression"], "fast")
+    assert configs["downstream_logistic_regression"].fast
+    # the boosted trees have no fast variant: histogram trees moved DCI's disentanglement and the GBT task's
+    # accuracy by 0.03 at the study's sizes, and the exact (presorted) trees are as fast
+    for name in ("dci", "mig", "downstream_gradient_boosting"):
+        assert not hasattr(configs[name], "fast"), name

@@ -207,18 +207,3 @@ def stream_positions(stream: np.random.RandomState, draws: list[int]) -> tuple[l
         for _ in range(count):
             replay.randint(0, RAND_R_MAX)
     return starts, replay
-
-
-def fast_boosted_trees():
-    """Fast mode's stand-in for the study's ``GradientBoostingClassifier()``: histogram-based trees of its size.
-
-    100 iterations, learning rate 0.1, depth 3, leaves of one sample, no
-    regularisation or early stopping: deterministic, so it takes no seed. Shared
-    by every fast-mode scorer so they agree on what "fast" means.
-    """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return HistGradientBoostingClassifier(
-        max_iter=100, learning_rate=0.1, max_depth=3, min_samples_leaf=1, l2_regularization=0.0,
-        early_stopping=False, random_state=0,
-    )  # fmt: skip

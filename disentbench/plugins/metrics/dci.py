@@ -56,7 +56,6 @@ from disentbench.core.evaluation.sampling import (
     boosted_tree_draws,
     check_random_state,
     copy_state,
-    fast_boosted_trees,
     generate_batch_factor_code,
     global_stream,
     same_state,
@@ -73,14 +72,6 @@ class DCIConfig(PluginConfig):
         description="Factors fitted in parallel threads (-1 = all cores). Never changes the scores. "
         "Not a study setting.",
     )
-    fast: bool = Field(
-        False,
-        description="Fast mode (evaluation.fast): histogram-based boosted trees (HistGradientBoostingClassifier, "
-        "100 iterations, learning rate 0.1, depth 3, leaves of one sample, as the study's trees) and importances "
-        "from their split gains, in place of GradientBoostingClassifier's impurity importances. Not the study's "
-        "numbers: within 0.02 of them on the benchmark's cases (benchmarks/README.md).",
-    )
-
     @field_validator("n_jobs")
     @classmethod
     def _jobs_nonzero(cls, value: int) -> int:
@@ -111,40 +102,6 @@ def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state):
     train_accuracy = np.mean(model.predict(codes) == targets)
     test_accuracy = np.mean(model.predict(codes_test) == targets_test)
     return importance, train_accuracy, test_accuracy
-
-
-def _fit_factor_fast(codes, targets, codes_test, targets_test):
-    """Fast mode: histogram-based boosted trees; importance = total split gain per code (sums to 1)."""
-    if len(np.unique(targets)) < 2:  # a constant factor: nothing to learn, no code is important
-        return np.zeros(codes.shape[1]), float(np.mean(targets == targets[0])), float(np.mean(targets_test == targets[0]))
-    model = fast_boosted_trees()
-    model.fit(codes, targets)
-    importance = np.zeros(codes.shape[1])
-    for stage in model._predictors:  # one tree per class and iteration
-        for predictor in stage:
-            nodes = predictor.nodes
-            splits = nodes[nodes["is_leaf"] == 0]
-            np.add.at(importance, splits["feature_idx"], np.maximum(splits["gain"], 0.0))
-    total = importance.sum()
-    if total > 0:
-        importance = importance / total
-    train_accuracy = np.mean(model.predict(codes) == targets)
-    test_accuracy = np.mean(model.predict(codes_test) == targets_test)
-    return importance, train_accuracy, test_accuracy
-
-
-def importance_matrix_fast(codes, factors, codes_test, factors_test, n_jobs: int = 1):
-    """Fast mode's :func:`importance_matrix_gbt`: deterministic, so the factors fit in any order."""
-    from joblib import Parallel, delayed
-    from threadpoolctl import threadpool_limits
-
-    jobs = [(codes, factors[:, j], codes_test, factors_test[:, j]) for j in range(factors.shape[1])]
-    # One OpenMP thread per fit: the histogram trees' own threads spin on small problems (measured 50x slower
-    # on a busy 2-core machine); parallelism comes from fitting factors side by side.
-    with threadpool_limits(limits=1):
-        results = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_fit_factor_fast)(*job) for job in jobs)
-    importance = np.column_stack([r[0] for r in results])
-    return importance, np.array([r[1] for r in results]), np.array([r[2] for r in results])
 
 
 def _fit_parallel(jobs, factors, tree_random_state, n_jobs):
@@ -245,7 +202,6 @@ def compute_dci_from_codes(
     random_state: np.random.RandomState | None = None,
     n_jobs: int = 1,
     tree_random_state: np.random.RandomState | None = None,
-    fast: bool = False,
 ) -> dict[str, float]:
     """DCI of train codes ``(n, d)`` / factors ``(n, k)`` and a test split; keys as the reference.
 
@@ -267,14 +223,11 @@ def compute_dci_from_codes(
             f"train and test splits differ in width: codes {codes.shape} vs {codes_test.shape}, "
             f"factors {factors.shape} vs {factors_test.shape}"
         )
-    if fast:
-        importance, train_accuracy, test_accuracy = importance_matrix_fast(codes, factors, codes_test, factors_test, n_jobs)
-    else:
-        if tree_random_state is None:
-            tree_random_state = global_stream(random_state) or np.random.RandomState(classifier_seed(random_state))
-        importance, train_accuracy, test_accuracy = importance_matrix_gbt(
-            codes, factors, codes_test, factors_test, tree_random_state, n_jobs
-        )
+    if tree_random_state is None:
+        tree_random_state = global_stream(random_state) or np.random.RandomState(classifier_seed(random_state))
+    importance, train_accuracy, test_accuracy = importance_matrix_gbt(
+        codes, factors, codes_test, factors_test, tree_random_state, n_jobs
+    )
     return {
         "informativeness_train": float(np.mean(train_accuracy)),
         "informativeness_test": float(np.mean(test_accuracy)),
@@ -315,13 +268,13 @@ class DCI(Metric):
             data, representation_function, self.config.num_test, random_state, self.config.batch_size
         )
         return compute_dci_from_codes(
-            codes, factors, codes_test, factors_test, n_jobs=self.config.n_jobs, tree_random_state=trees, fast=self.config.fast
+            codes, factors, codes_test, factors_test, n_jobs=self.config.n_jobs, tree_random_state=trees
         )
 
     def score_codes(self, codes, factors, codes_test=None, factors_test=None, random_state=None) -> dict[str, float]:
         """The array core (``disentbench.score_codes``); the classifiers are seeded from ``random_state``."""
         return compute_dci_from_codes(
-            codes, factors, codes_test, factors_test, random_state, self.config.n_jobs, fast=self.config.fast
+            codes, factors, codes_test, factors_test, random_state, self.config.n_jobs
         )
 
 
