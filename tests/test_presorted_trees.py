@@ -156,3 +156,18 @@ def test_a_failed_self_check_warns_and_falls_back(monkeypatch):
         assert type(boosting.gradient_boosting_classifier()) is GradientBoostingClassifier
     finally:
         boosting._self_check.cache_clear()
+
+
+def test_without_numba_the_factory_gives_scikit_learns_class(monkeypatch):
+    from disentbench.core.evaluation import presorted_trees
+
+    monkeypatch.setattr(presorted_trees, "_builder", lambda: None)  # what a missing numba leaves
+    boosting.presorted_class.cache_clear()
+    boosting._self_check.cache_clear()
+    try:
+        assert boosting.presorted_class() is None
+        assert not boosting.enabled()
+        assert type(boosting.gradient_boosting_classifier(random_state=1)) is GradientBoostingClassifier
+    finally:
+        boosting.presorted_class.cache_clear()
+        boosting._self_check.cache_clear()
