@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from disentbench.core.data.ground_truth import GroundTruthData
+from disentbench.core.evaluation.boosting import builder_name
 from disentbench.core.evaluation.evaluate import metric_seed
 from disentbench.core.registry import build_registry
 
@@ -138,6 +139,7 @@ def machine() -> dict:
         "numpy": np.__version__,
         "scikit_learn": sklearn.__version__,
         "torch": torch.__version__,
+        "tree_builder": builder_name(),
     }
 
 
@@ -294,6 +296,7 @@ def against_reference(args) -> int:
     seeds = study_seeds(args.seed)
     sizes = "quick (sizes / 10, downstream up to 1000)" if args.quick else "the study's sizes"
     print(f"study code vs disentbench on {data.name} {data.factor_sizes}, {sizes}, {args.repeats} repeat(s), medians")
+    print(f"disentbench's boosted trees: {builder_name()} (DISENTBENCH_PRESORTED_TREES=0: scikit-learn's builder)")
     print(f"{'metric config':38s} {'study s':>8s} {'exact s':>8s} {'ratio':>6s} {'fast s':>8s} {'ratio':>6s} {'exact diff':>11s} {'fast diff':>10s}")
     rows, scorers = [], {}
     for config_name, name in STUDY_CONFIGS.items():
