@@ -269,3 +269,28 @@ def test_fast_mode_reaches_every_scorer_with_a_fast_variant():
     # accuracy by 0.03 at the study's sizes, and the exact (presorted) trees are as fast
     for name in ("dci", "mig", "downstream_gradient_boosting"):
         assert not hasattr(configs[name], "fast"), name
+
+
+def test_fast_mode_within_002_on_a_trained_model():
+    """The fast variants against exact mode on the codes of a (briefly) trained beta-VAE, not a synthetic map."""
+    from helpers import Squares, _trainer
+
+    trainer = _trainer(steps=6, seed=5)
+    trainer.train()
+    model = trainer.model.eval()
+
+    def encode(batch):
+        with torch.no_grad():
+            mean, _ = model.encode(torch.as_tensor(batch, dtype=torch.float32))
+        return mean.numpy()
+
+    registry = get_plugin_manager()
+    for name in FAST_CASES:
+        case = {"num_train": [10, 100], "num_test": 200}
+        kind = "task" if name.startswith("downstream") else "metric"
+        registration = registry.get(kind, name)
+        headline = registration.factory(registration.make_config(case)).headline
+        exact = score_representation(name, Squares(), encode, seed=3, **case)
+        fast = score_representation(name, Squares(), encode, seed=3, fast=True, **case)
+        for key in headline:
+            assert abs(fast[key] - exact[key]) <= 0.02, (name, key, fast[key], exact[key])
