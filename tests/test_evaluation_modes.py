@@ -83,7 +83,8 @@ def test_exact_mode_equals_the_previous_implementation(name):
 
 #: the fast variants, with cases large enough that an accuracy is not a handful of points
 FAST_CASES = {
-    "downstream_logistic_regression": {"num_train": [10, 100, 300], "num_test": 300},
+    # the fast variant for every size (by default it starts at 5000 points)
+    "downstream_logistic_regression": {"num_train": [10, 100, 300], "num_test": 300, "fast_min_train": 0},
 }
 
 
@@ -286,7 +287,7 @@ def test_fast_mode_within_002_on_a_trained_model():
 
     registry = get_plugin_manager()
     for name in FAST_CASES:
-        case = {"num_train": [10, 100], "num_test": 200}
+        case = {**FAST_CASES[name], "num_train": [400], "num_test": 200}
         kind = "task" if name.startswith("downstream") else "metric"
         registration = registry.get(kind, name)
         headline = registration.factory(registration.make_config(case)).headline
@@ -294,3 +295,12 @@ def test_fast_mode_within_002_on_a_trained_model():
         fast = score_representation(name, Squares(), encode, seed=3, fast=True, **case)
         for key in headline:
             assert abs(fast[key] - exact[key]) <= 0.02, (name, key, fast[key], exact[key])
+
+
+def test_fast_logistic_regression_keeps_the_study_cross_validation_below_its_threshold():
+    case = {"num_train": [10, 100, 300], "num_test": 300}
+    exact = score_representation("downstream_logistic_regression", Grid(), code, seed=11, **case)
+    fast = score_representation("downstream_logistic_regression", Grid(), code, seed=11, fast=True, fast_min_train=200, **case)
+    small = [key for key in exact if key.startswith(("10:", "100:"))]
+    assert small and all(fast[key] == exact[key] for key in small)
+    assert any(fast[key] != exact[key] for key in exact if key.startswith("300:"))
