@@ -168,6 +168,21 @@ def search(y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second
     return best, second, found, found_left, found_sum, close, close_inexact, close_different, first_tie
 
 @numba.njit(nogil=True, cache=True)
+def partition_like_sklearn(samples, lo, hi, goes_left):  # pragma: no cover - compiled
+    """scikit-learn's ``partition_samples_final`` on samples[lo:hi]: a left one stays, a right one swaps with the end."""
+    a = lo
+    b = hi
+    while a < b:
+        if goes_left[samples[a]]:
+            a += 1
+        else:
+            b -= 1
+            t = samples[a]
+            samples[a] = samples[b]
+            samples[b] = t
+
+
+@numba.njit(nogil=True, cache=True)
 def tie_orders(perm, values, ls, s0, e0, split, goes_left, y, total, scratch, out):  # pragma: no cover - compiled
     """The children's sums under every order scikit-learn's sort may have left tied values of feature ``ls`` in.
 
@@ -215,16 +230,7 @@ def tie_orders(perm, values, ls, s0, e0, split, goes_left, y, total, scratch, ou
                 t = scratch[a]
                 scratch[a] = scratch[a + 1]
                 scratch[a + 1] = t
-        a = 0
-        b = m
-        while a < b:
-            if goes_left[scratch[a]]:
-                a += 1
-            else:
-                b -= 1
-                t = scratch[a]
-                scratch[a] = scratch[b]
-                scratch[b] = t
+        partition_like_sklearn(scratch, 0, m, goes_left)
         left = split - s0
         lt = 0.0
         lq = 0.0
@@ -459,17 +465,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
         hi = values[best_feature, s0 + best_left]
         for j in range(s0, e0):
             goes_left[perm[best_feature, j]] = j < s0 + best_left
-        # scikit-learn's partition of its sample array (swaps from the right end)
-        a = s0
-        b = e0
-        while a < b:
-            if goes_left[sk[a]]:
-                a += 1
-            else:
-                b -= 1
-                t = sk[a]
-                sk[a] = sk[b]
-                sk[b] = t
+        partition_like_sklearn(sk, s0, e0, goes_left)  # scikit-learn's own sample array, as it partitions it
         children_orders = 0
         if last_sorted >= 0:
             children_orders = tie_orders(perm, values, last_sorted, s0, e0, s0 + best_left, goes_left, y, total, tie_scratch, variants)
@@ -779,33 +775,29 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
             before = random_state.get_state()
             seed = random_state.randint(0, RAND_R_MAX)  # the draw sklearn's splitter makes: its tie-breaking
             grown = self._grow(presorted, target, seed)
+            updated = False
             if grown is None:  # a decision within rounding: scikit-learn's own builder takes it
                 random_state.set_state(before)
                 estimator = self._new_tree(random_state)
                 estimator.fit(X, neg_g_view[:, k], sample_weight=sample_weight, check_input=False)
                 self.sklearn_trees_ += 1
-                _update_terminal_regions(
-                    self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
-                    learning_rate=self.learning_rate, k=k,
-                )  # fmt: skip
             else:
                 estimator = self._shell(X, random_state)
                 self.presorted_trees_ += 1
                 count, left_child, value, leaf_of = grown[0], grown[1], grown[6], grown[-1]
                 _, update = _builder()
                 classes = self._loss.n_classes if self._loss.is_multiclass else 2
-                fast_update = raw_predictions.flags.c_contiguous and raw_predictions.dtype == np.float64
-                if fast_update:
-                    fast_update = update(
+                if raw_predictions.flags.c_contiguous and raw_predictions.dtype == np.float64:
+                    updated = update(
                         leaf_of, count, left_child, target, np.ascontiguousarray(y, dtype=np.float64), raw_predictions, k,
                         float(self.learning_rate), classes, value,
                     )  # fmt: skip
                 estimator.tree_ = self._tree(X.shape[1], grown)
-                if not fast_update:
-                    _update_terminal_regions(
-                        self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
-                        learning_rate=self.learning_rate, k=k,
-                    )  # fmt: skip
+            if not updated:  # scikit-learn's own leaf step (its trees, or a step that overflowed)
+                _update_terminal_regions(
+                    self._loss, estimator.tree_, X, y, neg_g_view[:, k], raw_predictions, sample_weight, sample_mask,
+                    learning_rate=self.learning_rate, k=k,
+                )  # fmt: skip
             self.estimators_[i, k] = estimator
         return raw_predictions
 
