@@ -6,8 +6,11 @@ again at every node of every tree: for a 40-class factor on 10,000 points that
 is 4,000 trees and about 90 s on one core. The samples' order along each
 feature never changes between trees, only the gradients they carry do, so
 :class:`PresortedGradientBoostingClassifier` sorts each feature once per fit
-and grows each tree level by level with stable partitions of those orders,
-in a compiled (numba) loop.
+and grows each tree depth first with stable partitions of those orders, in a
+compiled (numba) loop. Each feature's order carries its gradients along, so
+the split search reads memory in sequence; children at the depth limit are
+leaves and get no partition (their members come from scikit-learn's own
+sample array, which the builder replays).
 
 **Exactness.** The trees must be the ones scikit-learn would grow, not merely
 similar ones, because exact mode promises the study code's scores. A tree is
@@ -90,7 +93,7 @@ def proxy_of(left_sum, total, n_left, n_right, friedman):  # pragma: no cover - 
     return left_sum * left_sum / n_left + right_sum * right_sum / n_right
 
 @numba.njit(nogil=True, cache=True)
-def search(y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, near, tolerance, exact_before, best_left, best_sum):  # pragma: no cover
+def search(ys, values, reciprocal, f, s0, e0, total, friedman, best, second, near, tolerance, exact_before, best_left, best_sum):  # pragma: no cover
     """One feature's candidate splits, with the running sums scikit-learn's criterion keeps.
 
     Forward additions from the last candidate, or (when the jump is longer
@@ -121,21 +124,25 @@ def search(y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second
     found_sum = 0.0
     first_tie = e0 + 1
     slack = 8.0 * 2.0**-53
+    row = values[f]
+    targets = ys[f]
+    ahead = 0.0  # the running sum carried forward to position j + 1: scikit-learn's additions, in its order
     for j in range(s0, e0 - 1):
-        if values[f, j + 1] <= values[f, j] + threshold32:
+        ahead += targets[j]
+        if row[j + 1] <= row[j] + threshold32:
             # equal values in an order of scikit-learn's own matter only if their targets differ
-            if first_tie > e0 and values[f, j + 1] == values[f, j] and y[perm[f, j + 1]] != y[perm[f, j]]:
+            if first_tie > e0 and row[j + 1] == row[j] and targets[j + 1] != targets[j]:
                 first_tie = j
             continue
         p = j + 1
         if p - position <= e0 - p:
-            for q in range(position, p):
-                running += y[perm[f, q]]
+            running = ahead
         else:
             running = total
             backward = True
             for q in range(e0 - 1, p - 1, -1):
-                running -= y[perm[f, q]]
+                running -= targets[q]
+            ahead = running
         position = p
         rest = total - running
         if friedman:
@@ -268,9 +275,14 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
 
     perm = order.copy()  # per feature: node segments, each sorted by the feature (stable)
     values = xsorted.copy()
+    ys = np.empty((num_features, n))  # per feature: the targets in its order (sequential reads in the search)
+    for f in range(num_features):
+        for j in range(n):
+            ys[f, j] = y[perm[f, j]]
     sk = np.arange(n)  # scikit-learn's own sample array: its sums run in this order
     scratch_index = np.empty(n, np.int32)
     scratch_value = np.empty(n, np.float32)
+    scratch_target = np.empty(n)
     goes_left = np.zeros(n, np.bool_)
     state = np.empty(1, np.uint32)
     state[0] = np.uint32(seed)
@@ -400,7 +412,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
             visited[n_ranked] = f
             n_ranked += 1
             best, second, found, found_left, found_sum, _, _, _, first_tie[f] = search(
-                y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, False, 0.0, 0, 0, 0.0
+                ys, values, reciprocal, f, s0, e0, total, friedman, best, second, False, 0.0, 0, 0, 0.0
             )
             if first_tie[f] <= e0 or not sums_known:
                 inexact = True  # tied values (scikit-learn sorts them its own way), or an unknown total
@@ -429,7 +441,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
                 for r in range(n_ranked):
                     f = visited[r]
                     _, _, _, _, _, c, c_inexact, c_different, _ = search(
-                        y, perm, values, reciprocal, f, s0, e0, total, friedman, best, second, True, tolerance, first_tie[f],
+                        ys, values, reciprocal, f, s0, e0, total, friedman, best, second, True, tolerance, first_tie[f],
                         best_left, best_sum,
                     )
                     close += c
@@ -449,7 +461,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
                         for r in range(n_ranked):
                             f = visited[r]
                             alternative, other_second, found, found_left, _, _, _, _, _ = search(
-                                y, perm, values, reciprocal, f, s0, e0, sums[v, 0], friedman, alternative,
+                                ys, values, reciprocal, f, s0, e0, sums[v, 0], friedman, alternative,
                                 other_second, False, 0.0, 0, 0, 0.0,
                             )
                             if found:
@@ -510,23 +522,28 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
         feature[node] = best_feature
         threshold[node] = np.float64(lo) / 2.0 + np.float64(hi) / 2.0
         missing_left[node] = 1 if best_left > m - best_left else 0
-        # stable partition of every feature's order: left samples first
-        for f in range(num_features):
+        # stable partition of every feature's order: left samples first. Children at the depth
+        # limit are leaves: nothing reads their orders (their sums and members come from ``sk``).
+        for f in range(num_features if depth + 1 < max_depth else 0):
             w = s0
             r = 0
             for j in range(s0, e0):  # branch-free: both slots written, one advanced
                 i = perm[f, j]
                 x = values[f, j]
+                target = ys[f, j]
                 g = 1 if goes_left[i] else 0
                 perm[f, w] = i
                 values[f, w] = x
+                ys[f, w] = target
                 scratch_index[r] = i
                 scratch_value[r] = x
+                scratch_target[r] = target
                 w += g
                 r += 1 - g
             for t in range(r):
                 perm[f, w + t] = scratch_index[t]
                 values[f, w + t] = scratch_value[t]
+                ys[f, w + t] = scratch_target[t]
         # right child first on the stack, so the left one is built first
         for child_start, child_end, child_left, child_impurity in (
             (split, e0, 0, impurity_right), (s0, split, 1, impurity_left),
@@ -548,7 +565,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
     for node in range(count):
         if left_child[node] == -1:
             for j in range(node_start[node], node_start[node] + samples[node]):
-                leaf_of[perm[0, j]] = node
+                leaf_of[sk[j]] = node
     return 0, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
 
 @numba.njit(nogil=True, cache=True)
