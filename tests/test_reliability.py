@@ -108,11 +108,15 @@ def test_two_racing_invocations_never_duplicate_a_run(tmp_path):
 
 # Two targeted kill points (mid-training right after a checkpoint; right after a run finished,
 # i.e. while the next one starts) and two seeded random times, which land in whatever phase
-# the machine is in then: start-up, training, checkpointing, evaluation or logging.
+# the machine is in then: start-up, training, checkpointing, evaluation or logging. The second
+# random time runs with -m slow (each kill costs ~25 s; the default suite keeps one of them).
 _RANDOM_DELAYS = [round(random.Random(seed).uniform(1.5, 6.0), 2) for seed in (1, 2)]
 
 
-@pytest.mark.parametrize("kill_when", ["checkpoint", "first_run_finished", *(f"after:{d}" for d in _RANDOM_DELAYS)])
+@pytest.mark.parametrize(
+    "kill_when",
+    ["checkpoint", "first_run_finished", f"after:{_RANDOM_DELAYS[0]}", pytest.param(f"after:{_RANDOM_DELAYS[1]}", marks=pytest.mark.slow)],
+)
 def test_sigkill_then_rerun_finishes_every_run_exactly_once(tmp_path, kill_when):
     path = _study(tmp_path, "killed", steps=40, seeds=1, checkpoint_every=10)
     proc = subprocess.Popen(CLI + ["run", str(path), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
