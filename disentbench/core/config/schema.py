@@ -228,8 +228,7 @@ class EvaluationConfig(_Strict):
         False,
         description="Fast mode: scorers with a fast variant (a 'fast' config field: the logistic-regression task, "
         "5 values of C and 3 folds from 5000 training points) use it. Headline scores stay within 0.02 of exact "
-        "mode on the "
-        "benchmark's cases (benchmarks/README.md); runs are tagged evaluation.mode = fast, so compare and analyze "
+        "mode on the benchmark's cases (benchmarks/README.md); runs are tagged evaluation.mode = fast, so compare and analyze "
         "never mix them silently with exact ones. Default: exact, the study's estimators.",
     )
     workers: int | Literal["auto"] = Field(
