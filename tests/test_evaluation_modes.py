@@ -85,7 +85,11 @@ def test_exact_mode_equals_the_previous_implementation(name):
 FAST_CASES = {
     # the fast variant for every size (by default it starts at 5000 points)
     "downstream_logistic_regression": {"num_train": [10, 100, 300], "num_test": 300, "fast_min_train": 0},
+    "downstream_gradient_boosting": {"num_train": [10, 100, 300], "num_test": 300, "fast_min_train": 0},
+    "dci": {"num_train": 300, "num_test": 150},
 }
+#: fast variants that may give exact mode's numbers on a case: DCI's differ only at near-ties
+SAME_WITHOUT_NEAR_TIES = {"dci"}
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
@@ -98,7 +102,8 @@ def test_fast_mode_headline_scores_within_002_of_exact(name, seed):
     exact = score_representation(name, Grid(), code, seed=seed, **FAST_CASES[name])
     fast = score_representation(name, Grid(), code, seed=seed, fast=True, **FAST_CASES[name])
     assert set(fast) == set(exact)
-    assert exact != fast  # a different estimator: fast mode is not exact mode under another name
+    if name not in SAME_WITHOUT_NEAR_TIES:
+        assert exact != fast  # a different estimator: fast mode is not exact mode under another name
     for key in headline:
         assert abs(fast[key] - exact[key]) <= 0.02, (key, fast[key], exact[key])
 
@@ -265,11 +270,9 @@ def test_fast_mode_reaches_every_scorer_with_a_fast_variant():
         "evaluation": {"fast": True, "metrics": ["dci", "mig"], "tasks": ["downstream_gradient_boosting", "downstream_logistic_regression"]},
     }  # fmt: skip
     configs = {name: scorer.config for _, name, scorer in build_scorers(load_study_config(raw, registry), registry)}
-    assert configs["downstream_logistic_regression"].fast
-    # the boosted trees have no fast variant: histogram trees moved DCI's disentanglement and the GBT task's
-    # accuracy by 0.03 at the study's sizes, and the exact (presorted) trees are as fast
-    for name in ("dci", "mig", "downstream_gradient_boosting"):
-        assert not hasattr(configs[name], "fast"), name
+    for name in ("downstream_logistic_regression", "downstream_gradient_boosting", "dci"):
+        assert configs[name].fast, name
+    assert not hasattr(configs["mig"], "fast")  # no fast variant: nothing to switch
 
 
 def test_fast_mode_within_002_on_a_trained_model():
@@ -287,7 +290,7 @@ def test_fast_mode_within_002_on_a_trained_model():
 
     registry = get_plugin_manager()
     for name in FAST_CASES:
-        case = {**FAST_CASES[name], "num_train": [400], "num_test": 200}
+        case = {**FAST_CASES[name], "num_train": 400 if name == "dci" else [400], "num_test": 200}
         kind = "task" if name.startswith("downstream") else "metric"
         registration = registry.get(kind, name)
         headline = registration.factory(registration.make_config(case)).headline
@@ -297,10 +300,21 @@ def test_fast_mode_within_002_on_a_trained_model():
             assert abs(fast[key] - exact[key]) <= 0.02, (name, key, fast[key], exact[key])
 
 
-def test_fast_logistic_regression_keeps_the_study_cross_validation_below_its_threshold():
+@pytest.mark.parametrize("name", ["downstream_logistic_regression", "downstream_gradient_boosting"])
+def test_fast_downstream_tasks_keep_the_study_estimator_below_their_threshold(name):
     case = {"num_train": [10, 100, 300], "num_test": 300}
-    exact = score_representation("downstream_logistic_regression", Grid(), code, seed=11, **case)
-    fast = score_representation("downstream_logistic_regression", Grid(), code, seed=11, fast=True, fast_min_train=200, **case)
+    exact = score_representation(name, Grid(), code, seed=11, **case)
+    fast = score_representation(name, Grid(), code, seed=11, fast=True, fast_min_train=200, **case)
     small = [key for key in exact if key.startswith(("10:", "100:"))]
     assert small and all(fast[key] == exact[key] for key in small)
     assert any(fast[key] != exact[key] for key in exact if key.startswith("300:"))
+
+
+@pytest.mark.parametrize("name", ["downstream_logistic_regression", "downstream_gradient_boosting"])
+def test_downstream_fits_in_worker_processes_equal_fits_in_sequence(name):
+    """n_jobs > 1 fits in processes, which consume copies of the random streams: the scores must not move."""
+    case = {"num_train": [10, 100, 300], "num_test": 300}
+    for convention in (False, True):  # the study convention checks the streams the processes send back
+        one = score_representation(name, Grid(), code, seed=11, study_convention=convention, n_jobs=1, **case)
+        two = score_representation(name, Grid(), code, seed=11, study_convention=convention, n_jobs=2, **case)
+        assert one == two

@@ -485,7 +485,7 @@ def test_metrics_reject_generator(data):
 
 
 def test_config_defaults_are_the_study_settings():
-    assert dci.DCIConfig().model_dump() == {"num_train": 10000, "num_test": 5000, "batch_size": 16, "n_jobs": 1}
+    assert dci.DCIConfig().model_dump() == {"num_train": 10000, "num_test": 5000, "batch_size": 16, "n_jobs": 1, "fast": False}
     assert sap.SAPConfig().model_dump() == {
         "num_train": 10000,
         "num_test": 5000,

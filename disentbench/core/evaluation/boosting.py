@@ -109,9 +109,39 @@ def enabled() -> bool:
         return _self_check()
 
 
-def gradient_boosting_classifier(**params: Any):
-    """A ``GradientBoostingClassifier(**params)``: the presorted subclass where :func:`enabled`, else sklearn's own."""
-    cls = presorted_class() if enabled() else None
+@functools.cache
+def _fast_classes() -> dict[str, Any]:
+    """Fast mode's subclasses by name, or {} where the presorted class cannot run (they share its machinery)."""
+    if presorted_class() is None:
+        return {}
+    from disentbench.core.evaluation import histogram_trees, presorted_trees
+
+    return {
+        "own_ties": presorted_trees.OwnTiesGradientBoostingClassifier,
+        "binned": histogram_trees.HistogramGradientBoostingClassifier,
+    }
+
+
+#: The tree variants :func:`gradient_boosting_classifier` builds: exact mode's, and fast mode's two.
+TREE_VARIANTS = ("exact", "own_ties", "binned")
+
+
+def gradient_boosting_classifier(trees: str = "exact", **params: Any):
+    """A ``GradientBoostingClassifier(**params)``: the presorted subclass where :func:`enabled`, else sklearn's own.
+
+    ``trees`` picks fast mode's variants where the presorted class is enabled
+    (they share its leaf step and self-check), else the exact trees:
+
+    * ``own_ties``: the presorted trees, near-ties decided without handing the
+      tree to scikit-learn (``presorted_trees.OwnTiesGradientBoostingClassifier``);
+    * ``binned``: splits only between 1,024 quantile bins per feature
+      (``histogram_trees.HistogramGradientBoostingClassifier``).
+    """
+    if trees not in TREE_VARIANTS:
+        raise ValueError(f"unknown tree variant {trees!r}; use one of {', '.join(TREE_VARIANTS)}")
+    cls = _fast_classes().get(trees) if trees != "exact" and enabled() else None
+    if cls is None:
+        cls = presorted_class() if enabled() else None
     if cls is None:
         cls = _sklearn_class()
     return cls(**params)
@@ -127,6 +157,7 @@ __all__ = [
     "enabled",
     "builder_name",
     "gradient_boosting_classifier",
+    "TREE_VARIANTS",
     "presorted_class",
     "same_fit",
 ]

@@ -72,6 +72,12 @@ class DCIConfig(PluginConfig):
         description="Factors fitted in parallel threads (-1 = all cores). Never changes the scores. "
         "Not a study setting.",
     )
+    fast: bool = Field(
+        False,
+        description="Fast mode (evaluation.fast): where two candidate splits tie to within rounding, the presorted "
+        "tree builder keeps its own choice instead of handing the tree to scikit-learn's slower one. Not the study's "
+        "numbers: within 0.02 of them on the benchmark's cases (benchmarks/README.md).",
+    )
     @field_validator("n_jobs")
     @classmethod
     def _jobs_nonzero(cls, value: int) -> int:
@@ -92,11 +98,12 @@ def classifier_seed(random_state: np.random.RandomState | None) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
-def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state):
+def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state, fast=False):
     # A RandomState instance (not an int): the trees draw from it in turn, as
     # the reference's trees draw from the global state. scikit-learn's class, or
-    # its presorted subclass: the same trees, several times faster.
-    model = gradient_boosting_classifier(random_state=tree_random_state)
+    # its presorted subclass: the same trees, several times faster. Fast mode:
+    # the presorted trees deciding near-ties themselves (the same draws).
+    model = gradient_boosting_classifier(trees="own_ties" if fast else "exact", random_state=tree_random_state)
     model.fit(codes, targets)
     importance = np.abs(model.feature_importances_)
     train_accuracy = np.mean(model.predict(codes) == targets)
@@ -104,7 +111,7 @@ def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state):
     return importance, train_accuracy, test_accuracy
 
 
-def _fit_parallel(jobs, factors, tree_random_state, n_jobs):
+def _fit_parallel(jobs, factors, tree_random_state, n_jobs, fast=False):
     """Fit factors in threads from precomputed stream positions; None if the positions prove wrong.
 
     On success ``tree_random_state`` ends where the sequential fits would leave it;
@@ -116,7 +123,7 @@ def _fit_parallel(jobs, factors, tree_random_state, n_jobs):
     streams = [copy_state(start) for start in starts]
     # Threads: the tree builder releases the GIL, and the arrays need no copies.
     results = Parallel(n_jobs=n_jobs, prefer="threads")(
-        delayed(_fit_factor)(*job, stream) for job, stream in zip(jobs, streams)
+        delayed(_fit_factor)(*job, stream, fast) for job, stream in zip(jobs, streams)
     )
     ends = starts[1:] + [replay]
     if not all(same_state(stream, end) for stream, end in zip(streams, ends)):
@@ -132,19 +139,21 @@ def importance_matrix_gbt(
     factors_test: np.ndarray,
     tree_random_state: np.random.RandomState,
     n_jobs: int = 1,
+    fast: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Importance matrix R ``(d, k)`` and per-factor train and test accuracies ``(k,)``.
 
     One ``GradientBoostingClassifier()`` (sklearn's defaults) per factor, all
-    drawing their trees' seeds from ``tree_random_state``, factor after factor.
+    drawing their trees' seeds from ``tree_random_state``, factor after factor;
+    with ``fast``, fast mode's trees (near-ties decided by the presorted builder), same draws.
     """
     num_factors = factors.shape[1]
     jobs = [(codes, factors[:, j], codes_test, factors_test[:, j]) for j in range(num_factors)]
     results = None
     if n_jobs != 1 and num_factors > 1:
-        results = _fit_parallel(jobs, factors, tree_random_state, n_jobs)
+        results = _fit_parallel(jobs, factors, tree_random_state, n_jobs, fast)
     if results is None:
-        results = [_fit_factor(*job, tree_random_state) for job in jobs]
+        results = [_fit_factor(*job, tree_random_state, fast) for job in jobs]
     importance = np.zeros((codes.shape[1], num_factors), dtype=np.float64)
     for j, (column, _, _) in enumerate(results):
         importance[:, j] = column
@@ -202,6 +211,7 @@ def compute_dci_from_codes(
     random_state: np.random.RandomState | None = None,
     n_jobs: int = 1,
     tree_random_state: np.random.RandomState | None = None,
+    fast: bool = False,
 ) -> dict[str, float]:
     """DCI of train codes ``(n, d)`` / factors ``(n, k)`` and a test split; keys as the reference.
 
@@ -209,7 +219,7 @@ def compute_dci_from_codes(
     consumed), else from the global-state stand-in of a study-convention
     ``random_state``, else from a stream seeded from ``random_state``'s
     current state (see :func:`classifier_seed` and the module docstring;
-    ``None`` acts as ``RandomState(0)``).
+    ``None`` acts as ``RandomState(0)``). ``fast``: fast mode's trees.
     """
     codes, factors = np.asarray(codes), np.asarray(factors)
     if codes_test is None or factors_test is None:
@@ -226,7 +236,7 @@ def compute_dci_from_codes(
     if tree_random_state is None:
         tree_random_state = global_stream(random_state) or np.random.RandomState(classifier_seed(random_state))
     importance, train_accuracy, test_accuracy = importance_matrix_gbt(
-        codes, factors, codes_test, factors_test, tree_random_state, n_jobs
+        codes, factors, codes_test, factors_test, tree_random_state, n_jobs, fast
     )
     return {
         "informativeness_train": float(np.mean(train_accuracy)),
@@ -268,13 +278,14 @@ class DCI(Metric):
             data, representation_function, self.config.num_test, random_state, self.config.batch_size
         )
         return compute_dci_from_codes(
-            codes, factors, codes_test, factors_test, n_jobs=self.config.n_jobs, tree_random_state=trees
+            codes, factors, codes_test, factors_test, n_jobs=self.config.n_jobs, tree_random_state=trees,
+            fast=self.config.fast,
         )
 
     def score_codes(self, codes, factors, codes_test=None, factors_test=None, random_state=None) -> dict[str, float]:
         """The array core (``disentbench.score_codes``); the classifiers are seeded from ``random_state``."""
         return compute_dci_from_codes(
-            codes, factors, codes_test, factors_test, random_state, self.config.n_jobs
+            codes, factors, codes_test, factors_test, random_state, self.config.n_jobs, fast=self.config.fast
         )
 
 
