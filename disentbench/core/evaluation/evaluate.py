@@ -191,14 +191,10 @@ def evaluate(
 
     from threadpoolctl import threadpool_limits
 
-    # Started scorer by scorer (a scorer's representations side by side), so that the costly scorers of
-    # a suite, which come first in the study's order (DCI, the downstream tasks), do not wait for the
-    # cheap ones of the first representation and end up alone at the end; recorded in job order.
-    started = sorted(range(len(jobs)), key=lambda j: (j % len(scorers), j))
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = {j: pool.submit(run, jobs[j]) for j in started}
-        for j, job in enumerate(jobs):
-            record(job, *futures[j].result())
+        futures = [pool.submit(run, job) for job in jobs]
+        for job, future in zip(jobs, futures):
+            record(job, *future.result())
     return results
 
 

@@ -43,33 +43,57 @@ from disentbench.core.evaluation.presorted_trees import PresortedGradientBoostin
 MAX_BINS = 1024
 
 
-def bin_features(X: np.ndarray, max_bins: int = MAX_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per feature: each sample's bin, each cut's threshold, and the number of bins.
+def bin_features(order: np.ndarray, xsorted: np.ndarray, max_bins: int = MAX_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature, each sample's bin and the number of bins, from the presorted class's sorted features.
 
-    Returns ``bins`` ``(num_features, n)`` uint16, ``edges`` ``(num_features,
-    max_bins - 1)`` float64 (the threshold between bin b and b + 1) and
-    ``counts`` ``(num_features,)``.
+    ``order[f]`` is the samples sorted by feature f (stable) and ``xsorted[f]``
+    their float32 values, as ``PresortedGradientBoostingClassifier`` keeps them.
+    Returns ``bins`` ``(num_features, n)`` uint16 and ``counts`` ``(num_features,)``.
     """
-    n, num_features = X.shape
+    num_features, n = order.shape
     bins = np.empty((num_features, n), dtype=np.uint16)
-    edges = np.full((num_features, max(max_bins - 1, 1)), np.inf)
     counts = np.empty(num_features, dtype=np.int64)
     threshold = np.float32(1e-7)  # scikit-learn's FEATURE_THRESHOLD, compared in float32 as it does
     positions = np.arange(n)
     for f in range(num_features):
-        column = np.ascontiguousarray(X[:, f], dtype=np.float32)
-        order = np.argsort(column, kind="stable")
-        values = column[order]
+        values = xsorted[f]
         cuts = np.flatnonzero(values[1:] > values[:-1] + threshold) + 1  # sorted positions that may start a right side
         if len(cuts) > max_bins - 1:
             targets = (np.arange(1, max_bins) * n) // max_bins
-            chosen = cuts[np.minimum(np.searchsorted(cuts, targets), len(cuts) - 1)]
-            cuts = np.unique(chosen)
-        sorted_bins = np.searchsorted(cuts, positions, side="right")
-        bins[f, order] = sorted_bins.astype(np.uint16)
-        edges[f, : len(cuts)] = values[cuts - 1].astype(np.float64) / 2.0 + values[cuts].astype(np.float64) / 2.0
+            cuts = np.unique(cuts[np.minimum(np.searchsorted(cuts, targets), len(cuts) - 1)])
+        bins[f, order[f]] = np.searchsorted(cuts, positions, side="right").astype(np.uint16)
         counts[f] = len(cuts) + 1
-    return bins, edges, counts
+    return bins, counts
+
+
+@numba.njit(nogil=True, cache=True)
+def _depth_first_ids(left, right, capacity):  # pragma: no cover - compiled
+    """Each breadth-first node's id in scikit-learn's depth-first order (a node, its left subtree, its right; -1:
+    unreachable), and the number of nodes reached."""
+    dfs_of = np.full(capacity, -1, np.int64)
+    stack = np.zeros(capacity + 1, np.int64)
+    top = 1
+    used = 0
+    while top > 0:
+        top -= 1
+        a = stack[top]
+        dfs_of[a] = used
+        used += 1
+        if left[a] >= 0:
+            stack[top] = right[a]
+            stack[top + 1] = left[a]
+            top += 2
+    return dfs_of, used
+
+
+@numba.njit(nogil=True, cache=True)
+def _permuted(records, dfs_of, fill):  # pragma: no cover - compiled
+    """``records`` moved to their depth-first ids; unreached slots hold ``fill``."""
+    out = np.full(len(records), fill, records.dtype)
+    for a in range(len(records)):
+        if dfs_of[a] >= 0:
+            out[dfs_of[a]] = records[a]
+    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -264,43 +288,21 @@ def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciproca
         level_start = first_child
         level_end = count
 
-    # scikit-learn's depth-first order: a node, its left subtree, its right subtree
-    dfs_of = np.full(capacity, -1, np.int64)
-    stack = np.zeros(capacity + 1, np.int64)
-    top = 1
-    used = 0
-    while top > 0:
-        top -= 1
-        a = stack[top]
-        dfs_of[a] = used
-        used += 1
-        if left_b[a] >= 0:
-            stack[top] = right_b[a]
-            stack[top + 1] = left_b[a]
-            top += 2
-    left_child = np.full(capacity, -1, np.int64)
-    right_child = np.full(capacity, -1, np.int64)
-    feature = np.full(capacity, -2, np.int64)
-    threshold = np.full(capacity, -2.0)
-    impurity = np.zeros(capacity)
-    value = np.zeros(capacity)
-    samples = np.zeros(capacity, np.int64)
-    missing_left = np.zeros(capacity, np.uint8)
-    node_depth = np.zeros(capacity, np.int64)
+    # scikit-learn's depth-first order; the children named by their depth-first ids
+    dfs_of, used = _depth_first_ids(left_b, right_b, capacity)
     for a in range(count):
-        d = dfs_of[a]
-        if d < 0:
-            continue  # the child of an undone split
         if left_b[a] >= 0:
-            left_child[d] = dfs_of[left_b[a]]
-            right_child[d] = dfs_of[right_b[a]]
-        feature[d] = feature_b[a]
-        threshold[d] = threshold_b[a]
-        impurity[d] = impurity_b[a]
-        value[d] = value_b[a]
-        samples[d] = samples_b[a]
-        missing_left[d] = missing_b[a]
-        node_depth[d] = depth_b[a]
+            left_b[a] = dfs_of[left_b[a]]
+            right_b[a] = dfs_of[right_b[a]]
+    left_child = _permuted(left_b, dfs_of, -1)
+    right_child = _permuted(right_b, dfs_of, -1)
+    feature = _permuted(feature_b, dfs_of, -2)
+    threshold = _permuted(threshold_b, dfs_of, -2.0)
+    impurity = _permuted(impurity_b, dfs_of, 0.0)
+    value = _permuted(value_b, dfs_of, 0.0)
+    samples = _permuted(samples_b, dfs_of, 0)
+    missing_left = _permuted(missing_b, dfs_of, 0)
+    node_depth = _permuted(depth_b, dfs_of, 0)
     leaf_of = np.empty(n, np.int64)
     for i in range(n):
         leaf_of[i] = dfs_of[nid[i]]
@@ -324,8 +326,8 @@ class HistogramGradientBoostingClassifier(PresortedGradientBoostingClassifier):
         presorted = super()._fast_path(X, sample_weight, sample_mask, X_csc)
         if presorted is None:
             return None
-        reciprocal = presorted[3]
-        bins, _, counts = bin_features(X, self.max_bins)
+        _, order, xsorted, reciprocal = presorted
+        bins, counts = bin_features(order, xsorted, self.max_bins)
         values = np.ascontiguousarray(X.T, dtype=np.float32)
         self._presorted = (X, bins, values, counts, reciprocal)
         return self._presorted

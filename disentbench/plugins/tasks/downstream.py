@@ -39,12 +39,10 @@ constant that value.
 
 Fits are independent, so they run after all sampling, in parallel (``n_jobs``)
 in joblib's worker processes: logistic regression's solver and scikit-learn's
-per-stage boosting code hold the GIL, so in threads the fits shared one core
-(ad-hoc timings, 2 cores: fast mode's logistic regression at 1,000 points took
-4.6 s on 1 thread, 4.4 s on 2 threads, 3.2 s in 2 processes; the boosted trees at
-100 points 1.6 s, 2.1 s and 1.2 s). Each
-fit sees the same data and seed whatever ``n_jobs`` is, and a process sends
-its random stream back, so results do not depend on it. During the fits BLAS and OpenMP are limited
+per-stage boosting code hold the GIL, so in threads the fits shared one core.
+Each fit sees the same data and seed whatever ``n_jobs`` is, and a process
+sends its random stream back, so results do not depend on it. During the fits
+BLAS and OpenMP are limited
 to one thread each (``threadpoolctl``, process-wide while the fits run): on
 these small problems threaded BLAS only adds spinning threads, which on a
 shared 2-core machine made LogisticRegressionCV about 10x slower (measured; the
@@ -128,9 +126,7 @@ def make_fast_logistic_regression_cv(seed: Any):
     """Fast mode's predictor: ``make_logistic_regression_cv`` with 5 values of C (the same range), 3 folds and
     the solver stopping at tolerance 1e-3 rather than 1e-4.
 
-    About 5x fewer fits, each shorter: on the benchmark's codes at 10,000 points, one core, the five
-    factors' fits took 33.7 s (the study's), 9.6 s (5 C, 3 folds) and 5.7 s (and tol 1e-3; an ad-hoc
-    timing), the mean test accuracy moving by 0.0005 and 0.0010.
+    About 5x fewer fits, each shorter; benchmarks/README.md gives the time and the scores it moves.
     """
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import KFold
@@ -150,14 +146,15 @@ class GradientBoostingConfig(DownstreamConfig):
     fast: bool = Field(
         False,
         description="Fast mode (evaluation.fast): for training sets of fast_min_train points or more, trees that "
-        "split only between 1,024 quantile bins per code (about 2.5x faster). Not the study's numbers: within 0.02 "
+        "split only between 1,024 quantile bins per code. Not the study's numbers: within 0.02 "
         "of them on the benchmark's cases (benchmarks/README.md).",
     )
     fast_min_train: int = Field(
         5000,
         ge=0,
         description="Fast mode: smaller training sets keep the study's trees. They are cheap, and there the binned "
-        "trees' other tie-breaking moved the test accuracy by 0.011 (100 points) and sample_efficiency by 0.034.",
+        "trees' other tie-breaking (features in index order) moves small-sample accuracies, which sample_efficiency "
+        "amplifies.",
     )
 
 
@@ -202,18 +199,6 @@ def fit_and_score(
     test_accuracy = np.mean(model.predict(codes_test) == labels_test)
     return float(train_accuracy), float(test_accuracy)
 
-
-
-
-def _workers(n_jobs: int | None) -> int:
-    """Parallel fits for ``n_jobs`` (joblib's meaning: None one, -1 all cores)."""
-    import os
-
-    if n_jobs is None:
-        return 1
-    if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-    return n_jobs
 
 
 def _split(dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -270,7 +255,7 @@ class DownstreamTask(Task):
         state's stand-in for numpy's global state, in the reference's order
         (training-set size by size, factor by factor).
         """
-        from joblib import Parallel, delayed
+        from joblib import Parallel, delayed, effective_n_jobs
         from threadpoolctl import threadpool_limits
 
         num_factors = datasets[0][1].shape[1]
@@ -299,29 +284,24 @@ class DownstreamTask(Task):
         def fit(d: int, i: int, seed_or_stream: Any) -> tuple[float, float]:
             return fit_and_score(predictor(d), seed_or_stream, *_split(datasets[d], i))
 
-        # Largest training sets first, so the long fits do not end up last on one thread.
+        # Largest training sets first, so the long fits do not end up last on one worker.
         jobs = sorted(order, key=lambda job: -len(datasets[job[0]][0]))
-        workers = _workers(self.config.n_jobs)
-        # Worker processes, not threads: logistic regression's solver loop and scikit-learn's per-stage
-        # boosting code hold the GIL, so in threads the fits shared one core (module docstring).
-        in_processes = jobs if workers > 1 else []
-        in_sequence = [] if workers > 1 else jobs
+        calls = [(predictor(d), randomness[d, i], *_split(datasets[d], i)) for d, i in jobs]
         # One BLAS/OpenMP thread per fit: these problems are far too small for
         # threaded BLAS, whose idle threads spin and, on a busy machine, cost
         # several times the useful work; the fits themselves run side by side.
         with threadpool_limits(limits=1):
-            outputs: list[tuple[float, float, Any]] = []
-            if in_processes:
-                outputs = Parallel(n_jobs=workers, backend="loky")(
-                    delayed(_fit_one)(predictor(d), randomness[d, i], *_split(datasets[d], i)) for d, i in in_processes
-                )
-            outputs += [_fit_one(predictor(d), randomness[d, i], *_split(datasets[d], i)) for d, i in in_sequence]
-            batches = in_processes + in_sequence
-            results = {job: (train, test) for job, (train, test, _) in zip(batches, outputs)}
+            # Worker processes, not threads: logistic regression's solver loop and scikit-learn's
+            # per-stage boosting code hold the GIL, so in threads the fits shared one core.
+            if effective_n_jobs(self.config.n_jobs) > 1:
+                outputs = Parallel(n_jobs=self.config.n_jobs, backend="loky")(delayed(_fit_one)(*call) for call in calls)
+            else:
+                outputs = [_fit_one(*call) for call in calls]
+            results = {job: (train, test) for job, (train, test, _) in zip(jobs, outputs)}
             if stream is not None:
                 assert end is not None
                 # a process consumed a copy of its stream: the copy it sends back is where the stream ended
-                after_fits = {job: state for job, (_, _, state) in zip(batches, outputs)}
+                after_fits = {job: state for job, (_, _, state) in zip(jobs, outputs)}
                 ends = starts[1:] + [end]
                 if all(same_state(after_fits[job], after) for job, after in zip(order, ends)):
                     stream.set_state(end.get_state())
