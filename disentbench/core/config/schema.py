@@ -227,8 +227,8 @@ class EvaluationConfig(_Strict):
     fast: bool = Field(
         False,
         description="Fast mode: scorers with a fast variant (a 'fast' config field: the logistic-regression task, "
-        "5 values of C, 3 folds and tolerance 1e-3 from 5000 training points; the GBT task, binned trees from 5000 "
-        "training points; DCI, near-ties decided without scikit-learn's builder) use it. Headline scores stay within 0.02 of exact "
+        "5 values of C, 3 folds and tolerance 1e-3 from 5000 training points; the GBT task from 5000 "
+        "training points and DCI, trees grown level by level with scikit-learn's candidate splits) use it. Headline scores stay within 0.02 of exact "
         "mode on the benchmark's cases (benchmarks/README.md); runs are tagged evaluation.mode = fast, so compare and analyze "
         "never mix them silently with exact ones. Default: exact, the study's estimators.",
     )

@@ -114,28 +114,23 @@ def _fast_classes() -> dict[str, Any]:
     """Fast mode's subclasses by name, or {} where the presorted class cannot run (they share its machinery)."""
     if presorted_class() is None:
         return {}
-    from disentbench.core.evaluation import histogram_trees, presorted_trees
+    from disentbench.core.evaluation import levelwise_trees
 
-    return {
-        "own_ties": presorted_trees.OwnTiesGradientBoostingClassifier,
-        "binned": histogram_trees.HistogramGradientBoostingClassifier,
-    }
+    return {"levelwise": levelwise_trees.LevelwiseGradientBoostingClassifier}
 
 
-#: The tree variants :func:`gradient_boosting_classifier` builds: exact mode's, and fast mode's two.
-TREE_VARIANTS = ("exact", "own_ties", "binned")
+#: The tree variants :func:`gradient_boosting_classifier` builds: exact mode's, and fast mode's.
+TREE_VARIANTS = ("exact", "levelwise")
 
 
 def gradient_boosting_classifier(trees: str = "exact", **params: Any):
     """A ``GradientBoostingClassifier(**params)``: the presorted subclass where :func:`enabled`, else sklearn's own.
 
-    ``trees`` picks fast mode's variants where the presorted class is enabled
-    (they share its leaf step and self-check), else the exact trees:
-
-    * ``own_ties``: the presorted trees, near-ties decided without handing the
-      tree to scikit-learn (``presorted_trees.OwnTiesGradientBoostingClassifier``);
-    * ``binned``: splits only between 1,024 quantile bins per feature
-      (``histogram_trees.HistogramGradientBoostingClassifier``).
+    ``trees="levelwise"`` gives fast mode's trees where the presorted class is
+    enabled (they share its leaf step and self-check), else the exact trees:
+    scikit-learn's candidate splits, grown level by level with no per-tree
+    partition and near-ties decided by its own sums
+    (``levelwise_trees.LevelwiseGradientBoostingClassifier``).
     """
     if trees not in TREE_VARIANTS:
         raise ValueError(f"unknown tree variant {trees!r}; use one of {', '.join(TREE_VARIANTS)}")

@@ -266,9 +266,7 @@ def tie_orders(perm, values, ls, s0, e0, split, goes_left, y, total, scratch, ou
     return orders
 
 @numba.njit(nogil=True, cache=True)
-def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal, settle=True):  # pragma: no cover - compiled; tested through the class
-    # settle=False (fast mode): a decision within rounding is taken as this code's sums say, instead of
-    # returning a negative status so that scikit-learn's builder grows the tree.
+def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pragma: no cover - compiled; tested through the class
     num_features, n = order.shape
     capacity = 2 ** (max_depth + 1) - 1
     unit = 2.0**-53
@@ -369,7 +367,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal, settle=
             continue
         gamma = m * unit / (1.0 - m * unit)
         impurity_error = 4.0 * (gamma * squares / m + 2.0 * largest * gamma * absolute / m + unit * squares / m)
-        if settle and not impurity_exact and abs(node_impurity - eps) <= impurity_error:
+        if not impurity_exact and abs(node_impurity - eps) <= impurity_error:
             return -1, count, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
         if node_impurity <= eps:
             continue  # pure: a leaf
@@ -432,7 +430,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal, settle=
         if best_feature < 0:
             continue  # every feature constant here: a leaf
 
-        if inexact and settle:
+        if inexact:
             scale = float(m) if friedman else 1.0
             # either proxy within 2 M scale (16 gamma A) + 6 u |P| of the exact one; twice that for room
             tolerance = 2.0 * (32.0 * largest * scale * gamma * absolute + 12.0 * unit * abs(best))
@@ -513,7 +511,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal, settle=
                         exact_children = False
         if not friedman:
             improvement = (m / n) * (node_impurity - n_right / m * impurity_right - n_left / m * impurity_left)
-            if settle and not (exact_children and impurity_exact):
+            if not (exact_children and impurity_exact):
                 improvement_error = (m / n) * 4.0 * (
                     3.0 * impurity_error + unit * (abs(node_impurity) + abs(impurity_left) + abs(impurity_right))
                 )
@@ -694,10 +692,6 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
     other setting runs scikit-learn's own stage.
     """
 
-    #: Hand a tree to scikit-learn's builder where a decision is within rounding (exact mode). Fast mode's
-    #: :class:`OwnTiesGradientBoostingClassifier` sets it False.
-    settle_near_ties = True
-
     def fit(self, X, y, sample_weight=None, monitor=None):
         """Fit as scikit-learn does; the presorted features live only for this call."""
         self._presorted = None
@@ -750,7 +744,7 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
         _, order, xsorted, reciprocal = presorted
         build, _ = _builder()
         friedman = self._tree_criterion() == "friedman_mse"
-        result = build(order, xsorted, target, int(self.max_depth), friedman, seed, reciprocal, self.settle_near_ties)
+        result = build(order, xsorted, target, int(self.max_depth), friedman, seed, reciprocal)
         return None if result[0] < 0 else result[1:]
 
     @staticmethod
@@ -831,15 +825,3 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
             state.pop(name, None)
         return state
 
-
-class OwnTiesGradientBoostingClassifier(PresortedGradientBoostingClassifier):
-    """Fast mode's DCI trees: the presorted trees, each decision within rounding taken by this builder's own sums.
-
-    Where exact mode hands a tree to scikit-learn's slower builder (a best and
-    a runner-up split, or an impurity and epsilon, closer than the rounding
-    bound of the module docstring), this class keeps its own decision. The
-    trees differ from scikit-learn's only at such near-ties, and the random
-    state takes the same draws.
-    """
-
-    settle_near_ties = False

@@ -74,9 +74,9 @@ class DCIConfig(PluginConfig):
     )
     fast: bool = Field(
         False,
-        description="Fast mode (evaluation.fast): where two candidate splits tie to within rounding, the presorted "
-        "tree builder keeps its own choice instead of handing the tree to scikit-learn's slower one. Not the study's "
-        "numbers: within 0.02 of them on the benchmark's cases (benchmarks/README.md).",
+        description="Fast mode (evaluation.fast): trees with scikit-learn's candidate splits grown level by level, "
+        "near-ties decided by their own sums instead of scikit-learn's order. Not the study's numbers: within 0.02 "
+        "of them on the benchmark's cases (benchmarks/README.md).",
     )
     @field_validator("n_jobs")
     @classmethod
@@ -102,8 +102,8 @@ def _fit_factor(codes, targets, codes_test, targets_test, tree_random_state, fas
     # A RandomState instance (not an int): the trees draw from it in turn, as
     # the reference's trees draw from the global state. scikit-learn's class, or
     # its presorted subclass: the same trees, several times faster. Fast mode:
-    # the presorted trees deciding near-ties themselves (the same draws).
-    model = gradient_boosting_classifier(trees="own_ties" if fast else "exact", random_state=tree_random_state)
+    # scikit-learn's candidate splits grown level by level (the same draws).
+    model = gradient_boosting_classifier(trees="levelwise" if fast else "exact", random_state=tree_random_state)
     model.fit(codes, targets)
     importance = np.abs(model.feature_importances_)
     train_accuracy = np.mean(model.predict(codes) == targets)
@@ -145,7 +145,7 @@ def importance_matrix_gbt(
 
     One ``GradientBoostingClassifier()`` (sklearn's defaults) per factor, all
     drawing their trees' seeds from ``tree_random_state``, factor after factor;
-    with ``fast``, fast mode's trees (near-ties decided by the presorted builder), same draws.
+    with ``fast``, fast mode's level-wise trees (near-ties decided by their own sums), same draws.
     """
     num_factors = factors.shape[1]
     jobs = [(codes, factors[:, j], codes_test, factors_test[:, j]) for j in range(num_factors)]

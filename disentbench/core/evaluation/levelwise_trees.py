@@ -1,34 +1,35 @@
-"""Fast mode's gradient-boosted trees: the study's trees with split points restricted to fine bins.
+"""Fast mode's gradient-boosted trees: scikit-learn's candidate splits, grown level by level.
 
 Exact mode grows every tree as scikit-learn does
-(:mod:`~disentbench.core.evaluation.presorted_trees`); most of that time goes
-to partitioning every feature's sorted order at every split. Fast mode
-(``evaluation.fast``) promises scores within 0.02 of exact mode, not equal
-ones, so :class:`HistogramGradientBoostingClassifier` grows the same model
-(the log loss's ``GradientBoostingClassifier()``: 100 stages, learning rate
-0.1, squared-error regression trees of depth 3 on the gradients, one Newton
-step per leaf) with one change: a feature may split only between its bins.
+(:mod:`~disentbench.core.evaluation.presorted_trees`); most of that time goes to
+partitioning every feature's sorted order at each split and to the
+bookkeeping that proves each decision is the one scikit-learn's sums would
+take. Fast mode (``evaluation.fast``) promises scores within 0.02 of exact
+mode, not equal ones, so :class:`LevelwiseGradientBoostingClassifier` grows the
+same model (the log loss's ``GradientBoostingClassifier()``: 100 stages,
+learning rate 0.1, squared-error regression trees of depth 3 on the
+gradients, one Newton step per leaf) with a cheaper builder:
 
-* **Bins.** Per feature, the positions where scikit-learn may split (sorted
-  values more than ``FEATURE_THRESHOLD`` apart, in float32) are the candidate
-  cuts; with at most ``max_bins - 1`` of them every one is kept (the splits
-  are then exactly scikit-learn's); otherwise ``max_bins - 1`` are kept at
-  evenly spaced quantiles. A split's threshold is the midpoint of the node's
-  values either side of its cut, as scikit-learn computes one.
-* **Growth.** Level by level: one pass over each feature's bins per level
-  sums the gradients of each node's samples per bin; the best split of a
-  node is the largest of scikit-learn's proxy improvements over the cuts,
-  features in index order (scikit-learn visits them in a random order, which
-  only breaks exact ties). Nothing is sorted or partitioned per tree.
-* **What stays scikit-learn's.** Leaves, node impurities and sample counts
-  are computed as scikit-learn defines them, so ``feature_importances_`` (DCI's
-  importance matrix) is the impurity importance of these trees, and the trees
-  are ordinary ``sklearn.tree`` objects (``predict``, ``apply``, pickling).
-  Each tree takes the one ``randint`` draw a scikit-learn tree takes, so
-  random streams stay where exact mode leaves them.
+* **Candidates.** The same as scikit-learn's: between two sorted values of a
+  feature more than ``FEATURE_THRESHOLD`` apart (in float32), with its proxy
+  improvement; a threshold is the midpoint of the node's values either side.
+* **Growth.** Level by level: each level scans each feature's once-sorted
+  order one time, all of the level's nodes at once (each sample carries its
+  node), so nothing is sorted, partitioned or copied per tree. The root's scan
+  keeps its running sums in registers.
+* **What differs.** Only decisions within rounding: the sums run in another
+  order, and the features are visited in index order where scikit-learn draws
+  a random order to break exact ties (tied codes, tiny nodes). On continuous
+  codes with large nodes the trees are scikit-learn's (tested).
+* **What stays scikit-learn's.** Leaves (its Newton step, via the presorted
+  class), node impurities and sample counts as it defines them, so
+  ``feature_importances_`` (DCI's importance matrix) is these trees' impurity
+  importance, and the trees are ordinary ``sklearn.tree`` objects. Each tree
+  takes the one ``randint`` draw a scikit-learn tree takes, so random streams
+  stay where exact mode leaves them.
 
-The scores this moves, per metric, are measured in benchmarks/README.md and
-bounded in tests/test_evaluation_modes.py.
+The scores this moves, per metric, are measured by ``benchmarks/metric_speed.py
+--against-reference`` and bounded in tests/test_evaluation_modes.py.
 """
 
 from __future__ import annotations
@@ -37,33 +38,6 @@ import numba
 import numpy as np
 
 from disentbench.core.evaluation.presorted_trees import PresortedGradientBoostingClassifier
-
-#: Bins per feature (cuts + 1). 1,024 cuts keep every split scikit-learn could make on up to
-#: 1,024 distinct values, and leave ~10 points per bin at the study's 10,000.
-MAX_BINS = 1024
-
-
-def bin_features(order: np.ndarray, xsorted: np.ndarray, max_bins: int = MAX_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Per feature, each sample's bin and the number of bins, from the presorted class's sorted features.
-
-    ``order[f]`` is the samples sorted by feature f (stable) and ``xsorted[f]``
-    their float32 values, as ``PresortedGradientBoostingClassifier`` keeps them.
-    Returns ``bins`` ``(num_features, n)`` uint16 and ``counts`` ``(num_features,)``.
-    """
-    num_features, n = order.shape
-    bins = np.empty((num_features, n), dtype=np.uint16)
-    counts = np.empty(num_features, dtype=np.int64)
-    threshold = np.float32(1e-7)  # scikit-learn's FEATURE_THRESHOLD, compared in float32 as it does
-    positions = np.arange(n)
-    for f in range(num_features):
-        values = xsorted[f]
-        cuts = np.flatnonzero(values[1:] > values[:-1] + threshold) + 1  # sorted positions that may start a right side
-        if len(cuts) > max_bins - 1:
-            targets = (np.arange(1, max_bins) * n) // max_bins
-            cuts = np.unique(cuts[np.minimum(np.searchsorted(cuts, targets), len(cuts) - 1)])
-        bins[f, order[f]] = np.searchsorted(cuts, positions, side="right").astype(np.uint16)
-        counts[f] = len(cuts) + 1
-    return bins, counts
 
 
 @numba.njit(nogil=True, cache=True)
@@ -97,23 +71,21 @@ def _permuted(records, dfs_of, fill):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciprocal):  # pragma: no cover - compiled
-    """One regression tree on targets ``y``, grown level by level on binned features.
+def build_tree_levelwise(order, xsorted, values, y, max_depth, friedman, reciprocal):  # pragma: no cover - compiled
+    """One regression tree on targets ``y``, grown level by level with every cut scikit-learn may make.
 
-    ``bins[f, i]`` is sample i's bin along feature f, ``values[f, i]`` its
-    float32 value: a threshold is the midpoint of the node's values either
-    side of the cut, as scikit-learn's.
+    ``order[f]`` is the samples sorted by feature f (stable) and ``xsorted[f]``
+    their float32 values, as ``PresortedGradientBoostingClassifier`` keeps them;
+    ``values[f, i]`` is sample i's value. ``reciprocal[k]`` is 1/k.
 
     Returns what ``presorted_trees.build_tree`` returns, nodes in scikit-learn's
     depth-first order (status 0 always).
     """
-    num_features, n = bins.shape
+    num_features, n = values.shape
+    threshold32 = np.float32(1e-7)  # scikit-learn's FEATURE_THRESHOLD, compared in float32 as it does
     capacity = 2 ** (max_depth + 1) - 1
     eps = 2.220446049250313e-16  # scikit-learn's EPSILON in the tree builder
     width = 2**max_depth
-    num_bins = 1
-    for f in range(num_features):
-        num_bins = max(num_bins, counts[f])
 
     # breadth-first node records
     left_b = np.full(capacity, -1, np.int64)
@@ -137,12 +109,12 @@ def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciproca
     node_count = np.zeros(width, np.int64)
     best = np.zeros(width)
     best_feature = np.zeros(width, np.int64)
-    best_bin = np.zeros(width, np.int64)
     best_left = np.zeros(width, np.int64)
-    left_high = np.zeros(width, np.float32)
-    right_low = np.zeros(width, np.float32)
-    histogram = np.zeros((width, num_bins))
-    histogram_count = np.zeros((width, num_bins), np.int64)
+    best_low = np.zeros(width, np.float32)  # the best cut's values either side: its threshold is their midpoint
+    best_high = np.zeros(width, np.float32)
+    seen = np.zeros(width, np.int64)  # the scan's state per node: samples passed, their target sum, last value
+    running = np.zeros(width)
+    last = np.zeros(width, np.float32)
 
     for i in range(n):
         v = y[i]
@@ -173,46 +145,60 @@ def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciproca
             break
         for i in range(n):
             sid[i] = slot[nid[i]]
-        for f in range(num_features):
-            nb = counts[f]
-            if nb < 2:
-                continue  # constant feature
+        for f in range(num_features):  # every node of the level at once, along the feature's sorted order
             for s in range(splittable):
-                for b in range(nb):
-                    histogram[s, b] = 0.0
-                    histogram_count[s, b] = 0
-            row = bins[f]
-            for i in range(n):
-                s = sid[i]
-                if s >= 0:
-                    b = row[i]
-                    histogram[s, b] += y[i]
-                    histogram_count[s, b] += 1
-            for s in range(splittable):
-                m = node_count[s]
-                total = node_total[s]
-                fm = float(m)
+                seen[s] = 0
+                running[s] = 0.0
+            feature_order = order[f]
+            feature_sorted = xsorted[f]
+            if depth == 0:  # the root: running sums in registers
+                m = node_count[0]
+                total = node_total[0]
                 left_sum = 0.0
-                k = 0
-                for b in range(nb - 1):
-                    c = histogram_count[s, b]
-                    if c == 0:
-                        continue
-                    k += c
-                    left_sum += histogram[s, b]
-                    if k >= m:
-                        break
-                    rest = total - left_sum
+                previous = feature_sorted[0]
+                for j in range(n):
+                    x = feature_sorted[j]
+                    if j > 0 and x > previous + threshold32:
+                        rest = total - left_sum
+                        if friedman:
+                            diff = (float(m) - j) * left_sum - j * rest
+                            proxy = diff * diff * reciprocal[j] * reciprocal[m - j]
+                        else:
+                            proxy = left_sum * left_sum * reciprocal[j] + rest * rest * reciprocal[m - j]
+                        if proxy > best[0]:
+                            best[0] = proxy
+                            best_feature[0] = f
+                            best_left[0] = j
+                            best_low[0] = previous
+                            best_high[0] = x
+                    left_sum += y[feature_order[j]]
+                    previous = x
+                continue
+            for j in range(n):
+                i = feature_order[j]
+                s = sid[i]
+                if s < 0:
+                    continue
+                x = feature_sorted[j]
+                k = seen[s]
+                if k > 0 and x > last[s] + threshold32:  # a cut scikit-learn may make: k samples left
+                    m = node_count[s]
+                    left_sum = running[s]
+                    rest = node_total[s] - left_sum
                     if friedman:
-                        diff = (fm - k) * left_sum - k * rest
+                        diff = (float(m) - k) * left_sum - k * rest
                         proxy = diff * diff * reciprocal[k] * reciprocal[m - k]
                     else:
                         proxy = left_sum * left_sum * reciprocal[k] + rest * rest * reciprocal[m - k]
                     if proxy > best[s]:
                         best[s] = proxy
                         best_feature[s] = f
-                        best_bin[s] = b
                         best_left[s] = k
+                        best_low[s] = last[s]
+                        best_high[s] = x
+                running[s] += y[i]
+                seen[s] = k + 1
+                last[s] = x
         # children: breadth-first ids, left then right
         first_child = count
         for s in range(splittable):
@@ -225,8 +211,6 @@ def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciproca
             parent_b[count] = a
             parent_b[count + 1] = a
             feature_b[a] = best_feature[s]
-            left_high[s] = -np.inf
-            right_low[s] = np.inf
             m = samples_b[a]
             missing_b[a] = 1 if best_left[s] > m - best_left[s] else 0
             samples_b[count] = best_left[s]
@@ -241,20 +225,14 @@ def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciproca
                 continue
             a = nid[i]
             f = best_feature[s]
-            x = values[f, i]
-            if bins[f, i] <= best_bin[s]:
-                child = left_b[a]
-                left_high[s] = max(left_high[s], x)
-            else:
-                child = right_b[a]
-                right_low[s] = min(right_low[s], x)
+            child = left_b[a] if values[f, i] <= best_low[s] else right_b[a]
             nid[i] = child
             v = y[i]
             totals[child] += v
             squares[child] += v * v
         for s in range(splittable):
             if best_feature[s] >= 0:
-                threshold_b[node_of[s]] = np.float64(left_high[s]) / 2.0 + np.float64(right_low[s]) / 2.0
+                threshold_b[node_of[s]] = np.float64(best_low[s]) / 2.0 + np.float64(best_high[s]) / 2.0
         if not friedman:  # scikit-learn's check that a split improves at all (squared error)
             undo = False
             for s in range(splittable):
@@ -309,15 +287,13 @@ def build_tree_histogram(bins, values, counts, y, max_depth, friedman, reciproca
     return 0, used, left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth, leaf_of
 
 
-class HistogramGradientBoostingClassifier(PresortedGradientBoostingClassifier):
-    """Fast mode's ``GradientBoostingClassifier``: trees grown by :func:`build_tree_histogram` (module docstring).
 
-    Not exact mode's numbers (splits only between bins). Settings outside the
-    presorted class's fast path (sample weights, subsampling, other tree
-    sizes) run scikit-learn's own stage, as there.
+class LevelwiseGradientBoostingClassifier(PresortedGradientBoostingClassifier):
+    """Fast mode's ``GradientBoostingClassifier``: trees grown by :func:`build_tree_levelwise` (module docstring).
+
+    Settings outside the presorted class's fast path (sample weights,
+    subsampling, other tree sizes) run scikit-learn's own stage, as there.
     """
-
-    max_bins = MAX_BINS
 
     def _fast_path(self, X, sample_weight, sample_mask, X_csc):
         cached = self._presorted
@@ -327,12 +303,10 @@ class HistogramGradientBoostingClassifier(PresortedGradientBoostingClassifier):
         if presorted is None:
             return None
         _, order, xsorted, reciprocal = presorted
-        bins, counts = bin_features(order, xsorted, self.max_bins)
-        values = np.ascontiguousarray(X.T, dtype=np.float32)
-        self._presorted = (X, bins, values, counts, reciprocal)
+        self._presorted = (X, order, xsorted, np.ascontiguousarray(X.T, dtype=np.float32), reciprocal)
         return self._presorted
 
     def _grow(self, presorted, target, seed):
-        _, bins, values, counts, reciprocal = presorted
+        _, order, xsorted, values, reciprocal = presorted
         friedman = self._tree_criterion() == "friedman_mse"
-        return build_tree_histogram(bins, values, counts, target, int(self.max_depth), friedman, reciprocal)[1:]
+        return build_tree_levelwise(order, xsorted, values, target, int(self.max_depth), friedman, reciprocal)[1:]
