@@ -17,10 +17,11 @@ gradients, one Newton step per leaf) with a cheaper builder:
   order one time, all of the level's nodes at once (each sample carries its
   node), so nothing is sorted, partitioned or copied per tree. The root's scan
   keeps its running sums in registers.
-* **What differs.** Only decisions within rounding: the sums run in another
-  order, and the features are visited in index order where scikit-learn draws
-  a random order to break exact ties (tied codes, tiny nodes). On continuous
-  codes with large nodes the trees are scikit-learn's (tested).
+* **What differs.** Only ties: the sums run in another order, and the
+  features are visited in index order where scikit-learn draws a random order
+  to break exact ties (tied codes, small nodes, and the first boosting stage,
+  whose gradients take two values per class). On continuous targets a tree is
+  ``DecisionTreeRegressor``'s (tested).
 * **What stays scikit-learn's.** Leaves (its Newton step, via the presorted
   class), node impurities and sample counts as it defines them, so
   ``feature_importances_`` (DCI's importance matrix) is these trees' impurity
