@@ -38,7 +38,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from disentbench.core.evaluation.presorted_trees import PresortedGradientBoostingClassifier
+from disentbench.core.evaluation.presorted_trees import PresortedGradientBoostingClassifier, node_records
 
 
 @numba.njit(nogil=True, cache=True)
@@ -89,16 +89,8 @@ def build_tree_levelwise(order, xsorted, values, y, max_depth, friedman, recipro
     width = 2**max_depth
 
     # breadth-first node records
-    left_b = np.full(capacity, -1, np.int64)
-    right_b = np.full(capacity, -1, np.int64)
+    left_b, right_b, feature_b, threshold_b, impurity_b, value_b, samples_b, missing_b, depth_b = node_records(capacity)
     parent_b = np.full(capacity, -1, np.int64)
-    feature_b = np.full(capacity, -2, np.int64)
-    threshold_b = np.full(capacity, -2.0)
-    impurity_b = np.zeros(capacity)
-    value_b = np.zeros(capacity)
-    samples_b = np.zeros(capacity, np.int64)
-    missing_b = np.zeros(capacity, np.uint8)
-    depth_b = np.zeros(capacity, np.int64)
     totals = np.zeros(capacity)
     squares = np.zeros(capacity)
 

@@ -266,6 +266,23 @@ def tie_orders(perm, values, ls, s0, e0, split, goes_left, y, total, scratch, ou
     return orders
 
 @numba.njit(nogil=True, cache=True)
+def node_records(capacity):  # pragma: no cover - compiled
+    """Empty records for ``capacity`` nodes, as the builders return them: children, feature, threshold,
+    impurity, value, samples, missing-left flag, depth (a leaf's children are -1, its feature and threshold -2)."""
+    return (
+        np.full(capacity, -1, np.int64),
+        np.full(capacity, -1, np.int64),
+        np.full(capacity, -2, np.int64),
+        np.full(capacity, -2.0),
+        np.zeros(capacity),
+        np.zeros(capacity),
+        np.zeros(capacity, np.int64),
+        np.zeros(capacity, np.uint8),
+        np.zeros(capacity, np.int64),
+    )
+
+
+@numba.njit(nogil=True, cache=True)
 def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pragma: no cover - compiled; tested through the class
     num_features, n = order.shape
     capacity = 2 ** (max_depth + 1) - 1
@@ -293,15 +310,7 @@ def build_tree(order, xsorted, y, max_depth, friedman, seed, reciprocal):  # pra
     variants = np.zeros((8, 6))
     tie_scratch = np.empty(n, np.int64)
 
-    left_child = np.full(capacity, -1, np.int64)
-    right_child = np.full(capacity, -1, np.int64)
-    feature = np.full(capacity, -2, np.int64)
-    threshold = np.full(capacity, -2.0)
-    impurity = np.zeros(capacity)
-    value = np.zeros(capacity)
-    samples = np.zeros(capacity, np.int64)
-    missing_left = np.zeros(capacity, np.uint8)
-    node_depth = np.zeros(capacity, np.int64)
+    left_child, right_child, feature, threshold, impurity, value, samples, missing_left, node_depth = node_records(capacity)
     node_start = np.zeros(capacity, np.int64)
     leaf_of = np.zeros(n, np.int64)  # each sample's leaf (node id), filled once the tree is grown
     count = 0
