@@ -710,6 +710,15 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
             return super().fit(X, y, sample_weight=sample_weight, monitor=monitor)
         finally:
             self._presorted = None
+            self._indicator_cache = None
+
+    def _indicators(self, y):
+        """Per class k, ``y == k`` as float64 (the multiclass trees' ``y``), made once per fit, not per stage."""
+        cached = getattr(self, "_indicator_cache", None)
+        if cached is None or cached[0] is not y:
+            cached = (y, (y[None, :] == np.arange(self.n_trees_per_iteration_)[:, None]).astype(np.float64))
+            self._indicator_cache = cached
+        return cached[1]
 
     def _tree_criterion(self):
         # scikit-learn 1.9 deprecated the parameter: its trees always use squared_error; before, the parameter
@@ -795,10 +804,13 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
         original_y = y
         neg_gradient = -self._loss.gradient(y_true=y, raw_prediction=raw_predictions, sample_weight=None)
         neg_g_view = neg_gradient.reshape((-1, 1)) if neg_gradient.ndim == 1 else neg_gradient
+        targets = np.ascontiguousarray(neg_g_view.T)  # one transpose per stage: each class's gradients contiguous
+        if self._loss.is_multiclass:
+            indicators = self._indicators(original_y)
         for k in range(self.n_trees_per_iteration_):
             if self._loss.is_multiclass:
-                y = np.array(original_y == k, dtype=np.float64)
-            target = np.ascontiguousarray(neg_g_view[:, k])
+                y = indicators[k]
+            target = targets[k]
             before = random_state.get_state()
             seed = random_state.randint(0, RAND_R_MAX)  # the draw sklearn's splitter makes: its tie-breaking
             grown = self._grow(presorted, target, seed)
@@ -830,7 +842,7 @@ class PresortedGradientBoostingClassifier(GradientBoostingClassifier):
 
     def __getstate__(self):
         state = super().__getstate__()
-        for name in ("_presorted", "_shell_template"):
+        for name in ("_presorted", "_shell_template", "_indicator_cache"):
             state.pop(name, None)
         return state
 
