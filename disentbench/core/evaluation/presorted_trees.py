@@ -265,6 +265,7 @@ def tie_orders(perm, values, ls, s0, e0, split, goes_left, y, total, scratch, ou
         out[v, 5] = lq
     return orders
 
+
 @numba.njit(nogil=True, cache=True)
 def node_records(capacity):  # pragma: no cover - compiled
     """Empty records for ``capacity`` nodes, as the builders return them: children, feature, threshold,
